@@ -1,0 +1,73 @@
+//! Names shared by every part of modelfleet: API group, label keys, annotations, condition types,
+//! the field manager and the finalizer. Changing one of these is an API change.
+
+/// API group of every modelfleet custom resource.
+pub const GROUP: &str = "modelfleet.dev";
+/// The served and stored API version.
+pub const VERSION: &str = "v1alpha1";
+/// Field manager for every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "modelfleet-operator";
+/// Finalizer the operator puts on a ModelDeployment while it owns cluster state for it.
+pub const FINALIZER: &str = "modelfleet.dev/finalizer";
+/// Audience of the projected service-account token node agents present to the operator.
+pub const TELEMETRY_TOKEN_AUDIENCE: &str = "modelfleet-operator";
+
+/// Label keys put on every object the operator owns.
+pub mod labels {
+    /// `app.kubernetes.io/name`: always `modelfleet-server` on serving objects.
+    pub const NAME: &str = "app.kubernetes.io/name";
+    /// `app.kubernetes.io/instance`: the ModelDeployment name.
+    pub const INSTANCE: &str = "app.kubernetes.io/instance";
+    /// `app.kubernetes.io/managed-by`: always [`MANAGED_BY_VALUE`].
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    /// `app.kubernetes.io/component`: `server`, `routing`, `traffic`, …
+    pub const COMPONENT: &str = "app.kubernetes.io/component";
+    /// The owning ModelDeployment's name; the scale subresource selector uses it.
+    pub const DEPLOYMENT: &str = "modelfleet.dev/deployment";
+    /// The revision hash of the pod template (see [`crate::revision`]).
+    pub const REVISION: &str = "modelfleet.dev/revision";
+    /// The revision's role: one of [`ROLE_STABLE`], [`ROLE_CANARY`], [`ROLE_SHADOW`].
+    pub const ROLE: &str = "modelfleet.dev/role";
+
+    /// Value of [`MANAGED_BY`].
+    pub const MANAGED_BY_VALUE: &str = "modelfleet-operator";
+    /// Value of [`NAME`] on serving objects.
+    pub const NAME_VALUE: &str = "modelfleet-server";
+    /// The revision that serves production traffic.
+    pub const ROLE_STABLE: &str = "stable";
+    /// A candidate revision receiving a weighted share of production traffic.
+    pub const ROLE_CANARY: &str = "canary";
+    /// A candidate revision receiving mirrored traffic whose responses are discarded.
+    pub const ROLE_SHADOW: &str = "shadow";
+}
+
+/// Annotations users (or `kubectl modelfleet`) set on a ModelDeployment to steer a rollout.
+/// The operator removes them once consumed.
+pub mod annotations {
+    /// Skip the remaining rollout steps and promote the candidate now.
+    pub const PROMOTE: &str = "modelfleet.dev/promote";
+    /// Roll the candidate back now.
+    pub const ABORT: &str = "modelfleet.dev/abort";
+}
+
+/// Condition types in `status.conditions` (kstatus style: `kubectl wait --for=condition=Available`).
+pub mod conditions {
+    /// The current revision's replicas are all ready and serving.
+    pub const AVAILABLE: &str = "Available";
+    /// A new revision is being rolled out or replicas are changing.
+    pub const PROGRESSING: &str = "Progressing";
+    /// Something is wrong that the operator cannot fix by itself (see the reason).
+    pub const DEGRADED: &str = "Degraded";
+    /// The autoscaler wants more replicas than it can have (maxReplicas or no free GPUs).
+    pub const SCALING_LIMITED: &str = "ScalingLimited";
+    /// Telemetry for the autoscaler and analysis is present and fresh.
+    pub const METRICS_AVAILABLE: &str = "MetricsAvailable";
+
+    /// Every condition type the operator sets, in display order.
+    pub const ALL: [&str; 5] = [AVAILABLE, PROGRESSING, DEGRADED, SCALING_LIMITED, METRICS_AVAILABLE];
+}
+
+/// HTTP header a client uses to pick a priority tier.
+pub const TIER_HEADER: &str = "x-modelfleet-tier";
+/// HTTP header a client uses to set its own deadline (a duration such as `2s`).
+pub const TIMEOUT_HEADER: &str = "x-modelfleet-timeout";

@@ -1,0 +1,257 @@
+//! The validation rules of the API, written once.
+//!
+//! Each [`CelRule`] is both attached to the CRD schema as an `x-kubernetes-validations` entry (so the
+//! API server rejects bad objects) and checked by [`crate::validate`] in Rust (so the operator and
+//! `kubectl modelfleet validate` can explain them offline). Both report the same message; tests
+//! evaluate the CEL with kube's client-side evaluator to prove the two agree.
+
+/// One CEL validation rule and the message both validators report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CelRule {
+    /// The CEL expression, evaluated with `self` bound to the field or object it is attached to.
+    pub rule: &'static str,
+    /// What the user reads: names the field path (`[*]` for any list index) and the limit.
+    pub message: &'static str,
+    /// For rules on an object, the field (relative to it) the API server should blame.
+    pub field_path: Option<&'static str>,
+}
+
+impl From<CelRule> for kube::core::Rule {
+    fn from(r: CelRule) -> Self {
+        let rule = kube::core::Rule::new(r.rule).message(r.message);
+        match r.field_path {
+            Some(path) => rule.field_path(path),
+            None => rule,
+        }
+    }
+}
+
+const fn on_field(rule: &'static str, message: &'static str) -> CelRule {
+    CelRule { rule, message, field_path: None }
+}
+
+const fn on_object(rule: &'static str, field_path: &'static str, message: &'static str) -> CelRule {
+    CelRule { rule, message, field_path: Some(field_path) }
+}
+
+const POSITIVE_DURATION: &str = "duration(self) > duration('0s')";
+
+// --- spec.model ---
+/// `spec.model.name` is not empty.
+pub const MODEL_NAME: CelRule = on_field("size(self) > 0", "spec.model.name must not be empty");
+/// `spec.model.version` is not empty.
+pub const MODEL_VERSION: CelRule = on_field("size(self) > 0", "spec.model.version must not be empty");
+/// `spec.model.uri` uses a supported scheme.
+pub const MODEL_URI: CelRule = on_field(
+    "self.matches('^(hf|file|pvc|s3)://.+$')",
+    "spec.model.uri must start with hf://, file://, pvc:// or s3:// and name a location",
+);
+
+// --- spec (cross-field) ---
+/// CUDA needs a GPU.
+pub const CUDA_NEEDS_GPU: CelRule = on_object(
+    "self.runtime.device != 'cuda' || self.resources.gpus >= 1",
+    ".resources.gpus",
+    "spec.resources.gpus must be at least 1 when spec.runtime.device is cuda",
+);
+/// `spec.replicas` is not negative.
+pub const REPLICAS: CelRule = on_field("self >= 0", "spec.replicas must be 0 or more");
+
+// --- spec.resources ---
+/// `spec.resources.gpus` is not negative.
+pub const GPUS: CelRule = on_field("self >= 0", "spec.resources.gpus must be 0 or more");
+/// `spec.resources.minGpuMemoryMiB` is positive.
+pub const MIN_GPU_MEMORY: CelRule =
+    on_field("self >= 1", "spec.resources.minGpuMemoryMiB must be at least 1");
+
+// --- spec.batching ---
+/// `spec.batching.maxBatchSize` is positive.
+pub const MAX_BATCH_SIZE: CelRule = on_field("self >= 1", "spec.batching.maxBatchSize must be at least 1");
+/// `spec.batching.maxBatchTokens` is positive.
+pub const MAX_BATCH_TOKENS: CelRule =
+    on_field("self >= 1", "spec.batching.maxBatchTokens must be at least 1");
+/// `spec.batching.maxQueueSize` is positive.
+pub const MAX_QUEUE_SIZE: CelRule = on_field("self >= 1", "spec.batching.maxQueueSize must be at least 1");
+/// Tier names are unique.
+pub const TIER_NAMES_UNIQUE: CelRule = on_object(
+    "!has(self.tiers) || self.tiers.all(t, self.tiers.exists_one(u, u.name == t.name))",
+    ".tiers",
+    "spec.batching.tiers[*].name must be unique",
+);
+/// Tier names look like DNS labels.
+pub const TIER_NAME: CelRule = on_field(
+    "size(self) <= 63 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+    "spec.batching.tiers[*].name must be a DNS label: 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit",
+);
+/// Tier timeouts are positive.
+pub const TIER_TIMEOUT: CelRule =
+    on_field(POSITIVE_DURATION, "spec.batching.tiers[*].timeout must be greater than 0s");
+/// `maxQueueShare` is in (0, 1].
+pub const TIER_QUEUE_SHARE: CelRule = on_field(
+    "self > 0.0 && self <= 1.0",
+    "spec.batching.tiers[*].maxQueueShare must be greater than 0 and at most 1",
+);
+
+// --- spec.scaling ---
+/// `minReplicas <= maxReplicas`.
+pub const SCALING_MIN_LE_MAX: CelRule = on_object(
+    "self.minReplicas <= self.maxReplicas",
+    ".minReplicas",
+    "spec.scaling.minReplicas must be less than or equal to spec.scaling.maxReplicas",
+);
+/// `minReplicas >= 1`.
+pub const SCALING_MIN: CelRule = on_field(
+    "self >= 1",
+    "spec.scaling.minReplicas must be at least 1 (scale to zero is not supported)",
+);
+/// `maxReplicas >= 1`.
+pub const SCALING_MAX: CelRule = on_field("self >= 1", "spec.scaling.maxReplicas must be at least 1");
+/// At least one scaling target.
+pub const SCALING_TARGETS: CelRule = on_field(
+    "has(self.queueDepthPerReplica) || has(self.inFlightPerReplica) || has(self.p95Latency) || has(self.gpuUtilization)",
+    "spec.scaling.targets must set at least one of queueDepthPerReplica, inFlightPerReplica, p95Latency or gpuUtilization",
+);
+/// Queue depth target is positive.
+pub const TARGET_QUEUE_DEPTH: CelRule =
+    on_field("self > 0.0", "spec.scaling.targets.queueDepthPerReplica must be greater than 0");
+/// In-flight target is positive.
+pub const TARGET_IN_FLIGHT: CelRule =
+    on_field("self > 0.0", "spec.scaling.targets.inFlightPerReplica must be greater than 0");
+/// Latency target is positive.
+pub const TARGET_P95_LATENCY: CelRule =
+    on_field(POSITIVE_DURATION, "spec.scaling.targets.p95Latency must be greater than 0s");
+/// GPU utilization target is a percentage.
+pub const TARGET_GPU_UTILIZATION: CelRule = on_field(
+    "self > 0.0 && self <= 100.0",
+    "spec.scaling.targets.gpuUtilization must be greater than 0 and at most 100",
+);
+/// The stable window is positive.
+pub const STABLE_WINDOW: CelRule =
+    on_field(POSITIVE_DURATION, "spec.scaling.stableWindow must be greater than 0s");
+/// The panic window is positive.
+pub const PANIC_WINDOW: CelRule =
+    on_field(POSITIVE_DURATION, "spec.scaling.panicWindow must be greater than 0s");
+/// The panic window fits in the stable window.
+pub const PANIC_WINDOW_LE_STABLE: CelRule = on_object(
+    "duration(self.panicWindow) <= duration(self.stableWindow)",
+    ".panicWindow",
+    "spec.scaling.panicWindow must not be longer than spec.scaling.stableWindow",
+);
+/// The panic threshold is above 1.
+pub const PANIC_THRESHOLD: CelRule =
+    on_field("self > 1.0", "spec.scaling.panicThreshold must be greater than 1");
+
+// --- spec.rollout ---
+/// Each step is exactly one kind.
+pub const STEP_ONE_KIND: CelRule = on_field(
+    "has(self.shadow) != has(self.canary)",
+    "spec.rollout.steps[*] must set exactly one of shadow or canary",
+);
+/// Canary weight is a percentage.
+pub const CANARY_WEIGHT: CelRule = on_field(
+    "self >= 1 && self <= 100",
+    "spec.rollout.steps[*].canary.weight must be between 1 and 100",
+);
+/// Canary weights never decrease.
+pub const CANARY_WEIGHTS_ORDER: CelRule = on_object(
+    "!has(self.steps) || self.steps.filter(s, has(s.canary)).map(s, s.canary.weight).isSorted()",
+    ".steps",
+    "spec.rollout.steps[*].canary.weight must not decrease from one canary step to the next",
+);
+/// Canary step durations are positive.
+pub const CANARY_DURATION: CelRule =
+    on_field(POSITIVE_DURATION, "spec.rollout.steps[*].canary.duration must be greater than 0s");
+/// Shadow percent is a percentage.
+pub const SHADOW_PERCENT: CelRule = on_field(
+    "self >= 1 && self <= 100",
+    "spec.rollout.steps[*].shadow.percent must be between 1 and 100",
+);
+/// Shadow step durations are positive.
+pub const SHADOW_DURATION: CelRule =
+    on_field(POSITIVE_DURATION, "spec.rollout.steps[*].shadow.duration must be greater than 0s");
+/// Progress deadline is positive.
+pub const PROGRESS_DEADLINE: CelRule =
+    on_field(POSITIVE_DURATION, "spec.rollout.progressDeadline must be greater than 0s");
+/// Analysis interval is positive.
+pub const ANALYSIS_INTERVAL: CelRule =
+    on_field(POSITIVE_DURATION, "spec.rollout.analysis.interval must be greater than 0s");
+/// Failure limit is positive.
+pub const FAILURE_LIMIT: CelRule =
+    on_field("self >= 1", "spec.rollout.analysis.failureLimit must be at least 1");
+/// A check has exactly one source.
+pub const CHECK_ONE_SOURCE: CelRule = on_field(
+    "has(self.builtin) != has(self.prometheus)",
+    "spec.rollout.analysis.checks[*] must set exactly one of builtin or prometheus",
+);
+/// A check has a threshold.
+pub const CHECK_THRESHOLD: CelRule = on_field(
+    "has(self.min) || has(self.max) || has(self.maxRatioToStable)",
+    "spec.rollout.analysis.checks[*] must set at least one of min, max or maxRatioToStable",
+);
+/// Ratios to stable exist only for built-in checks.
+pub const CHECK_RATIO_BUILTIN: CelRule = on_object(
+    "!has(self.maxRatioToStable) || has(self.builtin)",
+    ".maxRatioToStable",
+    "spec.rollout.analysis.checks[*].maxRatioToStable applies only to builtin checks",
+);
+/// Prometheus checks are named.
+pub const CHECK_PROMETHEUS_NAME: CelRule = on_object(
+    "!has(self.prometheus) || has(self.name)",
+    ".name",
+    "spec.rollout.analysis.checks[*].name is required for prometheus checks",
+);
+/// A PromQL query is not empty.
+pub const PROMETHEUS_QUERY: CelRule =
+    on_field("size(self) > 0", "spec.rollout.analysis.checks[*].prometheus.query must not be empty");
+
+// --- spec.traffic ---
+/// A gateway route needs a parent.
+pub const GATEWAY_PARENTS: CelRule = on_field(
+    "size(self) >= 1",
+    "spec.traffic.gateway.parentRefs must list at least one Gateway",
+);
+
+/// Every rule, for documentation and for tests that prove each one fires.
+pub const ALL: &[CelRule] = &[
+    MODEL_NAME,
+    MODEL_VERSION,
+    MODEL_URI,
+    CUDA_NEEDS_GPU,
+    REPLICAS,
+    GPUS,
+    MIN_GPU_MEMORY,
+    MAX_BATCH_SIZE,
+    MAX_BATCH_TOKENS,
+    MAX_QUEUE_SIZE,
+    TIER_NAMES_UNIQUE,
+    TIER_NAME,
+    TIER_TIMEOUT,
+    TIER_QUEUE_SHARE,
+    SCALING_MIN_LE_MAX,
+    SCALING_MIN,
+    SCALING_MAX,
+    SCALING_TARGETS,
+    TARGET_QUEUE_DEPTH,
+    TARGET_IN_FLIGHT,
+    TARGET_P95_LATENCY,
+    TARGET_GPU_UTILIZATION,
+    STABLE_WINDOW,
+    PANIC_WINDOW,
+    PANIC_WINDOW_LE_STABLE,
+    PANIC_THRESHOLD,
+    STEP_ONE_KIND,
+    CANARY_WEIGHT,
+    CANARY_WEIGHTS_ORDER,
+    CANARY_DURATION,
+    SHADOW_PERCENT,
+    SHADOW_DURATION,
+    PROGRESS_DEADLINE,
+    ANALYSIS_INTERVAL,
+    FAILURE_LIMIT,
+    CHECK_ONE_SOURCE,
+    CHECK_THRESHOLD,
+    CHECK_RATIO_BUILTIN,
+    CHECK_PROMETHEUS_NAME,
+    PROMETHEUS_QUERY,
+    GATEWAY_PARENTS,
+];

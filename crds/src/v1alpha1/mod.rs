@@ -1,0 +1,69 @@
+//! `modelfleet.dev/v1alpha1`: the ModelDeployment resource.
+
+mod batching;
+mod model;
+mod rollout;
+mod scaling;
+mod status;
+mod traffic;
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+pub use self::{batching::*, model::*, rollout::*, scaling::*, status::*, traffic::*};
+use crate::rules;
+
+/// A model served by a fleet of modelfleet-server pods, with autoscaling and progressive rollouts.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "modelfleet.dev",
+    version = "v1alpha1",
+    kind = "ModelDeployment",
+    plural = "modeldeployments",
+    singular = "modeldeployment",
+    shortname = "mdep",
+    category = "modelfleet",
+    namespaced,
+    status = "ModelDeploymentStatus",
+    derive = "PartialEq",
+    scale = r#"{"specReplicasPath":".spec.replicas","statusReplicasPath":".status.replicas","labelSelectorPath":".status.selector"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.ready","description":"Ready replicas / replicas"}"#,
+    printcolumn = r#"{"name":"Stable","type":"string","jsonPath":".status.stable.version","description":"Model version of the stable revision"}"#,
+    printcolumn = r#"{"name":"Canary","type":"string","jsonPath":".status.candidate.version","description":"Model version being rolled out"}"#,
+    printcolumn = r#"{"name":"Weight","type":"integer","jsonPath":".status.candidate.trafficWeight","description":"Percent of traffic on the candidate"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = rules::CUDA_NEEDS_GPU)]
+pub struct ModelDeploymentSpec {
+    /// The model to serve.
+    pub model: ModelSpec,
+    /// The serving container. Empty: the modelfleet-server image of this release, candle backend, CUDA.
+    #[serde(default)]
+    pub runtime: RuntimeSpec,
+    /// Hardware per replica.
+    #[serde(default)]
+    pub resources: ResourcesSpec,
+    /// Replicas when `spec.scaling` is absent (set by hand, `kubectl scale` or an external HPA
+    /// through the scale subresource). Ignored when `spec.scaling` is present.
+    #[serde(default = "default_replicas")]
+    #[x_kube(validation = rules::REPLICAS)]
+    pub replicas: i32,
+    /// Dynamic batching and admission in each server.
+    #[serde(default)]
+    pub batching: BatchingSpec,
+    /// Built-in autoscaling. Empty: `spec.replicas` decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<ScalingSpec>,
+    /// How a new revision replaces the stable one. Empty: replace it once the new replicas are ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutSpec>,
+    /// Traffic management. Empty: canary traffic is split by replica share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<TrafficSpec>,
+}
+
+fn default_replicas() -> i32 {
+    1
+}

@@ -1,0 +1,180 @@
+//! `status`: what the operator observed and did. Written only by the operator.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Observed state of a ModelDeployment.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelDeploymentStatus {
+    /// The `metadata.generation` this status describes. Older than the object's generation: the
+    /// operator has not yet acted on the latest spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// One-word summary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Replicas of every revision (the scale subresource's `status.replicas`).
+    #[serde(default)]
+    pub replicas: i32,
+    /// Ready replicas of every revision.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// `readyReplicas/replicas`, for the READY printer column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<String>,
+    /// Label selector of all serving pods (the scale subresource's selector, for HPA and KEDA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// The revision serving production traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable: Option<RevisionStatus>,
+    /// The revision being rolled out, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<CandidateStatus>,
+    /// The latest rollout analysis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisStatus>,
+    /// What the built-in autoscaler sees and decided (only with `spec.scaling`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingStatus>,
+    /// Available, Progressing, Degraded, ScalingLimited and MetricsAvailable, kstatus style.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// One-word summary of a ModelDeployment.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Accepted; no replica ready yet.
+    Pending,
+    /// A revision or the replica count is changing.
+    Progressing,
+    /// The current revision serves with all replicas ready.
+    Available,
+    /// Serving, but something needs attention (a rollback, missing GPUs); see the conditions.
+    Degraded,
+    /// Not serving and not expected to recover without a spec change.
+    Failed,
+}
+
+/// A revision and its replicas.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionStatus {
+    /// Revision hash (the `modelfleet.dev/revision` label and the Deployment suffix).
+    pub revision: String,
+    /// `spec.model.version` of this revision.
+    pub version: String,
+    /// Desired replicas of this revision.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Ready replicas of this revision.
+    #[serde(default)]
+    pub ready_replicas: i32,
+}
+
+/// The revision being rolled out.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CandidateStatus {
+    /// Revision hash.
+    pub revision: String,
+    /// `spec.model.version` of this revision.
+    pub version: String,
+    /// Index of the current step in `spec.rollout.steps` (0-based).
+    #[serde(default)]
+    pub step: i32,
+    /// When the current step started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<Time>,
+    /// Percent of live traffic routed to this revision.
+    #[serde(default)]
+    pub traffic_weight: i32,
+    /// Percent of live traffic mirrored to this revision.
+    #[serde(default)]
+    pub mirror_percent: i32,
+    /// Desired replicas of this revision.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Ready replicas of this revision.
+    #[serde(default)]
+    pub ready_replicas: i32,
+}
+
+/// Result of the latest analysis run.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisStatus {
+    /// When the analysis last ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run_at: Option<Time>,
+    /// Failed runs so far in this rollout.
+    #[serde(default)]
+    pub failures: i32,
+    /// One entry per check.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub results: Vec<CheckResult>,
+}
+
+/// The outcome of one check.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckResult {
+    /// Check name.
+    pub check: String,
+    /// Measured value; empty when there was no data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// Whether the value is within the thresholds.
+    pub passed: bool,
+    /// Why it failed or was inconclusive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The autoscaler's view.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingStatus {
+    /// Replicas the autoscaler wants now.
+    #[serde(default)]
+    pub desired_replicas: i32,
+    /// When the replica count last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<Time>,
+    /// Observed value of each target.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub current_metrics: Vec<MetricValue>,
+    /// The last five scaling decisions, newest last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5))]
+    pub history: Vec<ScaleEvent>,
+}
+
+/// An observed metric against its target.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricValue {
+    /// Target name, as in `spec.scaling.targets`.
+    pub name: String,
+    /// Observed value per replica (seconds for latency, percent for GPU utilization).
+    pub value: f64,
+    /// The target.
+    pub target: f64,
+}
+
+/// One scaling decision.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleEvent {
+    /// When it was made.
+    pub time: Time,
+    /// Replicas before.
+    pub from: i32,
+    /// Replicas after.
+    pub to: i32,
+    /// Why, e.g. `queueDepthPerReplica 31.2 > 16`.
+    pub reason: String,
+}

@@ -64,7 +64,13 @@ pub mod conditions {
     pub const METRICS_AVAILABLE: &str = "MetricsAvailable";
 
     /// Every condition type the operator sets, in display order.
-    pub const ALL: [&str; 5] = [AVAILABLE, PROGRESSING, DEGRADED, SCALING_LIMITED, METRICS_AVAILABLE];
+    pub const ALL: [&str; 5] = [
+        AVAILABLE,
+        PROGRESSING,
+        DEGRADED,
+        SCALING_LIMITED,
+        METRICS_AVAILABLE,
+    ];
 }
 
 /// HTTP header a client uses to pick a priority tier.

@@ -67,7 +67,10 @@ impl FromStr for Duration {
     type Err = DurationError;
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
-        let fail = |reason| DurationError { input: input.to_owned(), reason };
+        let fail = |reason| DurationError {
+            input: input.to_owned(),
+            reason,
+        };
         if input.is_empty() {
             return Err(fail("it is empty"));
         }
@@ -174,7 +177,12 @@ mod tests {
 
     #[test]
     fn writes_canonical_form_and_round_trips() {
-        for (text, canonical) in [("90s", "1m30s"), ("1h30m", "1h30m"), ("1500ms", "1s500ms"), ("0ms", "0s")] {
+        for (text, canonical) in [
+            ("90s", "1m30s"),
+            ("1h30m", "1h30m"),
+            ("1500ms", "1s500ms"),
+            ("0ms", "0s"),
+        ] {
             let d: Duration = text.parse().unwrap();
             assert_eq!(d.to_string(), canonical);
             assert_eq!(canonical.parse::<Duration>().unwrap(), d, "round trip of {text}");

@@ -40,10 +40,17 @@ pub enum ManifestError {
 }
 
 /// Deserializes `value` into `T`; on failure the error names the path of the bad field.
-pub fn from_value<T: DeserializeOwned>(value: serde_yaml::Value, document: usize) -> Result<T, ManifestError> {
+pub fn from_value<T: DeserializeOwned>(
+    value: serde_yaml::Value,
+    document: usize,
+) -> Result<T, ManifestError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        ManifestError::Field { document, path, message: e.into_inner().to_string() }
+        ManifestError::Field {
+            document,
+            path,
+            message: e.into_inner().to_string(),
+        }
     })
 }
 

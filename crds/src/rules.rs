@@ -27,11 +27,19 @@ impl From<CelRule> for kube::core::Rule {
 }
 
 const fn on_field(rule: &'static str, message: &'static str) -> CelRule {
-    CelRule { rule, message, field_path: None }
+    CelRule {
+        rule,
+        message,
+        field_path: None,
+    }
 }
 
 const fn on_object(rule: &'static str, field_path: &'static str, message: &'static str) -> CelRule {
-    CelRule { rule, message, field_path: Some(field_path) }
+    CelRule {
+        rule,
+        message,
+        field_path: Some(field_path),
+    }
 }
 
 const POSITIVE_DURATION: &str = "duration(self) > duration('0s')";
@@ -84,8 +92,10 @@ pub const TIER_NAME: CelRule = on_field(
     "spec.batching.tiers[*].name must be a DNS label: 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit",
 );
 /// Tier timeouts are positive.
-pub const TIER_TIMEOUT: CelRule =
-    on_field(POSITIVE_DURATION, "spec.batching.tiers[*].timeout must be greater than 0s");
+pub const TIER_TIMEOUT: CelRule = on_field(
+    POSITIVE_DURATION,
+    "spec.batching.tiers[*].timeout must be greater than 0s",
+);
 /// `maxQueueShare` is in (0, 1].
 pub const TIER_QUEUE_SHARE: CelRule = on_field(
     "self > 0.0 && self <= 1.0",
@@ -112,25 +122,35 @@ pub const SCALING_TARGETS: CelRule = on_field(
     "spec.scaling.targets must set at least one of queueDepthPerReplica, inFlightPerReplica, p95Latency or gpuUtilization",
 );
 /// Queue depth target is positive.
-pub const TARGET_QUEUE_DEPTH: CelRule =
-    on_field("self > 0.0", "spec.scaling.targets.queueDepthPerReplica must be greater than 0");
+pub const TARGET_QUEUE_DEPTH: CelRule = on_field(
+    "self > 0.0",
+    "spec.scaling.targets.queueDepthPerReplica must be greater than 0",
+);
 /// In-flight target is positive.
-pub const TARGET_IN_FLIGHT: CelRule =
-    on_field("self > 0.0", "spec.scaling.targets.inFlightPerReplica must be greater than 0");
+pub const TARGET_IN_FLIGHT: CelRule = on_field(
+    "self > 0.0",
+    "spec.scaling.targets.inFlightPerReplica must be greater than 0",
+);
 /// Latency target is positive.
-pub const TARGET_P95_LATENCY: CelRule =
-    on_field(POSITIVE_DURATION, "spec.scaling.targets.p95Latency must be greater than 0s");
+pub const TARGET_P95_LATENCY: CelRule = on_field(
+    POSITIVE_DURATION,
+    "spec.scaling.targets.p95Latency must be greater than 0s",
+);
 /// GPU utilization target is a percentage.
 pub const TARGET_GPU_UTILIZATION: CelRule = on_field(
     "self > 0.0 && self <= 100.0",
     "spec.scaling.targets.gpuUtilization must be greater than 0 and at most 100",
 );
 /// The stable window is positive.
-pub const STABLE_WINDOW: CelRule =
-    on_field(POSITIVE_DURATION, "spec.scaling.stableWindow must be greater than 0s");
+pub const STABLE_WINDOW: CelRule = on_field(
+    POSITIVE_DURATION,
+    "spec.scaling.stableWindow must be greater than 0s",
+);
 /// The panic window is positive.
-pub const PANIC_WINDOW: CelRule =
-    on_field(POSITIVE_DURATION, "spec.scaling.panicWindow must be greater than 0s");
+pub const PANIC_WINDOW: CelRule = on_field(
+    POSITIVE_DURATION,
+    "spec.scaling.panicWindow must be greater than 0s",
+);
 /// The panic window fits in the stable window.
 pub const PANIC_WINDOW_LE_STABLE: CelRule = on_object(
     "duration(self.panicWindow) <= duration(self.stableWindow)",
@@ -159,25 +179,35 @@ pub const CANARY_WEIGHTS_ORDER: CelRule = on_object(
     "spec.rollout.steps[*].canary.weight must not decrease from one canary step to the next",
 );
 /// Canary step durations are positive.
-pub const CANARY_DURATION: CelRule =
-    on_field(POSITIVE_DURATION, "spec.rollout.steps[*].canary.duration must be greater than 0s");
+pub const CANARY_DURATION: CelRule = on_field(
+    POSITIVE_DURATION,
+    "spec.rollout.steps[*].canary.duration must be greater than 0s",
+);
 /// Shadow percent is a percentage.
 pub const SHADOW_PERCENT: CelRule = on_field(
     "self >= 1 && self <= 100",
     "spec.rollout.steps[*].shadow.percent must be between 1 and 100",
 );
 /// Shadow step durations are positive.
-pub const SHADOW_DURATION: CelRule =
-    on_field(POSITIVE_DURATION, "spec.rollout.steps[*].shadow.duration must be greater than 0s");
+pub const SHADOW_DURATION: CelRule = on_field(
+    POSITIVE_DURATION,
+    "spec.rollout.steps[*].shadow.duration must be greater than 0s",
+);
 /// Progress deadline is positive.
-pub const PROGRESS_DEADLINE: CelRule =
-    on_field(POSITIVE_DURATION, "spec.rollout.progressDeadline must be greater than 0s");
+pub const PROGRESS_DEADLINE: CelRule = on_field(
+    POSITIVE_DURATION,
+    "spec.rollout.progressDeadline must be greater than 0s",
+);
 /// Analysis interval is positive.
-pub const ANALYSIS_INTERVAL: CelRule =
-    on_field(POSITIVE_DURATION, "spec.rollout.analysis.interval must be greater than 0s");
+pub const ANALYSIS_INTERVAL: CelRule = on_field(
+    POSITIVE_DURATION,
+    "spec.rollout.analysis.interval must be greater than 0s",
+);
 /// Failure limit is positive.
-pub const FAILURE_LIMIT: CelRule =
-    on_field("self >= 1", "spec.rollout.analysis.failureLimit must be at least 1");
+pub const FAILURE_LIMIT: CelRule = on_field(
+    "self >= 1",
+    "spec.rollout.analysis.failureLimit must be at least 1",
+);
 /// A check has exactly one source.
 pub const CHECK_ONE_SOURCE: CelRule = on_field(
     "has(self.builtin) != has(self.prometheus)",
@@ -201,8 +231,10 @@ pub const CHECK_PROMETHEUS_NAME: CelRule = on_object(
     "spec.rollout.analysis.checks[*].name is required for prometheus checks",
 );
 /// A PromQL query is not empty.
-pub const PROMETHEUS_QUERY: CelRule =
-    on_field("size(self) > 0", "spec.rollout.analysis.checks[*].prometheus.query must not be empty");
+pub const PROMETHEUS_QUERY: CelRule = on_field(
+    "size(self) > 0",
+    "spec.rollout.analysis.checks[*].prometheus.query must not be empty",
+);
 
 // --- spec.traffic ---
 /// A gateway route needs a parent.

@@ -34,7 +34,11 @@ pub struct ValidationErrors(pub Vec<FieldError>);
 impl fmt::Display for ValidationErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        write!(f, "invalid ModelDeployment spec ({n} problem{}): ", if n == 1 { "" } else { "s" })?;
+        write!(
+            f,
+            "invalid ModelDeployment spec ({n} problem{}): ",
+            if n == 1 { "" } else { "s" }
+        )?;
         for (i, e) in self.0.iter().enumerate() {
             if i > 0 {
                 f.write_str("; ")?;
@@ -58,7 +62,10 @@ struct Checker(Vec<FieldError>);
 impl Checker {
     fn check(&mut self, ok: bool, path: impl Into<String>, rule: CelRule) {
         if !ok {
-            self.0.push(FieldError { path: path.into(), message: rule.message });
+            self.0.push(FieldError {
+                path: path.into(),
+                message: rule.message,
+            });
         }
     }
 
@@ -72,7 +79,11 @@ pub fn validate(spec: &ModelDeploymentSpec) -> Result<(), ValidationErrors> {
     let mut c = Checker(Vec::new());
 
     c.check(!spec.model.name.is_empty(), "spec.model.name", rules::MODEL_NAME);
-    c.check(!spec.model.version.is_empty(), "spec.model.version", rules::MODEL_VERSION);
+    c.check(
+        !spec.model.version.is_empty(),
+        "spec.model.version",
+        rules::MODEL_VERSION,
+    );
     c.check(uri_scheme_ok(&spec.model.uri), "spec.model.uri", rules::MODEL_URI);
 
     c.check(spec.replicas >= 0, "spec.replicas", rules::REPLICAS);
@@ -92,10 +103,18 @@ pub fn validate(spec: &ModelDeploymentSpec) -> Result<(), ValidationErrors> {
         check_rollout(&mut c, rollout);
     }
     if let Some(gw) = spec.traffic.as_ref().and_then(|t| t.gateway.as_ref()) {
-        c.check(!gw.parent_refs.is_empty(), "spec.traffic.gateway.parentRefs", rules::GATEWAY_PARENTS);
+        c.check(
+            !gw.parent_refs.is_empty(),
+            "spec.traffic.gateway.parentRefs",
+            rules::GATEWAY_PARENTS,
+        );
     }
 
-    if c.0.is_empty() { Ok(()) } else { Err(ValidationErrors(c.0)) }
+    if c.0.is_empty() {
+        Ok(())
+    } else {
+        Err(ValidationErrors(c.0))
+    }
 }
 
 fn uri_scheme_ok(uri: &str) -> bool {
@@ -117,10 +136,25 @@ fn is_dns_label(s: &str) -> bool {
 }
 
 fn check_batching(c: &mut Checker, b: &BatchingSpec) {
-    c.check(b.max_batch_size >= 1, "spec.batching.maxBatchSize", rules::MAX_BATCH_SIZE);
-    c.check(b.max_batch_tokens >= 1, "spec.batching.maxBatchTokens", rules::MAX_BATCH_TOKENS);
-    c.check(b.max_queue_size >= 1, "spec.batching.maxQueueSize", rules::MAX_QUEUE_SIZE);
-    let unique = b.tiers.iter().all(|t| b.tiers.iter().filter(|u| u.name == t.name).count() == 1);
+    c.check(
+        b.max_batch_size >= 1,
+        "spec.batching.maxBatchSize",
+        rules::MAX_BATCH_SIZE,
+    );
+    c.check(
+        b.max_batch_tokens >= 1,
+        "spec.batching.maxBatchTokens",
+        rules::MAX_BATCH_TOKENS,
+    );
+    c.check(
+        b.max_queue_size >= 1,
+        "spec.batching.maxQueueSize",
+        rules::MAX_QUEUE_SIZE,
+    );
+    let unique = b
+        .tiers
+        .iter()
+        .all(|t| b.tiers.iter().filter(|u| u.name == t.name).count() == 1);
     c.check(unique, "spec.batching.tiers", rules::TIER_NAMES_UNIQUE);
     for (i, tier) in b.tiers.iter().enumerate() {
         let path = format!("spec.batching.tiers[{i}]");
@@ -129,15 +163,31 @@ fn check_batching(c: &mut Checker, b: &BatchingSpec) {
             c.positive(timeout, format!("{path}.timeout"), rules::TIER_TIMEOUT);
         }
         if let Some(share) = tier.max_queue_share {
-            c.check(share > 0.0 && share <= 1.0, format!("{path}.maxQueueShare"), rules::TIER_QUEUE_SHARE);
+            c.check(
+                share > 0.0 && share <= 1.0,
+                format!("{path}.maxQueueShare"),
+                rules::TIER_QUEUE_SHARE,
+            );
         }
     }
 }
 
 fn check_scaling(c: &mut Checker, s: &ScalingSpec) {
-    c.check(s.min_replicas >= 1, "spec.scaling.minReplicas", rules::SCALING_MIN);
-    c.check(s.max_replicas >= 1, "spec.scaling.maxReplicas", rules::SCALING_MAX);
-    c.check(s.min_replicas <= s.max_replicas, "spec.scaling.minReplicas", rules::SCALING_MIN_LE_MAX);
+    c.check(
+        s.min_replicas >= 1,
+        "spec.scaling.minReplicas",
+        rules::SCALING_MIN,
+    );
+    c.check(
+        s.max_replicas >= 1,
+        "spec.scaling.maxReplicas",
+        rules::SCALING_MAX,
+    );
+    c.check(
+        s.min_replicas <= s.max_replicas,
+        "spec.scaling.minReplicas",
+        rules::SCALING_MIN_LE_MAX,
+    );
     let t = &s.targets;
     let any_target = t.queue_depth_per_replica.is_some()
         || t.in_flight_per_replica.is_some()
@@ -145,21 +195,41 @@ fn check_scaling(c: &mut Checker, s: &ScalingSpec) {
         || t.gpu_utilization.is_some();
     c.check(any_target, "spec.scaling.targets", rules::SCALING_TARGETS);
     if let Some(v) = t.queue_depth_per_replica {
-        c.check(v > 0.0, "spec.scaling.targets.queueDepthPerReplica", rules::TARGET_QUEUE_DEPTH);
+        c.check(
+            v > 0.0,
+            "spec.scaling.targets.queueDepthPerReplica",
+            rules::TARGET_QUEUE_DEPTH,
+        );
     }
     if let Some(v) = t.in_flight_per_replica {
-        c.check(v > 0.0, "spec.scaling.targets.inFlightPerReplica", rules::TARGET_IN_FLIGHT);
+        c.check(
+            v > 0.0,
+            "spec.scaling.targets.inFlightPerReplica",
+            rules::TARGET_IN_FLIGHT,
+        );
     }
     if let Some(v) = t.p95_latency {
         c.positive(v, "spec.scaling.targets.p95Latency", rules::TARGET_P95_LATENCY);
     }
     if let Some(v) = t.gpu_utilization {
-        c.check(v > 0.0 && v <= 100.0, "spec.scaling.targets.gpuUtilization", rules::TARGET_GPU_UTILIZATION);
+        c.check(
+            v > 0.0 && v <= 100.0,
+            "spec.scaling.targets.gpuUtilization",
+            rules::TARGET_GPU_UTILIZATION,
+        );
     }
     c.positive(s.stable_window, "spec.scaling.stableWindow", rules::STABLE_WINDOW);
     c.positive(s.panic_window, "spec.scaling.panicWindow", rules::PANIC_WINDOW);
-    c.check(s.panic_window <= s.stable_window, "spec.scaling.panicWindow", rules::PANIC_WINDOW_LE_STABLE);
-    c.check(s.panic_threshold > 1.0, "spec.scaling.panicThreshold", rules::PANIC_THRESHOLD);
+    c.check(
+        s.panic_window <= s.stable_window,
+        "spec.scaling.panicWindow",
+        rules::PANIC_WINDOW_LE_STABLE,
+    );
+    c.check(
+        s.panic_threshold > 1.0,
+        "spec.scaling.panicThreshold",
+        rules::PANIC_THRESHOLD,
+    );
 }
 
 fn check_rollout(c: &mut Checker, r: &RolloutSpec) {
@@ -170,22 +240,42 @@ fn check_rollout(c: &mut Checker, r: &RolloutSpec) {
         if let Some(shadow) = &step.shadow {
             let ok = (1..=100).contains(&shadow.percent);
             c.check(ok, format!("{path}.shadow.percent"), rules::SHADOW_PERCENT);
-            c.positive(shadow.duration, format!("{path}.shadow.duration"), rules::SHADOW_DURATION);
+            c.positive(
+                shadow.duration,
+                format!("{path}.shadow.duration"),
+                rules::SHADOW_DURATION,
+            );
         }
         if let Some(canary) = &step.canary {
             let ok = (1..=100).contains(&canary.weight);
             c.check(ok, format!("{path}.canary.weight"), rules::CANARY_WEIGHT);
-            c.positive(canary.duration, format!("{path}.canary.duration"), rules::CANARY_DURATION);
+            c.positive(
+                canary.duration,
+                format!("{path}.canary.duration"),
+                rules::CANARY_DURATION,
+            );
             weights_ok &= canary.weight >= last_weight;
             last_weight = canary.weight;
         }
         c.check(step.kind().is_some(), path, rules::STEP_ONE_KIND);
     }
     c.check(weights_ok, "spec.rollout.steps", rules::CANARY_WEIGHTS_ORDER);
-    c.positive(r.progress_deadline, "spec.rollout.progressDeadline", rules::PROGRESS_DEADLINE);
+    c.positive(
+        r.progress_deadline,
+        "spec.rollout.progressDeadline",
+        rules::PROGRESS_DEADLINE,
+    );
     if let Some(a) = &r.analysis {
-        c.positive(a.interval, "spec.rollout.analysis.interval", rules::ANALYSIS_INTERVAL);
-        c.check(a.failure_limit >= 1, "spec.rollout.analysis.failureLimit", rules::FAILURE_LIMIT);
+        c.positive(
+            a.interval,
+            "spec.rollout.analysis.interval",
+            rules::ANALYSIS_INTERVAL,
+        );
+        c.check(
+            a.failure_limit >= 1,
+            "spec.rollout.analysis.failureLimit",
+            rules::FAILURE_LIMIT,
+        );
         for (i, check) in a.checks.iter().enumerate() {
             check_analysis_check(c, &format!("spec.rollout.analysis.checks[{i}]"), check);
         }
@@ -194,13 +284,25 @@ fn check_rollout(c: &mut Checker, r: &RolloutSpec) {
 
 fn check_analysis_check(c: &mut Checker, path: &str, check: &AnalysisCheck) {
     if let Some(p) = &check.prometheus {
-        c.check(!p.query.is_empty(), format!("{path}.prometheus.query"), rules::PROMETHEUS_QUERY);
+        c.check(
+            !p.query.is_empty(),
+            format!("{path}.prometheus.query"),
+            rules::PROMETHEUS_QUERY,
+        );
     }
-    c.check(check.builtin.is_some() != check.prometheus.is_some(), path, rules::CHECK_ONE_SOURCE);
+    c.check(
+        check.builtin.is_some() != check.prometheus.is_some(),
+        path,
+        rules::CHECK_ONE_SOURCE,
+    );
     let has_threshold = check.min.is_some() || check.max.is_some() || check.max_ratio_to_stable.is_some();
     c.check(has_threshold, path, rules::CHECK_THRESHOLD);
     let ratio_ok = check.max_ratio_to_stable.is_none() || check.builtin.is_some();
-    c.check(ratio_ok, format!("{path}.maxRatioToStable"), rules::CHECK_RATIO_BUILTIN);
+    c.check(
+        ratio_ok,
+        format!("{path}.maxRatioToStable"),
+        rules::CHECK_RATIO_BUILTIN,
+    );
     let named = check.prometheus.is_none() || check.name.is_some();
     c.check(named, format!("{path}.name"), rules::CHECK_PROMETHEUS_NAME);
 }
@@ -221,7 +323,12 @@ mod tests {
 
     #[test]
     fn uri_schemes() {
-        for ok in ["hf://org/model", "file:///models/x", "pvc://claim/path", "s3://bucket/key"] {
+        for ok in [
+            "hf://org/model",
+            "file:///models/x",
+            "pvc://claim/path",
+            "s3://bucket/key",
+        ] {
             assert!(uri_scheme_ok(ok), "{ok}");
         }
         for bad in ["http://x", "hf://", "org/model", "", "HF://x"] {

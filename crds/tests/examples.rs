@@ -46,7 +46,13 @@ fn every_example_passes_the_crd_cel_rules() {
 #[test]
 fn every_example_is_commented_for_a_reader() {
     for (name, text) in common::examples() {
-        let comments = text.lines().filter(|l| l.trim_start().starts_with('#') || l.contains(" # ")).count();
-        assert!(comments >= 3, "examples/{name} needs comments explaining it ({comments} found)");
+        let comments = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with('#') || l.contains(" # "))
+            .count();
+        assert!(
+            comments >= 3,
+            "examples/{name} needs comments explaining it ({comments} found)"
+        );
     }
 }

@@ -31,7 +31,9 @@ enum Command {
 fn read(path: &PathBuf) -> Result<String, String> {
     if path.as_os_str() == "-" {
         let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text).map_err(|e| format!("-: cannot read stdin: {e}"))?;
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| format!("-: cannot read stdin: {e}"))?;
         Ok(text)
     } else {
         fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))

@@ -31,8 +31,8 @@ use crate::rules;
     printcolumn = r#"{"name":"Stable","type":"string","jsonPath":".status.stable.version","description":"Model version of the stable revision"}"#,
     printcolumn = r#"{"name":"Canary","type":"string","jsonPath":".status.candidate.version","description":"Model version being rolled out"}"#,
     printcolumn = r#"{"name":"Weight","type":"integer","jsonPath":".status.candidate.trafficWeight","description":"Percent of traffic on the candidate"}"#,
-    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase","description":"Pending, Progressing, Available, Degraded or Failed"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp","description":"Time since creation"}"#
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = rules::CUDA_NEEDS_GPU)]

@@ -126,6 +126,12 @@ fn default_gpus() -> i32 {
 
 impl Default for ResourcesSpec {
     fn default() -> Self {
-        Self { gpus: default_gpus(), gpu_product: None, min_gpu_memory_mib: None, cpu: None, memory: None }
+        Self {
+            gpus: default_gpus(),
+            gpu_product: None,
+            min_gpu_memory_mib: None,
+            cpu: None,
+            memory: None,
+        }
     }
 }

@@ -14,11 +14,17 @@ pub fn repo_root() -> PathBuf {
 
 /// Every `examples/*.yaml` with its text.
 pub fn examples() -> Vec<(String, String)> {
-    let mut out: Vec<_> = std::fs::read_dir(repo_root().join("examples"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
+    let dir = std::fs::read_dir(repo_root().join("examples")).expect("examples/ is readable");
+    let mut out: Vec<_> = dir
+        .map(|e| e.expect("examples/ entry").path())
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&p).unwrap()))
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).expect("example is readable");
+            (
+                p.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+                text,
+            )
+        })
         .collect();
     out.sort();
     out
@@ -27,8 +33,11 @@ pub fn examples() -> Vec<(String, String)> {
 /// The CRD's openAPIV3Schema as JSON.
 pub fn crd_schema() -> Value {
     let crd = ModelDeployment::crd();
-    serde_json::to_value(crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap())
-        .unwrap()
+    let schema = crd.spec.versions[0]
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref());
+    serde_json::to_value(schema.expect("the CRD has a schema")).expect("the schema serializes")
 }
 
 /// What the API server's CEL admission would report for `object` (defaults applied first, as the
@@ -42,7 +51,13 @@ pub fn cel_violations(object: &Value) -> Vec<(String, String)> {
         .into_vec()
         .into_iter()
         .map(|e| {
-            assert_eq!(e.kind, cel::ErrorKind::ValidationFailure, "rule `{}` did not evaluate: {}", e.rule, e.message);
+            assert_eq!(
+                e.kind,
+                cel::ErrorKind::ValidationFailure,
+                "rule `{}` did not evaluate: {}",
+                e.rule,
+                e.message
+            );
             (e.field_path, e.message)
         })
         .collect()

@@ -1,18 +1,281 @@
-//! modelfleet-e2e: local Kubernetes control plane, end-to-end tests and the up/demo CLI.
+//! `modelfleet-e2e`: start a local Kubernetes control plane with fake GPU nodes.
 
-use std::process::ExitCode;
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use modelfleet_e2e::{
+    ClusterConfig, GpuNodePool, LocalCluster, Toolchain, crds, nodes, process, startup_bench,
+};
+use serde::{Deserialize, Serialize};
 
-/// modelfleet-e2e: local Kubernetes control plane, end-to-end tests and the up/demo CLI.
-///
-/// This binary is a placeholder: it lands with issue #3 (see README.md, "State of the parts").
+/// Local Kubernetes control plane for modelfleet: etcd, kube-apiserver, kube-controller-manager,
+/// kube-scheduler and kwok (fake GPU nodes) on 127.0.0.1, built from pinned Go modules.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
-struct Args {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start a cluster with GPU nodes and the modelfleet CRDs; tear it down on Ctrl-C.
+    Up(UpArgs),
+    /// Stop a cluster started with `up --keep`.
+    Down {
+        /// Keep the cluster directory (logs, kubeconfig) instead of deleting it.
+        #[arg(long)]
+        keep_dir: bool,
+    },
+    /// Build the pinned toolchain if needed and print its directory.
+    Toolchain,
+    /// Measure warm start time to the first Ready GPU node and the cluster's memory.
+    BenchStart {
+        /// Number of start-ups to measure.
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct UpArgs {
+    /// Leave the cluster running and exit; stop it later with `modelfleet-e2e down`.
+    #[arg(long)]
+    keep: bool,
+    /// Number of GPU nodes.
+    #[arg(long, default_value_t = 4)]
+    gpu_nodes: usize,
+    /// GPUs per node (`nvidia.com/gpu` capacity).
+    #[arg(long, default_value_t = 8)]
+    gpus_per_node: u32,
+    /// GPU product label (`nvidia.com/gpu.product`).
+    #[arg(long, default_value = "NVIDIA-H100-80GB-HBM3")]
+    gpu_product: String,
+    /// MiB per GPU (`nvidia.com/gpu.memory`).
+    #[arg(long, default_value_t = 81559)]
+    gpu_memory_mib: u64,
+    /// Untainted CPU-only nodes, for CPU models.
+    #[arg(long, default_value_t = 1)]
+    cpu_nodes: usize,
+    /// Cluster directory. Empty: a new temporary directory.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// What `up --keep` leaves for `down`.
+#[derive(Serialize, Deserialize, Debug)]
+struct KeptCluster {
+    dir: PathBuf,
+    components: Vec<(String, u32)>,
+}
+
+fn state_file() -> PathBuf {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    home.join(".cache/modelfleet/up/cluster.json")
+}
+
+fn step(n: u32, total: u32, what: &str, since: Instant) {
+    eprintln!("[{n}/{total}] {what} ({:.1}s)", since.elapsed().as_secs_f64());
+}
+
+async fn up(args: UpArgs) -> Result<(), String> {
+    if args.keep && state_file().is_file() {
+        return Err(format!(
+            "a kept cluster is already running ({}); stop it with `modelfleet-e2e down`",
+            state_file().display()
+        ));
+    }
+    let t0 = Instant::now();
+    step(
+        1,
+        4,
+        "toolchain: finding or building the pinned Kubernetes binaries",
+        t0,
+    );
+    let toolchain = tokio::task::spawn_blocking(Toolchain::ensure)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    step(
+        2,
+        4,
+        "starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok",
+        t0,
+    );
+    let config = ClusterConfig {
+        dir: args.dir.clone(),
+        keep_dir: args.keep,
+        guarded: !args.keep,
+        ..Default::default()
+    };
+    let cluster = LocalCluster::start(config).await.map_err(|e| e.to_string())?;
+    let client = cluster.client().await.map_err(|e| e.to_string())?;
+    step(3, 4, "installing the ModelDeployment and Gateway API CRDs", t0);
+    crds::install_modelfleet_crds(&client)
+        .await
+        .map_err(|e| e.to_string())?;
+    crds::install_gateway_api_crds(&client, &toolchain)
+        .await
+        .map_err(|e| e.to_string())?;
+    step(
+        4,
+        4,
+        &format!(
+            "adding {} GPU nodes of {} x {}",
+            args.gpu_nodes, args.gpus_per_node, args.gpu_product
+        ),
+        t0,
+    );
+    let pool = GpuNodePool {
+        count: args.gpu_nodes,
+        product: args.gpu_product.clone(),
+        gpus_per_node: args.gpus_per_node,
+        gpu_memory_mib: args.gpu_memory_mib,
+        ..Default::default()
+    };
+    nodes::add_gpu_pool(&client, &pool)
+        .await
+        .map_err(|e| e.to_string())?;
+    nodes::add_cpu_nodes(&client, args.cpu_nodes)
+        .await
+        .map_err(|e| e.to_string())?;
+    print_ready(&cluster, t0.elapsed());
+
+    if args.keep {
+        let (components, dir) = cluster.detach();
+        let kept = KeptCluster { dir, components };
+        let path = state_file();
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("create {}: {e}", parent.display()))?;
+        }
+        let json = serde_json::to_string_pretty(&kept).map_err(|e| e.to_string())?;
+        std::fs::write(&path, json).map_err(|e| format!("write {}: {e}", path.display()))?;
+        eprintln!("left running; stop it with: modelfleet-e2e down");
+        return Ok(());
+    }
+    eprintln!("running; press Ctrl-C to stop and delete it");
+    wait_for_signal().await;
+    eprintln!("stopping…");
+    cluster.stop();
+    eprintln!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}
+
+fn print_ready(cluster: &LocalCluster, took: Duration) {
+    let kubectl_dir = cluster.toolchain().dir();
+    println!(
+        "\nLocal cluster ready in {:.1}s at {}",
+        took.as_secs_f64(),
+        cluster.api_url()
+    );
+    println!("  logs and certificates: {}\n", cluster.dir().display());
+    println!("export KUBECONFIG={}", cluster.kubeconfig_path().display());
+    println!(
+        "export PATH={}:$PATH   # kubectl and helm of the pinned versions",
+        kubectl_dir.display()
+    );
+    println!("\nTry:");
+    println!("  kubectl get nodes -L nvidia.com/gpu.product,nvidia.com/gpu.count");
+    println!("  kubectl apply -f examples/minimal.yaml && kubectl get mdep");
+    println!(
+        "  kubectl apply -f examples/gpu-autoscaled.yaml   # namespace search: kubectl create ns search first"
+    );
+    println!("  kubectl explain modeldeployment.spec.rollout");
+}
+
+async fn bench_start(runs: u32) -> Result<(), String> {
+    tokio::task::spawn_blocking(Toolchain::ensure)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    println!(
+        "| run | control plane ready (s) | first GPU node Ready (s) | cluster RSS (MiB) | per component (MiB) |"
+    );
+    println!("|---|---|---|---|---|");
+    for run in 1..=runs {
+        let s = startup_bench::measure_once().await.map_err(|e| e.to_string())?;
+        let parts: Vec<String> = s.rss_mib.iter().map(|(n, m)| format!("{n} {m:.0}")).collect();
+        println!(
+            "| {run} | {:.1} | {:.1} | {:.0} | {} |",
+            s.control_plane.as_secs_f64(),
+            s.first_gpu_node_ready.as_secs_f64(),
+            s.total_rss_mib(),
+            parts.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn down(keep_dir: bool) -> Result<(), String> {
+    let path = state_file();
+    let text = std::fs::read_to_string(&path)
+        .map_err(|_| format!("no kept cluster ({} not found)", path.display()))?;
+    let kept: KeptCluster = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    for (name, pid) in kept.components.iter().rev() {
+        eprintln!("stopping {name} (pid {pid})");
+        process::terminate_pid(*pid, process::STOP_GRACE);
+    }
+    if !keep_dir && is_cluster_dir(&kept.dir) {
+        std::fs::remove_dir_all(&kept.dir).map_err(|e| format!("remove {}: {e}", kept.dir.display()))?;
+    }
+    std::fs::remove_file(&path).map_err(|e| format!("remove {}: {e}", path.display()))?;
+    eprintln!("stopped");
+    Ok(())
+}
+
+/// Refuses to delete a directory that does not look like one `up` made.
+fn is_cluster_dir(dir: &Path) -> bool {
+    dir.join("kubeconfig").is_file() && dir.join("pki").is_dir()
+}
 
 fn main() -> ExitCode {
-    let _args = Args::parse();
-    eprintln!("modelfleet-e2e: not implemented yet (issue #3); see README.md");
-    ExitCode::from(2)
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Up(args) => match tokio::runtime::Runtime::new() {
+            Ok(rt) => rt.block_on(up(args)),
+            Err(e) => Err(format!("cannot start a Tokio runtime: {e}")),
+        },
+        Command::Down { keep_dir } => down(keep_dir),
+        Command::BenchStart { runs } => match tokio::runtime::Runtime::new() {
+            Ok(rt) => rt.block_on(bench_start(runs)),
+            Err(e) => Err(format!("cannot start a Tokio runtime: {e}")),
+        },
+        Command::Toolchain => Toolchain::ensure()
+            .map(|t| println!("{}", t.dir().display()))
+            .map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("modelfleet-e2e: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,28 @@
+//! modelfleet-e2e: a real local Kubernetes control plane for tests and the demo.
+//!
+//! [`LocalCluster`] starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok
+//! (fake kubelets) on 127.0.0.1 from binaries built by `e2e/toolchain/build.sh`, with generated
+//! certificates, and tears them down by pid. [`nodes`] adds kwok-managed GPU nodes; [`crds`]
+//! installs our CRDs and the Gateway API's; [`prometheus`] runs Debian's Prometheus on loopback;
+//! [`testing`] gives integration tests one shared cluster per test binary and a namespace per test.
+//!
+//! Network rule: every component listens on and is dialled at 127.0.0.1. Pod and Service IPs of
+//! the cluster are data only.
+
+pub mod cluster;
+pub mod crds;
+mod error;
+mod http;
+pub mod nodes;
+mod pki;
+pub mod process;
+pub mod prometheus;
+pub mod startup_bench;
+pub mod testing;
+pub mod toolchain;
+pub mod wait;
+
+pub use cluster::{ClusterConfig, LocalCluster};
+pub use error::{Error, Result};
+pub use nodes::GpuNodePool;
+pub use toolchain::Toolchain;

@@ -42,7 +42,9 @@ const fn on_object(rule: &'static str, field_path: &'static str, message: &'stat
     }
 }
 
-const POSITIVE_DURATION: &str = "duration(self) > duration('0s')";
+/// Guarded by the schema's pattern: a malformed string gets the pattern's error, not a CEL
+/// type-conversion error on top of it.
+const POSITIVE_DURATION: &str = "!self.matches('^([0-9]+(ms|s|m|h))+$') || duration(self) > duration('0s')";
 
 // --- spec.model ---
 /// `spec.model.name` is not empty.
@@ -153,7 +155,7 @@ pub const PANIC_WINDOW: CelRule = on_field(
 );
 /// The panic window fits in the stable window.
 pub const PANIC_WINDOW_LE_STABLE: CelRule = on_object(
-    "duration(self.panicWindow) <= duration(self.stableWindow)",
+    "!self.panicWindow.matches('^([0-9]+(ms|s|m|h))+$') || !self.stableWindow.matches('^([0-9]+(ms|s|m|h))+$') || duration(self.panicWindow) <= duration(self.stableWindow)",
     ".panicWindow",
     "spec.scaling.panicWindow must not be longer than spec.scaling.stableWindow",
 );
@@ -287,3 +289,27 @@ pub const ALL: &[CelRule] = &[
     PROMETHEUS_QUERY,
     GATEWAY_PARENTS,
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duration_guards_use_the_schema_pattern() {
+        let pattern = format!("matches('{}')", crate::DURATION_PATTERN);
+        assert!(POSITIVE_DURATION.contains(&pattern));
+        assert_eq!(PANIC_WINDOW_LE_STABLE.rule.matches(&pattern).count(), 2);
+    }
+
+    #[test]
+    fn messages_are_unique_and_name_a_spec_field() {
+        for (i, a) in ALL.iter().enumerate() {
+            assert!(a.message.starts_with("spec."), "{}", a.message);
+            assert!(
+                ALL[i + 1..].iter().all(|b| b.message != a.message),
+                "duplicate message {}",
+                a.message
+            );
+        }
+    }
+}

@@ -33,6 +33,9 @@ pub struct ClusterConfig {
     pub guarded: bool,
     /// Longest wait for each component to become ready.
     pub component_timeout: Duration,
+    /// Extra command-line flags per component (`"kube-apiserver"` → `["--feature-gates=…"]`),
+    /// appended after the harness's own.
+    pub extra_args: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Default for ClusterConfig {
@@ -42,6 +45,7 @@ impl Default for ClusterConfig {
             keep_dir: false,
             guarded: true,
             component_timeout: Duration::from_secs(120),
+            extra_args: Default::default(),
         }
     }
 }
@@ -94,6 +98,7 @@ pub struct LocalCluster {
     toolchain: Toolchain,
     dir: PathBuf,
     tempdir: Option<tempfile::TempDir>,
+    cleanup_guard: Option<std::process::Child>,
     processes: Vec<ManagedProcess>,
     kubeconfig: PathBuf,
     ports: Ports,
@@ -132,10 +137,15 @@ impl LocalCluster {
         let kubeconfig = dir.join("kubeconfig");
         write_kubeconfig(&kubeconfig, &pki, ports.apiserver)?;
 
+        let cleanup_guard = match &tempdir {
+            Some(t) if config.guarded => Some(crate::process::spawn_cleanup_guard(t.path())?),
+            _ => None,
+        };
         let mut cluster = Self {
             toolchain,
             dir,
             tempdir,
+            cleanup_guard,
             processes: Vec::new(),
             kubeconfig,
             ports,
@@ -274,8 +284,9 @@ impl LocalCluster {
         .await
     }
 
-    fn spawn(&mut self, config: &ClusterConfig, name: &str, args: Vec<String>) -> Result<usize> {
+    fn spawn(&mut self, config: &ClusterConfig, name: &str, mut args: Vec<String>) -> Result<usize> {
         tracing::info!(component = name, "starting");
+        args.extend(config.extra_args.get(name).into_iter().flatten().cloned());
         let process =
             ManagedProcess::spawn(name, &self.toolchain.bin(name), &args, &self.dir, config.guarded)?;
         self.processes.push(process);
@@ -334,9 +345,11 @@ impl LocalCluster {
         self.started_in
     }
 
-    /// Every pid the cluster started (components and their guards).
+    /// Every pid the cluster started (components, their guards and the directory guard).
     pub fn pids(&self) -> Vec<u32> {
-        self.processes.iter().flat_map(ManagedProcess::pids).collect()
+        let mut pids: Vec<u32> = self.processes.iter().flat_map(ManagedProcess::pids).collect();
+        pids.extend(self.cleanup_guard.as_ref().map(std::process::Child::id));
+        pids
     }
 
     /// `(component, pid)` of each component.
@@ -378,6 +391,14 @@ impl LocalCluster {
         if let Some(t) = self.tempdir.take() {
             let _ = t.close();
         }
+        self.stop_cleanup_guard();
+    }
+
+    fn stop_cleanup_guard(&mut self) {
+        if let Some(mut guard) = self.cleanup_guard.take() {
+            let _ = guard.kill();
+            let _ = guard.wait();
+        }
     }
 
     /// Leaves the components running (for `modelfleet-e2e up --keep`) and returns
@@ -391,6 +412,7 @@ impl LocalCluster {
         if let Some(t) = self.tempdir.take() {
             let _ = t.keep();
         }
+        self.stop_cleanup_guard();
         (pids, self.dir.clone())
     }
 }

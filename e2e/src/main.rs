@@ -73,7 +73,12 @@ struct KeptCluster {
     components: Vec<(String, u32)>,
 }
 
+/// Where `up --keep` records the cluster for `down`: `$MODELFLEET_E2E_STATE`, else
+/// `$HOME/.cache/modelfleet/up/cluster.json`.
 fn state_file() -> PathBuf {
+    if let Some(path) = std::env::var_os("MODELFLEET_E2E_STATE") {
+        return PathBuf::from(path);
+    }
     let home = std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
@@ -159,25 +164,35 @@ async fn up(args: UpArgs) -> Result<(), String> {
         eprintln!("left running; stop it with: modelfleet-e2e down");
         return Ok(());
     }
+    let mut signals = StopSignals::register()?;
     eprintln!("running; press Ctrl-C to stop and delete it");
-    wait_for_signal().await;
+    signals.wait().await;
     eprintln!("stopping…");
     cluster.stop();
     eprintln!("stopped");
     Ok(())
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {},
-                _ = term.recv() => {},
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
+/// Ctrl-C or SIGTERM, registered when created (before the prompt that invites them).
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn register() -> Result<Self, String> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let register = |kind| signal(kind).map_err(|e| format!("cannot handle signals: {e}"));
+        Ok(Self {
+            interrupt: register(SignalKind::interrupt())?,
+            terminate: register(SignalKind::terminate())?,
+        })
+    }
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {},
+            _ = self.terminate.recv() => {},
         }
     }
 }
@@ -252,7 +267,8 @@ fn is_cluster_dir(dir: &Path) -> bool {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,kube_client=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();

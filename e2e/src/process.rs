@@ -202,6 +202,22 @@ fn spawn_guard(child: u32) -> Result<Child> {
         .map_err(Error::io("start a process guard"))
 }
 
+/// A shell that waits for this harness to exit, then for the components' guards to finish, and
+/// removes `dir`: temporary cluster directories of test binaries, whose statics are never dropped.
+pub(crate) fn spawn_cleanup_guard(dir: &Path) -> Result<Child> {
+    let parent = std::process::id();
+    let script = "while kill -0 \"$1\" 2>/dev/null; do sleep 1; done; sleep 5; rm -rf -- \"$2\"";
+    Command::new("sh")
+        .args(["-c", script, "modelfleet-e2e-cleanup", &parent.to_string()])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(Error::io("start a directory guard"))
+}
+
 fn tail(path: &Path, lines: usize) -> String {
     let Ok(file) = File::open(path) else {
         return format!("(cannot read {})", path.display());

@@ -1,6 +1,6 @@
 //! A cluster of its own: start, serve, stop, and leave no process behind.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use modelfleet_e2e::{ClusterConfig, LocalCluster, process::is_alive};
 
@@ -22,7 +22,11 @@ async fn stop_leaves_no_process_alive_and_removes_the_directory() {
         ]
     );
     let pids = cluster.pids();
-    assert_eq!(pids.len(), 10, "five components and their guards: {pids:?}");
+    assert_eq!(
+        pids.len(),
+        11,
+        "five components, their guards and the directory guard: {pids:?}"
+    );
     assert!(pids.iter().all(|p| is_alive(*p)), "all started: {pids:?}");
 
     let client = cluster.client().await.unwrap();
@@ -44,15 +48,18 @@ async fn stop_leaves_no_process_alive_and_removes_the_directory() {
 
 #[tokio::test]
 async fn a_failed_start_names_the_component_and_shows_its_log() {
-    // No etcd answers its health check within a millisecond.
-    let config = ClusterConfig {
-        component_timeout: Duration::from_millis(1),
-        ..Default::default()
-    };
+    let mut config = ClusterConfig::default();
+    config
+        .extra_args
+        .insert("kube-apiserver".into(), vec!["--no-such-flag".into()]);
     let err = LocalCluster::start(config).await.unwrap_err().to_string();
-    assert!(err.contains("etcd did not start: not ready after 1ms"), "{err}");
     assert!(
-        err.contains("--- last lines of") && err.contains("etcd.log"),
+        err.contains("kube-apiserver did not start: it exited during start-up"),
         "{err}"
     );
+    assert!(
+        err.contains("--- last lines of") && err.contains("kube-apiserver.log"),
+        "{err}"
+    );
+    assert!(err.contains("unknown flag: --no-such-flag"), "{err}");
 }

@@ -1,0 +1,145 @@
+//! `modelfleet-e2e up`, `up --keep` / `down`, run as a user would.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use modelfleet_e2e::process::is_alive;
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+fn cli(state_dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_modelfleet-e2e"));
+    // Keep each test's `up --keep` record apart from the user's.
+    cmd.env("MODELFLEET_E2E_STATE", state_dir.join("cluster.json"));
+    cmd
+}
+
+/// Stops a kept cluster even when an assertion fails midway.
+struct DownOnDrop<'a>(&'a Path);
+
+impl Drop for DownOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = cli(self.0).arg("down").output();
+    }
+}
+
+#[test]
+fn up_keep_then_down_stops_every_component() {
+    let home = tempfile::tempdir().unwrap();
+    let _down = DownOnDrop(home.path());
+    let out = cli(home.path())
+        .args(["up", "--keep", "--gpu-nodes", "1", "--cpu-nodes", "0"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("[4/4] adding 1 GPU nodes"),
+        "progress lines: {stderr}"
+    );
+    let kubeconfig = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("export KUBECONFIG="))
+        .unwrap_or_else(|| panic!("no KUBECONFIG line in {stdout}"));
+    assert!(Path::new(kubeconfig).is_file());
+
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(home.path().join("cluster.json")).unwrap()).unwrap();
+    let pids: Vec<u32> = state["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c[1].as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(pids.len(), 5);
+    assert!(
+        pids.iter().all(|p| is_alive(*p)),
+        "components run after `up --keep` exits"
+    );
+
+    let again = cli(home.path()).args(["up", "--keep"]).output().unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already running"));
+
+    let down = cli(home.path()).arg("down").output().unwrap();
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    let alive: Vec<_> = pids.iter().filter(|p| is_alive(**p)).collect();
+    assert!(alive.is_empty(), "alive after down: {alive:?}");
+    assert!(
+        !Path::new(kubeconfig).exists(),
+        "down removes the cluster directory"
+    );
+    assert!(
+        !cli(home.path()).arg("down").output().unwrap().status.success(),
+        "nothing left to stop"
+    );
+}
+
+#[test]
+fn up_tears_down_on_ctrl_c() {
+    let home = tempfile::tempdir().unwrap();
+    let mut child = cli(home.path())
+        .args(["up", "--gpu-nodes", "1", "--cpu-nodes", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read stderr on a thread to the end: `up` keeps reporting while it tears down.
+    let (prompted_tx, prompted_rx) = std::sync::mpsc::channel();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.contains("press Ctrl-C") {
+                let _ = prompted_tx.send(());
+            }
+            seen.push(line);
+        }
+        seen
+    });
+    prompted_rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("`up` prompts for Ctrl-C");
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let status = child.wait().unwrap();
+    let seen = reader.join().unwrap();
+    assert!(status.success(), "{status}: {seen:#?}");
+    assert_eq!(seen.last().map(String::as_str), Some("stopped"), "{seen:#?}");
+
+    let stdout = std::io::read_to_string(child.stdout.take().unwrap()).unwrap();
+    let kubeconfig = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("export KUBECONFIG="))
+        .unwrap();
+    let dir = Path::new(kubeconfig).parent().unwrap();
+    assert!(!dir.exists(), "{} survived Ctrl-C", dir.display());
+    let survivors = processes_mentioning(&dir.display().to_string());
+    assert!(survivors.is_empty(), "components still running: {survivors:#?}");
+}
+
+/// Command lines of running processes that mention `needle` (every component's flags name the
+/// cluster directory).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .chars()
+                .all(|c| c.is_ascii_digit())
+        })
+        .filter(|e| is_alive(e.file_name().to_string_lossy().parse().unwrap_or(0)))
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+        .filter(|cmd| cmd.contains(needle))
+        .collect()
+}

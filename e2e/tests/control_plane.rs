@@ -334,3 +334,30 @@ async fn the_crd_is_served_with_its_printer_columns_and_scale_subresource() {
             .is_some()
     );
 }
+
+#[tokio::test]
+async fn wait_for_reports_the_last_state_on_timeout() {
+    let (client, ns) = setup("wait-for").await;
+    let pods: Api<Pod> = Api::namespaced(client, ns.name());
+    let pod: Pod =
+        serde_json::from_value(json!({"metadata": {"name": "never"}, "spec": gpu_pod_spec(64)})).unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let err = wait_for(
+        &pods,
+        "never",
+        Duration::from_millis(500),
+        "pod Running",
+        |p: &Pod| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("timed out after 500ms waiting for pod Running of never"),
+        "{err}"
+    );
+    assert!(
+        err.contains("name: never") && err.contains("nvidia.com/gpu: '64'"),
+        "last state as YAML: {err}"
+    );
+}

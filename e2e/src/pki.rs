@@ -40,6 +40,27 @@ const SERVING_NAMES: [&str; 7] = [
     "10.96.0.1",
 ];
 
+/// A new key and a certificate for it, signed by `issuer`.
+fn leaf(
+    issuer: &Issuer<'_, &KeyPair>,
+    subject: &[(DnType, &str)],
+    sans: Vec<String>,
+    extended_key_usages: Vec<ExtendedKeyUsagePurpose>,
+) -> Result<(rcgen::Certificate, KeyPair)> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(sans)?;
+    for (kind, value) in subject {
+        params.distinguished_name.push(kind.clone(), *value);
+    }
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = extended_key_usages;
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert, key))
+}
+
 /// Generates every key and certificate and writes them to `dir/pki/`.
 pub(crate) fn generate(dir: &Path) -> Result<Pki> {
     let ca_key = KeyPair::generate()?;
@@ -56,35 +77,24 @@ pub(crate) fn generate(dir: &Path) -> Result<Pki> {
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let issuer = Issuer::from_params(&ca_params, &ca_key);
 
-    let serving_key = KeyPair::generate()?;
-    let mut serving = CertificateParams::new(SERVING_NAMES.map(String::from).to_vec())?;
-    serving
-        .distinguished_name
-        .push(DnType::CommonName, "kube-apiserver");
-    serving.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    serving.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let serving_cert = serving.signed_by(&serving_key, &issuer)?;
-
-    let admin_key = KeyPair::generate()?;
-    let mut admin = CertificateParams::new(Vec::<String>::new())?;
-    admin
-        .distinguished_name
-        .push(DnType::CommonName, "modelfleet-e2e-admin");
-    admin
-        .distinguished_name
-        .push(DnType::OrganizationName, "system:masters");
-    admin.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let admin_cert = admin.signed_by(&admin_key, &issuer)?;
+    let (serving_cert, serving_key) = leaf(
+        &issuer,
+        &[(DnType::CommonName, "kube-apiserver")],
+        SERVING_NAMES.map(String::from).to_vec(),
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    )?;
+    let (admin_cert, admin_key) = leaf(
+        &issuer,
+        &[
+            (DnType::CommonName, "modelfleet-e2e-admin"),
+            (DnType::OrganizationName, "system:masters"),
+        ],
+        Vec::new(),
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
+    )?;
 
     let sa_key = KeyPair::generate()?;
 

@@ -1,0 +1,61 @@
+//! Reconcile errors with a stable category (logs, Events and the `category` metric label).
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object has no namespace or name (a bug in the watch, never user input).
+    #[error("object has no {0}")]
+    MissingObjectKey(&'static str),
+    /// Reading children failed.
+    #[error("failed to read {what}: {source}")]
+    Fetch {
+        /// What was being read.
+        what: &'static str,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Writing a child failed.
+    #[error("failed to apply {kind} {name}: {source}")]
+    Apply {
+        /// Object kind.
+        kind: &'static str,
+        /// Object name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Deleting a dead revision failed.
+    #[error("failed to delete revision {revision}: {source}")]
+    Delete {
+        /// The revision.
+        revision: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Writing status failed.
+    #[error("failed to update status: {0}")]
+    Status(#[source] kube::Error),
+    /// Leader election failed.
+    #[error("leader election: {0}")]
+    Lease(#[source] kube::Error),
+}
+
+impl Error {
+    /// Stable, low-cardinality category.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::MissingObjectKey(_) => "missing_object_key",
+            Error::Fetch { .. } => "fetch",
+            Error::Apply { .. } => "apply",
+            Error::Delete { .. } => "delete",
+            Error::Status(_) => "status",
+            Error::Lease(_) => "lease",
+        }
+    }
+}
+
+/// Result with the reconcile error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,101 @@
+//! Operator metrics (documented in docs/metrics.md).
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::{Registry, Unit},
+};
+
+use crate::Error;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CategoryLabel {
+    category: &'static str,
+}
+
+/// The operator's metrics and their registry.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Arc<Mutex<Registry>>,
+    reconciles: Family<ResultLabel, Counter>,
+    errors: Family<CategoryLabel, Counter>,
+    duration: Histogram,
+    /// 1 while this replica holds the leader Lease.
+    pub leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("modelfleet_operator");
+        let reconciles = Family::<ResultLabel, Counter>::default();
+        let errors = Family::<CategoryLabel, Counter>::default();
+        // 1 ms to about 4 s.
+        let duration = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+            0.001, 2.0, 13,
+        ));
+        let leader = Gauge::default();
+        registry.register(
+            "reconciles",
+            "Reconciles by result (ok, error)",
+            reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles by error category",
+            errors.clone(),
+        );
+        registry.register_with_unit(
+            "reconcile_duration",
+            "Time of one reconcile",
+            Unit::Seconds,
+            duration.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease",
+            leader.clone(),
+        );
+        Self {
+            registry: Arc::new(Mutex::new(registry)),
+            reconciles,
+            errors,
+            duration,
+            leader,
+        }
+    }
+}
+
+impl Metrics {
+    /// Records one reconcile.
+    pub fn observe_reconcile(&self, took: Duration, error: Option<&Error>) {
+        self.duration.observe(took.as_secs_f64());
+        let result = if error.is_some() { "error" } else { "ok" };
+        self.reconciles.get_or_create(&ResultLabel { result }).inc();
+        if let Some(e) = error {
+            self.errors
+                .get_or_create(&CategoryLabel {
+                    category: e.category(),
+                })
+                .inc();
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Ok(registry) = self.registry.lock() {
+            let _ = encode(&mut out, &registry);
+        }
+        out
+    }
+}

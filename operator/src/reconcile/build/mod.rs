@@ -1,0 +1,204 @@
+//! The desired objects of a ModelDeployment: a pure function of the object and the revision plan.
+
+mod pod;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
+        core::v1::{ConfigMap, Service, ServicePort, ServiceSpec},
+        policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
+    },
+    apimachinery::pkg::{
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
+};
+use kube::{Resource, ResourceExt};
+use modelfleet_crds::{ModelDeployment, constants::labels};
+
+pub use self::pod::{GPU_RESOURCE, GRPC_PORT, HTTP_PORT, METRICS_PORT, ROUTING_FILE};
+use crate::reconcile::{fetch::VERSION_ANNOTATION, plan::RevisionPlan};
+
+/// Every object the operator applies for one ModelDeployment.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DesiredObjects {
+    /// One Deployment per running revision.
+    pub deployments: Vec<Deployment>,
+    /// `<name>`, `<name>-stable`, `<name>-canary`, `<name>-shadow`.
+    pub services: Vec<Service>,
+    /// `<name>-routing`.
+    pub routing: ConfigMap,
+    /// `<name>`.
+    pub pdb: PodDisruptionBudget,
+}
+
+/// Name of a revision's Deployment.
+pub fn deployment_name(md_name: &str, revision: &str) -> String {
+    format!("{md_name}-{revision}")
+}
+
+/// Name of the routing ConfigMap.
+pub fn routing_name(md_name: &str) -> String {
+    format!("{md_name}-routing")
+}
+
+/// Labels every child carries.
+pub fn common_labels(md_name: &str, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (labels::NAME.into(), labels::NAME_VALUE.into()),
+        (labels::INSTANCE.into(), md_name.into()),
+        (labels::MANAGED_BY.into(), labels::MANAGED_BY_VALUE.into()),
+        (labels::COMPONENT.into(), component.into()),
+        (labels::DEPLOYMENT.into(), md_name.into()),
+    ])
+}
+
+/// Builds the desired objects.
+pub fn build(md: &ModelDeployment, plan: &RevisionPlan, default_image: &str) -> DesiredObjects {
+    let name = md.name_any();
+    let deployments = plan
+        .replicas
+        .iter()
+        .map(|(revision, &replicas)| {
+            let role = if *revision == plan.stable {
+                labels::ROLE_STABLE
+            } else {
+                labels::ROLE_CANARY
+            };
+            revision_deployment(md, revision, role, replicas, default_image)
+        })
+        .collect();
+    let canary = plan.candidate.as_deref().unwrap_or("");
+    let services = vec![
+        service(md, &name, "server", None),
+        service(
+            md,
+            &format!("{name}-stable"),
+            labels::ROLE_STABLE,
+            Some(&plan.stable),
+        ),
+        service(md, &format!("{name}-canary"), labels::ROLE_CANARY, Some(canary)),
+        // The shadow Service receives mirrored traffic only during shadow steps (rollout issue).
+        service(md, &format!("{name}-shadow"), labels::ROLE_SHADOW, Some("")),
+    ];
+    DesiredObjects {
+        deployments,
+        services,
+        routing: routing_config_map(md),
+        pdb: pdb(md),
+    }
+}
+
+fn meta(md: &ModelDeployment, name: &str, labels: BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: md.namespace(),
+        labels: Some(labels),
+        owner_references: md.controller_owner_ref(&()).map(|r| vec![r]),
+        ..Default::default()
+    }
+}
+
+fn revision_deployment(
+    md: &ModelDeployment,
+    revision: &str,
+    role: &str,
+    replicas: i32,
+    default_image: &str,
+) -> Deployment {
+    let name = md.name_any();
+    let mut labels = common_labels(&name, "server");
+    labels.insert(labels::REVISION.into(), revision.into());
+    labels.insert(labels::ROLE.into(), role.into());
+    let selector = BTreeMap::from([
+        (labels::DEPLOYMENT.to_string(), name.clone()),
+        (labels::REVISION.to_string(), revision.to_string()),
+    ]);
+    let mut metadata = meta(md, &deployment_name(&name, revision), labels);
+    metadata.annotations = Some(BTreeMap::from([(
+        VERSION_ANNOTATION.into(),
+        md.spec.model.version.clone(),
+    )]));
+    Deployment {
+        metadata,
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..Default::default()
+            },
+            // Never below the requested capacity while pods roll (a node drain, an image pull).
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::String("25%".into())),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: pod::pod_template(md, revision, default_image),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn service(md: &ModelDeployment, name: &str, component: &str, revision: Option<&str>) -> Service {
+    let md_name = md.name_any();
+    let mut selector = BTreeMap::from([(labels::DEPLOYMENT.to_string(), md_name.clone())]);
+    if let Some(revision) = revision {
+        // An empty revision selects no pod: the Service exists, with no endpoints, until a
+        // revision takes that role.
+        selector.insert(labels::REVISION.into(), revision.into());
+    }
+    let port = |name: &str, port: i32| ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::String(name.into())),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    };
+    Service {
+        metadata: meta(md, name, common_labels(&md_name, component)),
+        spec: Some(ServiceSpec {
+            selector: Some(selector),
+            ports: Some(vec![
+                port("http", HTTP_PORT),
+                port("grpc", GRPC_PORT),
+                port("metrics", METRICS_PORT),
+            ]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn routing_config_map(md: &ModelDeployment) -> ConfigMap {
+    let name = md.name_any();
+    ConfigMap {
+        metadata: meta(md, &routing_name(&name), common_labels(&name, "routing")),
+        // No mirror until a shadow step runs (rollout issue); servers reload this file.
+        data: Some(BTreeMap::from([(
+            "routing.json".to_string(),
+            r#"{"mirror":null}"#.to_string(),
+        )])),
+        ..Default::default()
+    }
+}
+
+fn pdb(md: &ModelDeployment) -> PodDisruptionBudget {
+    let name = md.name_any();
+    PodDisruptionBudget {
+        metadata: meta(md, &name, common_labels(&name, "server")),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(labels::DEPLOYMENT.to_string(), name.clone())])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}

@@ -1,0 +1,328 @@
+//! The serving pod template: the modelfleet-server container and everything around it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::core::v1::{
+        Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+        EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler, NodeAffinity, NodeSelector,
+        NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, PersistentVolumeClaimVolumeSource,
+        PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+        SecurityContext, SleepAction, Toleration, Volume, VolumeMount,
+    },
+    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+};
+use kube::ResourceExt;
+use modelfleet_crds::{
+    ModelDeployment,
+    constants::labels,
+    v1alpha1::{Backend, Device, ModelTask},
+};
+
+/// The extended resource of NVIDIA's device plugin.
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+/// OpenAI and OIP v2 HTTP.
+pub const HTTP_PORT: i32 = 8080;
+/// OIP v2 gRPC.
+pub const GRPC_PORT: i32 = 8081;
+/// Prometheus metrics.
+pub const METRICS_PORT: i32 = 9090;
+/// Where the routing ConfigMap is mounted.
+const ROUTING_DIR: &str = "/etc/modelfleet/routing";
+/// The routing file the server watches.
+pub const ROUTING_FILE: &str = "/etc/modelfleet/routing/routing.json";
+/// Model cache (emptyDir) or the mounted PVC of a `pvc://` URI.
+const MODEL_DIR: &str = "/var/lib/modelfleet/models";
+/// Seconds a pod keeps serving after removal from endpoints, so in-flight requests finish.
+const DRAIN_SECONDS: i64 = 10;
+/// Termination grace: drain plus the longest request.
+const TERMINATION_GRACE_SECONDS: i64 = 60;
+/// The image's non-root user.
+const RUN_AS_USER: i64 = 65532;
+
+fn enum_name<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// The model location inside the pod and the volume that holds it.
+fn model_source(md: &ModelDeployment) -> (String, Volume) {
+    let uri = &md.spec.model.uri;
+    if let Some(rest) = uri.strip_prefix("pvc://") {
+        let (claim, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let volume = Volume {
+            name: "models".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim.into(),
+                read_only: Some(true),
+            }),
+            ..Default::default()
+        };
+        (format!("file://{MODEL_DIR}/{path}"), volume)
+    } else {
+        let volume = Volume {
+            name: "models".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        };
+        (uri.clone(), volume)
+    }
+}
+
+/// Server arguments derived from the spec (the server contract is in docs/server.md).
+pub fn server_args(md: &ModelDeployment, model_uri: &str) -> Vec<String> {
+    let spec = &md.spec;
+    let b = &spec.batching;
+    let mut args = vec![
+        format!("--model-name={}", spec.model.name),
+        format!("--model-version={}", spec.model.version),
+        format!("--model-uri={model_uri}"),
+        format!("--task={}", enum_name::<ModelTask>(&spec.model.task)),
+        format!("--backend={}", enum_name::<Backend>(&spec.runtime.backend)),
+        format!("--device={}", enum_name::<Device>(&spec.runtime.device)),
+        format!("--model-cache={MODEL_DIR}"),
+        format!("--max-batch-size={}", b.max_batch_size),
+        format!("--max-batch-tokens={}", b.max_batch_tokens),
+        format!("--max-queue-delay={}", b.max_queue_delay),
+        format!("--max-queue-size={}", b.max_queue_size),
+        format!("--http-port={HTTP_PORT}"),
+        format!("--grpc-port={GRPC_PORT}"),
+        format!("--metrics-port={METRICS_PORT}"),
+        format!("--routing-file={ROUTING_FILE}"),
+    ];
+    for tier in &b.tiers {
+        let timeout = tier.timeout.map(|t| t.to_string()).unwrap_or_default();
+        let share = tier.max_queue_share.map(|s| s.to_string()).unwrap_or_default();
+        args.push(format!("--tier={}:{timeout}:{share}", tier.name));
+    }
+    args.extend(spec.runtime.args.iter().cloned());
+    args
+}
+
+fn resources(md: &ModelDeployment) -> ResourceRequirements {
+    let r = &md.spec.resources;
+    let mut requests = BTreeMap::new();
+    let mut limits = BTreeMap::new();
+    if let Some(cpu) = &r.cpu {
+        requests.insert("cpu".to_string(), cpu.clone());
+    }
+    if let Some(memory) = &r.memory {
+        requests.insert("memory".to_string(), memory.clone());
+        limits.insert("memory".to_string(), memory.clone());
+    }
+    if r.gpus > 0 {
+        let gpus = Quantity(r.gpus.to_string());
+        requests.insert(GPU_RESOURCE.to_string(), gpus.clone());
+        limits.insert(GPU_RESOURCE.to_string(), gpus);
+    }
+    // The escape hatch wins key by key.
+    if let Some(extra) = &md.spec.runtime.resources {
+        requests.extend(extra.requests.clone().unwrap_or_default());
+        limits.extend(extra.limits.clone().unwrap_or_default());
+    }
+    ResourceRequirements {
+        requests: (!requests.is_empty()).then_some(requests),
+        limits: (!limits.is_empty()).then_some(limits),
+        ..Default::default()
+    }
+}
+
+fn node_affinity(md: &ModelDeployment) -> Option<Affinity> {
+    let r = &md.spec.resources;
+    let mut requirements = Vec::new();
+    let requirement = |key: &str, operator: &str, value: String| NodeSelectorRequirement {
+        key: key.into(),
+        operator: operator.into(),
+        values: Some(vec![value]),
+    };
+    if r.gpus > 0 {
+        requirements.push(requirement("nvidia.com/gpu.present", "In", "true".into()));
+    }
+    if let Some(product) = &r.gpu_product {
+        requirements.push(requirement("nvidia.com/gpu.product", "In", product.clone()));
+    }
+    if let Some(min) = r.min_gpu_memory_mib {
+        // `Gt` is strict; the label is MiB per GPU.
+        requirements.push(requirement("nvidia.com/gpu.memory", "Gt", (min - 1).to_string()));
+    }
+    (!requirements.is_empty()).then(|| Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_expressions: Some(requirements),
+                    ..Default::default()
+                }],
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+fn probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Default::default()
+    }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The pod template of one revision.
+pub fn pod_template(md: &ModelDeployment, revision: &str, default_image: &str) -> PodTemplateSpec {
+    let name = md.name_any();
+    let spec = &md.spec;
+    let (model_uri, model_volume) = model_source(md);
+    let mut env = vec![
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+        EnvVar {
+            name: "MODELFLEET_DEPLOYMENT".into(),
+            value: Some(name.clone()),
+            ..Default::default()
+        },
+        EnvVar {
+            name: "MODELFLEET_REVISION".into(),
+            value: Some(revision.into()),
+            ..Default::default()
+        },
+    ];
+    env.extend(spec.runtime.env.iter().cloned());
+    let port = |name: &str, port: i32| ContainerPort {
+        name: Some(name.into()),
+        container_port: port,
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    };
+    let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(read_only),
+        ..Default::default()
+    };
+    let model_read_only = model_volume.persistent_volume_claim.is_some();
+    let container = Container {
+        name: "server".into(),
+        image: Some(
+            spec.runtime
+                .image
+                .clone()
+                .unwrap_or_else(|| default_image.to_string()),
+        ),
+        image_pull_policy: Some("IfNotPresent".into()),
+        args: Some(server_args(md, &model_uri)),
+        env: Some(env),
+        ports: Some(vec![
+            port("http", HTTP_PORT),
+            port("grpc", GRPC_PORT),
+            port("metrics", METRICS_PORT),
+        ]),
+        resources: Some(resources(md)),
+        readiness_probe: Some(probe("/health/ready", 5, 3)),
+        liveness_probe: Some(probe("/health/live", 10, 3)),
+        // Model loading (download, GPU upload) may take minutes: up to 15 minutes before the
+        // liveness probe starts counting.
+        startup_probe: Some(probe("/health/ready", 10, 90)),
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: DRAIN_SECONDS,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![
+            mount("models", MODEL_DIR, model_read_only),
+            mount("routing", ROUTING_DIR, true),
+            mount("tmp", "/tmp", false),
+        ]),
+        ..Default::default()
+    };
+    let tolerations = (spec.resources.gpus > 0).then(|| {
+        vec![Toleration {
+            key: Some(GPU_RESOURCE.into()),
+            operator: Some("Exists".into()),
+            effect: Some("NoSchedule".into()),
+            ..Default::default()
+        }]
+    });
+    let mut pod_labels = super::common_labels(&name, "server");
+    pod_labels.insert(labels::REVISION.into(), revision.into());
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(pod_labels),
+            annotations: Some(BTreeMap::from([
+                ("prometheus.io/scrape".to_string(), "true".to_string()),
+                ("prometheus.io/port".to_string(), METRICS_PORT.to_string()),
+                ("prometheus.io/path".to_string(), "/metrics".to_string()),
+            ])),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container],
+            affinity: node_affinity(md),
+            tolerations,
+            termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(RUN_AS_USER),
+                run_as_group: Some(RUN_AS_USER),
+                fs_group: Some(RUN_AS_USER),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            volumes: Some(vec![
+                model_volume,
+                Volume {
+                    name: "routing".into(),
+                    config_map: Some(ConfigMapVolumeSource {
+                        name: super::routing_name(&name),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                Volume {
+                    name: "tmp".into(),
+                    empty_dir: Some(EmptyDirVolumeSource::default()),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        }),
+    }
+}

@@ -1,0 +1,318 @@
+//! Status: what the operator observed and did, and Events for what changed.
+
+use k8s_openapi::jiff::Timestamp;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::events::{Event, EventType, Recorder},
+};
+use modelfleet_crds::{
+    ModelDeployment, ModelDeploymentStatus, ValidationErrors,
+    constants::{FIELD_MANAGER, conditions as types, labels},
+    v1alpha1::{CandidateStatus, Phase, RevisionStatus},
+};
+use serde_json::json;
+
+use crate::{
+    Error, Result,
+    reconcile::{
+        conditions::{self, Desired},
+        diagnose,
+        fetch::Observed,
+        plan::{PlanEvent, RevisionPlan},
+    },
+};
+
+/// The computed status and whether the object has settled (no faster requeue needed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusReport {
+    /// The new status.
+    pub status: ModelDeploymentStatus,
+    /// Available with no problem.
+    pub settled: bool,
+}
+
+/// Fields that are accepted but not acted on yet, with what happens instead.
+fn inactive_fields(md: &ModelDeployment) -> Vec<&'static str> {
+    let mut fields = Vec::new();
+    if let Some(r) = &md.spec.rollout {
+        if !r.steps.is_empty() {
+            fields.push(
+                "spec.rollout.steps (a new revision replaces the stable one once all its replicas are ready)",
+            );
+        }
+        if r.analysis.is_some() {
+            fields.push("spec.rollout.analysis (no checks run)");
+        }
+    }
+    if md.spec.traffic.as_ref().is_some_and(|t| t.gateway.is_some()) {
+        fields.push("spec.traffic.gateway (no HTTPRoute is created; traffic splits by replica share)");
+    }
+    fields
+}
+
+/// Computes the status from the plan and the children observed after apply.
+pub fn compute(md: &ModelDeployment, plan: &RevisionPlan, observed: &Observed) -> StatusReport {
+    let name = md.name_any();
+    let ready = |rev: &str| observed.revision(rev).map_or(0, |r| r.ready_replicas);
+    let running = |rev: &str| plan.replicas.get(rev).copied().unwrap_or(0);
+    let replicas: i32 = plan.replicas.values().sum();
+    let ready_replicas: i32 = plan.replicas.keys().map(|r| ready(r)).sum();
+    let current_ready = ready(&plan.current);
+    let gpus = i64::from(md.spec.resources.gpus);
+    let problem = diagnose::diagnose(&observed.pods, &plan.current, gpus);
+    let available = plan.candidate.is_none() && current_ready >= plan.desired;
+    let stable_version = observed
+        .revision(&plan.stable)
+        .map(|r| r.version.clone())
+        .unwrap_or_default();
+    let version = md.spec.model.version.clone();
+
+    let (available_cond, progressing) = if available {
+        (
+            Desired::new(
+                types::AVAILABLE,
+                true,
+                "AllReplicasReady",
+                format!(
+                    "{current_ready}/{} replicas of revision {} (version {version}) are ready",
+                    plan.desired, plan.current
+                ),
+            ),
+            Desired::new(
+                types::PROGRESSING,
+                false,
+                "Complete",
+                format!("revision {} is fully rolled out", plan.current),
+            ),
+        )
+    } else if let Some(candidate) = &plan.candidate {
+        let msg = format!(
+            "revision {candidate} (version {version}) has {current_ready}/{} ready replicas; revision {} (version {stable_version}) keeps serving until then",
+            plan.desired, plan.stable
+        );
+        (
+            Desired::new(types::AVAILABLE, false, "RevisionRollingOut", msg.clone()),
+            Desired::new(types::PROGRESSING, true, "NewRevision", msg),
+        )
+    } else {
+        let msg = format!(
+            "{current_ready}/{} replicas of revision {} are ready",
+            plan.desired, plan.current
+        );
+        let reason = problem.as_ref().map_or("ReplicasNotReady", |p| p.reason);
+        (
+            Desired::new(types::AVAILABLE, false, reason, msg.clone()),
+            Desired::new(types::PROGRESSING, true, "ReplicasStarting", msg),
+        )
+    };
+    let degraded = match &problem {
+        Some(p) => Desired::new(types::DEGRADED, true, p.reason, p.message.clone()),
+        None => Desired::new(types::DEGRADED, false, "AsExpected", "no problem found"),
+    };
+    let mut desired = vec![available_cond, progressing, degraded];
+    if let Some(scaling) = &md.spec.scaling {
+        desired.push(Desired::new(types::SCALING_LIMITED, true, "AutoscalerNotActive", format!(
+            "spec.scaling is set but the built-in autoscaler is not active in this release: holding minReplicas={}",
+            scaling.min_replicas
+        )));
+    }
+    let inactive = inactive_fields(md);
+    if !inactive.is_empty() {
+        desired.push(Desired::new(
+            FIELDS_NOT_ACTIVE,
+            true,
+            "NotActiveYet",
+            format!("accepted but not active in this release: {}", inactive.join("; ")),
+        ));
+    }
+    let existing = md
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let conditions = conditions::merge(&existing, &desired, md.metadata.generation, Timestamp::now());
+
+    let phase = if available && problem.is_none() {
+        Phase::Available
+    } else if problem.is_some() {
+        Phase::Degraded
+    } else if ready_replicas == 0 {
+        Phase::Pending
+    } else {
+        Phase::Progressing
+    };
+    let stable = RevisionStatus {
+        revision: plan.stable.clone(),
+        version: if plan.stable == plan.current {
+            version.clone()
+        } else {
+            stable_version
+        },
+        replicas: running(&plan.stable),
+        ready_replicas: ready(&plan.stable),
+    };
+    let candidate = plan.candidate.as_ref().map(|c| {
+        let stable_ready = ready(&plan.stable);
+        // Without a gateway, the entry Service splits traffic by ready replicas.
+        let weight = if current_ready + stable_ready > 0 {
+            100 * current_ready / (current_ready + stable_ready)
+        } else {
+            0
+        };
+        CandidateStatus {
+            revision: c.clone(),
+            version: version.clone(),
+            step: 0,
+            step_started_at: None,
+            traffic_weight: weight,
+            mirror_percent: 0,
+            replicas: running(c),
+            ready_replicas: current_ready,
+        }
+    });
+    let status = ModelDeploymentStatus {
+        observed_generation: md.metadata.generation,
+        phase: Some(phase),
+        replicas,
+        ready_replicas,
+        ready: Some(format!("{ready_replicas}/{replicas}")),
+        selector: Some(format!("{}={name}", labels::DEPLOYMENT)),
+        stable: Some(stable),
+        candidate,
+        analysis: None,
+        autoscaling: None,
+        conditions,
+    };
+    StatusReport {
+        settled: phase == Phase::Available,
+        status,
+    }
+}
+
+/// Condition listing accepted fields that later releases act on.
+pub const FIELDS_NOT_ACTIVE: &str = "FieldsNotActive";
+
+/// Writes the status with server-side apply on the status subresource.
+pub async fn patch(client: &Client, md: &ModelDeployment, report: &StatusReport) -> Result<()> {
+    write_status(client, md, &report.status).await
+}
+
+async fn write_status(client: &Client, md: &ModelDeployment, status: &ModelDeploymentStatus) -> Result<()> {
+    let api: Api<ModelDeployment> = Api::namespaced(client.clone(), &md.namespace().unwrap_or_default());
+    let body = json!({
+        "apiVersion": ModelDeployment::api_version(&()),
+        "kind": ModelDeployment::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &md.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(Error::Status)?;
+    Ok(())
+}
+
+/// Degraded/InvalidSpec with the validation message; children are left as they are.
+pub async fn report_invalid(
+    client: &Client,
+    recorder: &Recorder,
+    md: &ModelDeployment,
+    invalid: &ValidationErrors,
+) -> Result<()> {
+    let message = invalid.to_string();
+    let previous = md.status.clone().unwrap_or_default();
+    let already = previous
+        .conditions
+        .iter()
+        .any(|c| c.type_ == types::DEGRADED && c.reason == "InvalidSpec" && c.message == message);
+    let desired = [
+        Desired::new(
+            types::AVAILABLE,
+            previous.ready_replicas > 0 && previous.phase == Some(Phase::Available),
+            "InvalidSpec",
+            message.clone(),
+        ),
+        Desired::new(
+            types::PROGRESSING,
+            false,
+            "InvalidSpec",
+            "waiting for a valid spec",
+        ),
+        Desired::new(types::DEGRADED, true, "InvalidSpec", message.clone()),
+    ];
+    let status = ModelDeploymentStatus {
+        observed_generation: md.metadata.generation,
+        phase: Some(if previous.ready_replicas > 0 {
+            Phase::Degraded
+        } else {
+            Phase::Failed
+        }),
+        conditions: conditions::merge(
+            &previous.conditions,
+            &desired,
+            md.metadata.generation,
+            Timestamp::now(),
+        ),
+        ..previous
+    };
+    write_status(client, md, &status).await?;
+    if !already {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "InvalidSpec".into(),
+            note: Some(truncate(&message, 1000)),
+            action: "Validate".into(),
+            secondary: None,
+        };
+        let _ = recorder.publish(&event, &md.object_ref(&())).await;
+    }
+    Ok(())
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Publishes one Event for a plan change. Event failures are logged, never fatal.
+pub async fn publish(recorder: &Recorder, md: &ModelDeployment, change: PlanEvent) {
+    let (reason, action, note) = match change {
+        PlanEvent::RevisionCreated { revision, replicas } => (
+            "RevisionCreated",
+            "Create",
+            format!(
+                "created revision {revision} (version {}) with {replicas} replicas",
+                md.spec.model.version
+            ),
+        ),
+        PlanEvent::Scaled { revision, from, to } => (
+            "Scaled",
+            "Scale",
+            format!("scaled revision {revision} from {from} to {to} replicas"),
+        ),
+        PlanEvent::RevisionReplaced { revision, retired } => (
+            "RevisionReplaced",
+            "Replace",
+            format!("revision {revision} is ready; retired {}", retired.join(", ")),
+        ),
+    };
+    let event = Event {
+        type_: EventType::Normal,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &md.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "cannot publish event");
+    }
+}

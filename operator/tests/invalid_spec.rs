@@ -37,7 +37,7 @@ async fn an_invalid_spec_is_reported_not_retried() {
     let crd: CustomResourceDefinition = serde_json::from_value(crd).unwrap();
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     crds.patch(
-        &ModelDeployment::crd_name(),
+        ModelDeployment::crd_name(),
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(&crd),
     )

@@ -25,7 +25,8 @@ impl Drop for Operator {
 }
 
 fn operator(cluster: &LocalCluster, identity: &str) -> Operator {
-    let log = std::fs::File::create(cluster.dir().join(format!("operator-{identity}.log"))).unwrap();
+    let log =
+        std::fs::File::create(cluster.dir().join(format!("operator-{identity}.log"))).expect("a log file");
     let child = Command::new(env!("CARGO_BIN_EXE_modelfleet-operator"))
         .args([
             "run",
@@ -36,11 +37,11 @@ fn operator(cluster: &LocalCluster, identity: &str) -> Operator {
         ])
         .arg(format!("--identity={identity}"))
         .env("KUBECONFIG", cluster.kubeconfig_path())
-        .stdout(log.try_clone().unwrap())
+        .stdout(log.try_clone().expect("a log handle"))
         .stderr(log)
         .stdin(Stdio::null())
         .spawn()
-        .unwrap();
+        .expect("the operator starts");
     Operator(child)
 }
 

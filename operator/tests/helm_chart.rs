@@ -1,0 +1,67 @@
+//! The Helm chart installs into a real API server, and its least-privilege RBAC is enough: the
+//! operator, running as the chart's ServiceAccount, reconciles a ModelDeployment to Available and
+//! records Events.
+
+use std::{process::Command, time::Duration};
+
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Event};
+use kube::{
+    Api, Client,
+    api::{ListParams, PostParams},
+};
+use modelfleet_crds::ModelDeployment;
+use modelfleet_e2e::{ClusterConfig, LocalCluster, nodes, wait::wait_for};
+use modelfleet_operator::{OperatorConfig, controller, http::HttpState};
+
+#[tokio::test]
+async fn the_chart_installs_and_its_rbac_suffices() {
+    let cluster = LocalCluster::start(ClusterConfig::default()).await.unwrap();
+    let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/modelfleet");
+    let out = Command::new(cluster.toolchain().bin("helm"))
+        .args(["install", "modelfleet"])
+        .arg(&chart)
+        .args(["--namespace", "modelfleet-system", "--create-namespace", "--wait=false"])
+        .arg(format!("--kubeconfig={}", cluster.kubeconfig_path().display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "helm install: {}", String::from_utf8_lossy(&out.stderr));
+
+    let admin = cluster.client().await.unwrap();
+    let operator_deployment = Api::<Deployment>::namespaced(admin.clone(), "modelfleet-system").get("modelfleet").await.unwrap();
+    assert_eq!(operator_deployment.spec.and_then(|s| s.replicas), Some(2));
+    nodes::add_cpu_nodes(&admin, 1).await.unwrap();
+
+    // The operator, with exactly the chart's permissions.
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(cluster.kubeconfig_path()).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    config.auth_info.impersonate = Some("system:serviceaccount:modelfleet-system:modelfleet".into());
+    let as_operator = Client::try_from(config).unwrap();
+    let operator_config = OperatorConfig {
+        lease_namespace: "modelfleet-system".into(),
+        lease_name: "modelfleet".into(),
+        ..Default::default()
+    };
+    let http = HttpState::default();
+    let operator = tokio::spawn(controller::run(as_operator, operator_config, http.clone(), std::future::pending()));
+
+    let spec = serde_yaml::from_str("model: {name: m, version: '1', uri: 'hf://o/m'}\nruntime: {device: cpu}\nresources: {gpus: 0}\n").unwrap();
+    let mut md = ModelDeployment::new("rbac", spec);
+    md.metadata.namespace = Some("default".into());
+    let api: Api<ModelDeployment> = Api::namespaced(admin.clone(), "default");
+    api.create(&PostParams::default(), &md).await.unwrap();
+    wait_for(&api, "rbac", Duration::from_secs(60), "Available", |md: &ModelDeployment| {
+        md.status.as_ref().is_some_and(|s| s.phase == Some(modelfleet_crds::v1alpha1::Phase::Available))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nmetrics:\n{}", http.metrics.render()));
+    let events = Api::<Event>::namespaced(admin, "default").list(&ListParams::default()).await.unwrap();
+    assert!(events.items.iter().any(|e| e.reason.as_deref() == Some("RevisionCreated")), "Events are allowed");
+    let metrics = http.metrics.render();
+    assert!(!metrics.contains("modelfleet_operator_reconcile_errors_total{"), "no forbidden errors:\n{metrics}");
+    operator.abort();
+    cluster.stop();
+}

@@ -20,14 +20,26 @@ async fn the_chart_installs_and_its_rbac_suffices() {
     let out = Command::new(cluster.toolchain().bin("helm"))
         .args(["install", "modelfleet"])
         .arg(&chart)
-        .args(["--namespace", "modelfleet-system", "--create-namespace", "--wait=false"])
+        .args([
+            "--namespace",
+            "modelfleet-system",
+            "--create-namespace",
+            "--wait=false",
+        ])
         .arg(format!("--kubeconfig={}", cluster.kubeconfig_path().display()))
         .output()
         .unwrap();
-    assert!(out.status.success(), "helm install: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "helm install: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let admin = cluster.client().await.unwrap();
-    let operator_deployment = Api::<Deployment>::namespaced(admin.clone(), "modelfleet-system").get("modelfleet").await.unwrap();
+    let operator_deployment = Api::<Deployment>::namespaced(admin.clone(), "modelfleet-system")
+        .get("modelfleet")
+        .await
+        .unwrap();
     assert_eq!(operator_deployment.spec.and_then(|s| s.replicas), Some(2));
     nodes::add_cpu_nodes(&admin, 1).await.unwrap();
 
@@ -46,22 +58,50 @@ async fn the_chart_installs_and_its_rbac_suffices() {
         ..Default::default()
     };
     let http = HttpState::default();
-    let operator = tokio::spawn(controller::run(as_operator, operator_config, http.clone(), std::future::pending()));
+    let operator = tokio::spawn(controller::run(
+        as_operator,
+        operator_config,
+        http.clone(),
+        std::future::pending(),
+    ));
 
-    let spec = serde_yaml::from_str("model: {name: m, version: '1', uri: 'hf://o/m'}\nruntime: {device: cpu}\nresources: {gpus: 0}\n").unwrap();
+    let spec = serde_yaml::from_str(
+        "model: {name: m, version: '1', uri: 'hf://o/m'}\nruntime: {device: cpu}\nresources: {gpus: 0}\n",
+    )
+    .unwrap();
     let mut md = ModelDeployment::new("rbac", spec);
     md.metadata.namespace = Some("default".into());
     let api: Api<ModelDeployment> = Api::namespaced(admin.clone(), "default");
     api.create(&PostParams::default(), &md).await.unwrap();
-    wait_for(&api, "rbac", Duration::from_secs(60), "Available", |md: &ModelDeployment| {
-        md.status.as_ref().is_some_and(|s| s.phase == Some(modelfleet_crds::v1alpha1::Phase::Available))
-    })
+    wait_for(
+        &api,
+        "rbac",
+        Duration::from_secs(60),
+        "Available",
+        |md: &ModelDeployment| {
+            md.status
+                .as_ref()
+                .is_some_and(|s| s.phase == Some(modelfleet_crds::v1alpha1::Phase::Available))
+        },
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}\nmetrics:\n{}", http.metrics.render()));
-    let events = Api::<Event>::namespaced(admin, "default").list(&ListParams::default()).await.unwrap();
-    assert!(events.items.iter().any(|e| e.reason.as_deref() == Some("RevisionCreated")), "Events are allowed");
+    let events = Api::<Event>::namespaced(admin, "default")
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("RevisionCreated")),
+        "Events are allowed"
+    );
     let metrics = http.metrics.render();
-    assert!(!metrics.contains("modelfleet_operator_reconcile_errors_total{"), "no forbidden errors:\n{metrics}");
+    assert!(
+        !metrics.contains("modelfleet_operator_reconcile_errors_total{"),
+        "no forbidden errors:\n{metrics}"
+    );
     operator.abort();
     cluster.stop();
 }

@@ -14,6 +14,7 @@ pub mod crds;
 mod error;
 mod http;
 pub mod nodes;
+pub mod operator_process;
 mod pki;
 pub mod process;
 pub mod prometheus;

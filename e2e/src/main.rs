@@ -8,7 +8,8 @@ use std::{
 
 use clap::{Parser, Subcommand};
 use modelfleet_e2e::{
-    ClusterConfig, GpuNodePool, LocalCluster, Toolchain, crds, nodes, process, startup_bench,
+    ClusterConfig, GpuNodePool, LocalCluster, Toolchain, crds, nodes, operator_process, process,
+    startup_bench,
 };
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +65,12 @@ struct UpArgs {
     /// Cluster directory. Empty: a new temporary directory.
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Also build and run the operator from this workspace and apply examples/minimal.yaml.
+    #[arg(long)]
+    with_operator: bool,
+    /// Operator binary to run instead of building one (with --with-operator).
+    #[arg(long, requires = "with_operator")]
+    operator_binary: Option<PathBuf>,
 }
 
 /// What `up --keep` leaves for `down`.
@@ -97,9 +104,10 @@ async fn up(args: UpArgs) -> Result<(), String> {
         ));
     }
     let t0 = Instant::now();
+    let total = if args.with_operator { 6 } else { 4 };
     step(
         1,
-        4,
+        total,
         "toolchain: finding or building the pinned Kubernetes binaries",
         t0,
     );
@@ -109,7 +117,7 @@ async fn up(args: UpArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     step(
         2,
-        4,
+        total,
         "starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok",
         t0,
     );
@@ -121,7 +129,12 @@ async fn up(args: UpArgs) -> Result<(), String> {
     };
     let cluster = LocalCluster::start(config).await.map_err(|e| e.to_string())?;
     let client = cluster.client().await.map_err(|e| e.to_string())?;
-    step(3, 4, "installing the ModelDeployment and Gateway API CRDs", t0);
+    step(
+        3,
+        total,
+        "installing the ModelDeployment and Gateway API CRDs",
+        t0,
+    );
     crds::install_modelfleet_crds(&client)
         .await
         .map_err(|e| e.to_string())?;
@@ -130,7 +143,7 @@ async fn up(args: UpArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     step(
         4,
-        4,
+        total,
         &format!(
             "adding {} GPU nodes of {} x {}",
             args.gpu_nodes, args.gpus_per_node, args.gpu_product
@@ -150,10 +163,36 @@ async fn up(args: UpArgs) -> Result<(), String> {
     nodes::add_cpu_nodes(&client, args.cpu_nodes)
         .await
         .map_err(|e| e.to_string())?;
+    let operator = if args.with_operator {
+        step(5, total, "building and starting modelfleet-operator", t0);
+        let binary = match args.operator_binary.clone() {
+            Some(path) => path,
+            None => tokio::task::spawn_blocking(operator_process::build_operator)
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?,
+        };
+        let process =
+            operator_process::start_operator(&binary, &cluster, !args.keep).map_err(|e| e.to_string())?;
+        step(6, total, "applying examples/minimal.yaml", t0);
+        apply_minimal(&client).await?;
+        Some(process)
+    } else {
+        None
+    };
     print_ready(&cluster, t0.elapsed());
+    if operator.is_some() {
+        println!(
+            "\nThe operator is running (log: {}/modelfleet-operator.log). Next:",
+            cluster.dir().display()
+        );
+        println!("  kubectl get mdep -A -w");
+    }
 
     if args.keep {
-        let (components, dir) = cluster.detach();
+        let operator_pid = operator.map(|p| (p.name().to_string(), p.detach()));
+        let (mut components, dir) = cluster.detach();
+        components.extend(operator_pid);
         let kept = KeptCluster { dir, components };
         let path = state_file();
         if let Some(parent) = path.parent() {
@@ -168,6 +207,9 @@ async fn up(args: UpArgs) -> Result<(), String> {
     eprintln!("running; press Ctrl-C to stop and delete it");
     signals.wait().await;
     eprintln!("stopping…");
+    if let Some(mut operator) = operator {
+        operator.stop(process::STOP_GRACE);
+    }
     cluster.stop();
     eprintln!("stopped");
     Ok(())
@@ -195,6 +237,20 @@ impl StopSignals {
             _ = self.terminate.recv() => {},
         }
     }
+}
+
+async fn apply_minimal(client: &kube::Client) -> Result<(), String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/minimal.yaml");
+    let text = std::fs::read_to_string(path).map_err(|e| format!("read {path}: {e}"))?;
+    let mut md = modelfleet_crds::manifest::model_deployments_from_yaml(&text)
+        .map_err(|e| format!("{path}: {e}"))?
+        .remove(0);
+    md.metadata.namespace = Some("default".into());
+    let api: kube::Api<modelfleet_crds::ModelDeployment> = kube::Api::namespaced(client.clone(), "default");
+    api.create(&Default::default(), &md)
+        .await
+        .map_err(|e| format!("create minilm: {e}"))?;
+    Ok(())
 }
 
 fn print_ready(cluster: &LocalCluster, took: Duration) {

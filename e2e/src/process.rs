@@ -36,6 +36,18 @@ impl ManagedProcess {
     /// With `guarded`, a small shell guard kills the process when this harness process exits
     /// (even by panic or SIGKILL); `modelfleet-e2e up --keep` starts unguarded processes.
     pub fn spawn(name: &str, program: &Path, args: &[String], log_dir: &Path, guarded: bool) -> Result<Self> {
+        Self::spawn_with_env(name, program, args, &[], log_dir, guarded)
+    }
+
+    /// [`ManagedProcess::spawn`] with extra environment variables.
+    pub fn spawn_with_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &std::ffi::OsStr)],
+        log_dir: &Path,
+        guarded: bool,
+    ) -> Result<Self> {
         let log = log_dir.join(format!("{name}.log"));
         let out = File::create(&log).map_err(Error::io(format!("create {}", log.display())))?;
         let err = out
@@ -43,6 +55,7 @@ impl ManagedProcess {
             .map_err(Error::io("duplicate a log file handle"))?;
         let child = Command::new(program)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

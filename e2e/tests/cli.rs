@@ -143,3 +143,64 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
         .filter(|cmd| cmd.contains(needle))
         .collect()
 }
+
+#[tokio::test]
+async fn up_with_operator_serves_the_minimal_example() {
+    let state = tempfile::tempdir().unwrap();
+    let _down = DownOnDrop(state.path());
+    let out = cli(state.path())
+        .args([
+            "up",
+            "--keep",
+            "--with-operator",
+            "--gpu-nodes",
+            "0",
+            "--cpu-nodes",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("kubectl get mdep -A -w"), "{stdout}");
+    let kubeconfig = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("export KUBECONFIG="))
+        .unwrap()
+        .to_string();
+
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let client = kube::Client::try_from(config).unwrap();
+    let api: kube::Api<modelfleet_crds::ModelDeployment> = kube::Api::namespaced(client, "default");
+    modelfleet_e2e::wait::wait_for(
+        &api,
+        "minilm",
+        std::time::Duration::from_secs(60),
+        "Available",
+        |md: &modelfleet_crds::ModelDeployment| {
+            md.status
+                .as_ref()
+                .is_some_and(|s| s.phase == Some(modelfleet_crds::v1alpha1::Phase::Available))
+        },
+    )
+    .await
+    .unwrap();
+
+    let recorded = std::fs::read_to_string(state.path().join("cluster.json")).unwrap();
+    assert!(
+        recorded.contains("modelfleet-operator"),
+        "down also stops the operator: {recorded}"
+    );
+    assert!(cli(state.path()).arg("down").output().unwrap().status.success());
+    let survivors = processes_mentioning(Path::new(&kubeconfig).parent().unwrap().to_str().unwrap());
+    assert!(survivors.is_empty(), "{survivors:#?}");
+}

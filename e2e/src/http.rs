@@ -1,4 +1,4 @@
-//! A minimal plain-HTTP GET for loopback health endpoints (etcd, kwok, Prometheus), so the
+//! A minimal plain-HTTP GET for loopback endpoints (etcd, kwok, Prometheus, /metrics), so the
 //! harness needs no HTTP client crate.
 
 use std::time::Duration;
@@ -9,7 +9,7 @@ use tokio::{
 };
 
 /// `GET http://127.0.0.1:{port}{path}`: the status code and body, or `None` when nothing answers.
-pub(crate) async fn get(port: u16, path: &str) -> Option<(u16, String)> {
+pub async fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let attempt = async {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
         let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");

@@ -12,7 +12,7 @@
 pub mod cluster;
 pub mod crds;
 mod error;
-mod http;
+pub mod http;
 pub mod nodes;
 pub mod operator_process;
 mod pki;

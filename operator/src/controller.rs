@@ -6,30 +6,32 @@ use std::{
     time::Duration,
 };
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{ConfigMap, Pod, Service},
     policy::v1::PodDisruptionBudget,
 };
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client, Resource, ResourceExt,
     runtime::{
-        Controller,
+        Controller, Predicate, WatchStreamExt,
         controller::{Action, Config as ControllerConfig},
         events::{Recorder, Reporter},
-        reflector::ObjectRef,
-        watcher,
+        predicates,
+        reflector::{self, ObjectRef, Store},
+        watcher::{self, watcher},
     },
 };
 use modelfleet_crds::{ModelDeployment, constants::labels};
+use serde::de::DeserializeOwned;
 
 use crate::{
     Error, OperatorConfig,
     http::HttpState,
     leader::{LeaderElector, LeaseConfig},
     metrics::Metrics,
-    reconcile,
+    reconcile::{self, fetch::Stores},
 };
 
 /// What every reconcile shares.
@@ -42,6 +44,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Settings.
     pub config: OperatorConfig,
+    /// Watch caches of the children.
+    pub stores: Stores,
 }
 
 impl std::fmt::Debug for Context {
@@ -57,35 +61,92 @@ fn error_policy(md: Arc<ModelDeployment>, error: &Error, _ctx: Arc<Context>) -> 
     Action::requeue(Duration::from_secs(5))
 }
 
+/// A watch with a cache: returns the cache and the stream that fills it (managedFields dropped to
+/// save memory).
+fn cached<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + Send)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(|o| o.managed_fields_mut().clear())
+        .reflect(writer)
+        .applied_objects();
+    (reader, stream)
+}
+
+/// Everything a controller needs besides its watches.
+#[derive(Clone)]
+struct Base {
+    client: Client,
+    recorder: Recorder,
+    metrics: Metrics,
+    config: OperatorConfig,
+}
+
 /// Runs the controller until `shutdown` completes.
-pub async fn run_controller(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
-    let client = ctx.client.clone();
+async fn run_controller(base: Base, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let client = base.client.clone();
     let owned =
         watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE));
-    let pods = watcher::Config::default().labels(labels::DEPLOYMENT);
-    Controller::new(
-        Api::<ModelDeployment>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(Api::<Deployment>::all(client.clone()), owned.clone())
-    .owns(Api::<Service>::all(client.clone()), owned.clone())
-    .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
-    .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned)
-    // Pods belong to ReplicaSets; map them to their ModelDeployment by label so scheduling
-    // failures and crash loops show up in status promptly.
-    .watches(Api::<Pod>::all(client), pods, |pod: Pod| {
-        let name = pod.labels().get(labels::DEPLOYMENT)?.clone();
-        Some(ObjectRef::<ModelDeployment>::new(&name).within(&pod.namespace()?))
-    })
-    .with_config(ControllerConfig::default().concurrency(ctx.config.concurrency))
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile::reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "controller event");
-        }
-    })
-    .await;
+    let (deployments, deployment_events) = cached(Api::<Deployment>::all(client.clone()), owned.clone());
+    let (services, service_events) = cached(Api::<Service>::all(client.clone()), owned.clone());
+    let (config_maps, config_map_events) = cached(Api::<ConfigMap>::all(client.clone()), owned.clone());
+    let (pdbs, pdb_events) = cached(Api::<PodDisruptionBudget>::all(client.clone()), owned);
+    let (pods, pod_events) = cached(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().labels(labels::DEPLOYMENT),
+    );
+    let stores = Stores {
+        deployments,
+        pods,
+        services,
+        config_maps,
+        pdbs,
+    };
+
+    // Status writes bump neither generation nor annotations, so they do not retrigger reconciles.
+    let (md_reader, md_writer) = reflector::store();
+    let md_events = watcher(Api::<ModelDeployment>::all(client), watcher::Config::default())
+        .default_backoff()
+        .reflect(md_writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation.combine(predicates::annotations),
+            Default::default(),
+        );
+
+    let ctx = Arc::new(Context {
+        client: base.client,
+        recorder: base.recorder,
+        metrics: base.metrics,
+        config: base.config,
+        stores,
+    });
+    Controller::for_stream(md_events, md_reader)
+        .owns_stream(deployment_events)
+        .owns_stream(service_events)
+        .owns_stream(config_map_events)
+        .owns_stream(pdb_events)
+        // Pods belong to ReplicaSets; map them to their ModelDeployment by label so scheduling
+        // failures and crash loops show up in status promptly.
+        .watches_stream(pod_events, |pod: Pod| {
+            let name = pod.labels().get(labels::DEPLOYMENT)?.clone();
+            Some(ObjectRef::<ModelDeployment>::new(&name).within(&pod.namespace()?))
+        })
+        .with_config(ControllerConfig::default().concurrency(ctx.config.concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
 }
 
 /// Runs the operator: leader election, then the controller while leading. Returns when `stop`
@@ -111,12 +172,12 @@ pub async fn run(
         controller: "modelfleet-operator".into(),
         instance: Some(identity),
     };
-    let ctx = Arc::new(Context {
+    let base = Base {
         recorder: Recorder::new(client.clone(), reporter),
         client,
         metrics: http.metrics.clone(),
         config,
-    });
+    };
     http.ready.store(true, Ordering::Relaxed);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -129,10 +190,10 @@ pub async fn run(
             r = elector.acquire() => r?,
             _ = stopped.wait_for(|s| *s) => return Ok(()),
         }
-        ctx.metrics.leader.set(1);
+        base.metrics.leader.set(1);
         let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
         let mut stopped = stop_rx.clone();
-        let controller = tokio::spawn(run_controller(ctx.clone(), async move {
+        let controller = tokio::spawn(run_controller(base.clone(), async move {
             tokio::select! {
                 _ = lost_rx => {},
                 _ = stopped.wait_for(|s| *s) => {},
@@ -145,7 +206,7 @@ pub async fn run(
         };
         let _ = lost_tx.send(());
         let _ = controller.await;
-        ctx.metrics.leader.set(0);
+        base.metrics.leader.set(0);
         match outcome {
             Ok(true) => {
                 elector.release().await;

@@ -6,15 +6,6 @@ pub enum Error {
     /// The object has no namespace or name (a bug in the watch, never user input).
     #[error("object has no {0}")]
     MissingObjectKey(&'static str),
-    /// Reading children failed.
-    #[error("failed to read {what}: {source}")]
-    Fetch {
-        /// What was being read.
-        what: &'static str,
-        /// The API error.
-        #[source]
-        source: kube::Error,
-    },
     /// Writing a child failed.
     #[error("failed to apply {kind} {name}: {source}")]
     Apply {
@@ -38,6 +29,9 @@ pub enum Error {
     /// Writing status failed.
     #[error("failed to update status: {0}")]
     Status(#[source] kube::Error),
+    /// A watch cache was dropped (the controller is stopping).
+    #[error("watch cache closed")]
+    CacheClosed,
     /// Leader election failed.
     #[error("leader election: {0}")]
     Lease(#[source] kube::Error),
@@ -48,11 +42,11 @@ impl Error {
     pub fn category(&self) -> &'static str {
         match self {
             Error::MissingObjectKey(_) => "missing_object_key",
-            Error::Fetch { .. } => "fetch",
             Error::Apply { .. } => "apply",
             Error::Delete { .. } => "delete",
             Error::Status(_) => "status",
             Error::Lease(_) => "lease",
+            Error::CacheClosed => "cache_closed",
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Server-side apply of the desired objects, and deletion of retired revisions by label.
 
+use std::hash::{Hash, Hasher};
+
 use k8s_openapi::NamespaceResourceScope;
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -8,19 +10,51 @@ use kube::{
 use modelfleet_crds::constants::{FIELD_MANAGER, labels};
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::{Error, Result, reconcile::build::DesiredObjects};
+use crate::{
+    Error, Result,
+    reconcile::{
+        build::DesiredObjects,
+        fetch::{Observed, SPEC_HASH_ANNOTATION},
+    },
+};
 
-async fn apply_one<K>(client: &Client, namespace: &str, obj: &K) -> Result<()>
+/// A stable hash of the object as the operator would write it.
+fn spec_hash<K: Serialize>(obj: &K) -> String {
+    let mut hasher = std::hash::DefaultHasher::new();
+    serde_json::to_vec(obj).unwrap_or_default().hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+/// Applies `obj` unless the cached child already carries the same spec hash (and, for
+/// Deployments, the same replica count, which others may change: an HPA on a child, a person).
+async fn apply_one<K>(
+    client: &Client,
+    namespace: &str,
+    obj: &K,
+    observed: &Observed,
+    replicas_drift: bool,
+) -> Result<bool>
 where
-    K: Resource<Scope = NamespaceResourceScope> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
-    K::DynamicType: Default,
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
 {
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let name = obj.name_any();
+    let hash = spec_hash(obj);
+    let key = format!("{}/{name}", K::kind(&()));
+    if !replicas_drift && observed.applied.get(&key) == Some(&hash) {
+        return Ok(false);
+    }
+    let mut obj = obj.clone();
+    obj.annotations_mut()
+        .insert(SPEC_HASH_ANNOTATION.to_string(), hash);
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
     api.patch(
         &name,
         &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(obj),
+        &Patch::Apply(&obj),
     )
     .await
     .map_err(|source| Error::Apply {
@@ -28,14 +62,11 @@ where
         name,
         source,
     })?;
-    Ok(())
+    Ok(true)
 }
 
-fn kind_of<K: Resource>() -> &'static str
-where
-    K::DynamicType: Default,
-{
-    match K::kind(&K::DynamicType::default()).as_ref() {
+fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
+    match K::kind(&()).as_ref() {
         "Deployment" => "Deployment",
         "Service" => "Service",
         "ConfigMap" => "ConfigMap",
@@ -44,16 +75,32 @@ where
     }
 }
 
-/// Applies every desired object (ConfigMap first: the pods mount it).
-pub async fn apply(client: &Client, namespace: &str, desired: &DesiredObjects) -> Result<()> {
-    apply_one(client, namespace, &desired.routing).await?;
+/// Applies every changed desired object (ConfigMap first: the pods mount it). Returns how many
+/// were written.
+pub async fn apply(
+    client: &Client,
+    namespace: &str,
+    desired: &DesiredObjects,
+    observed: &Observed,
+) -> Result<usize> {
+    let mut written = usize::from(apply_one(client, namespace, &desired.routing, observed, false).await?);
     for service in &desired.services {
-        apply_one(client, namespace, service).await?;
+        written += usize::from(apply_one(client, namespace, service, observed, false).await?);
     }
     for deployment in &desired.deployments {
-        apply_one(client, namespace, deployment).await?;
+        let revision = deployment
+            .labels()
+            .get(labels::REVISION)
+            .cloned()
+            .unwrap_or_default();
+        let want = deployment.spec.as_ref().and_then(|s| s.replicas);
+        let drift = observed
+            .revision(&revision)
+            .is_some_and(|r| Some(r.replicas) != want);
+        written += usize::from(apply_one(client, namespace, deployment, observed, drift).await?);
     }
-    apply_one(client, namespace, &desired.pdb).await
+    written += usize::from(apply_one(client, namespace, &desired.pdb, observed, false).await?);
+    Ok(written)
 }
 
 /// Deletes the Deployments of retired revisions, selected by label.

@@ -1,13 +1,21 @@
 //! Reading the children a ModelDeployment owns.
 
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
-use kube::{Api, Client, ResourceExt, api::ListParams};
+use std::{collections::BTreeMap, sync::Arc};
+
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{ConfigMap, Pod, Service},
+    policy::v1::PodDisruptionBudget,
+};
+use kube::{Resource, ResourceExt, runtime::reflector::Store};
 use modelfleet_crds::constants::labels;
 
 use crate::{Error, Result};
 
 /// Annotation on each revision's Deployment with the model version it serves.
 pub const VERSION_ANNOTATION: &str = "modelfleet.dev/model-version";
+/// Annotation on every child: a hash of what the operator last applied, to skip identical writes.
+pub const SPEC_HASH_ANNOTATION: &str = "modelfleet.dev/spec-hash";
 
 /// One revision's Deployment as observed.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -31,6 +39,9 @@ pub struct Observed {
     pub revisions: Vec<ObservedRevision>,
     /// Serving pods of every revision.
     pub pods: Vec<Pod>,
+    /// `Kind/name` → the spec hash annotation of each existing child, so unchanged objects are
+    /// not written again.
+    pub applied: BTreeMap<String, String>,
 }
 
 impl Observed {
@@ -40,27 +51,84 @@ impl Observed {
     }
 }
 
-/// Lists the Deployments and pods labelled with this ModelDeployment.
-pub async fn observe(client: &Client, namespace: &str, name: &str) -> Result<Observed> {
-    let selector = ListParams::default().labels(&format!("{}={name}", labels::DEPLOYMENT));
-    let deployments = Api::<Deployment>::namespaced(client.clone(), namespace)
-        .list(&selector)
-        .await
-        .map_err(|source| Error::Fetch {
-            what: "Deployments",
-            source,
-        })?;
-    let pods = Api::<Pod>::namespaced(client.clone(), namespace)
-        .list(&selector)
-        .await
-        .map_err(|source| Error::Fetch { what: "Pods", source })?;
-    let mut revisions: Vec<ObservedRevision> =
-        deployments.items.iter().filter_map(observe_revision).collect();
+/// Watch caches of every child kind, filled by the controller's watches.
+#[derive(Debug, Clone)]
+pub struct Stores {
+    /// Revision Deployments.
+    pub deployments: Store<Deployment>,
+    /// Serving pods.
+    pub pods: Store<Pod>,
+    /// Services.
+    pub services: Store<Service>,
+    /// Routing ConfigMaps.
+    pub config_maps: Store<ConfigMap>,
+    /// PodDisruptionBudgets.
+    pub pdbs: Store<PodDisruptionBudget>,
+}
+
+impl Stores {
+    /// Waits until every cache has its initial list, so a reconcile never mistakes a cold cache
+    /// for missing children.
+    pub async fn ready(&self) -> Result<()> {
+        let dropped = |_| Error::CacheClosed;
+        self.deployments.wait_until_ready().await.map_err(dropped)?;
+        self.pods.wait_until_ready().await.map_err(dropped)?;
+        self.services.wait_until_ready().await.map_err(dropped)?;
+        self.config_maps.wait_until_ready().await.map_err(dropped)?;
+        self.pdbs.wait_until_ready().await.map_err(dropped)
+    }
+}
+
+fn mine<K: Resource>(obj: &K, namespace: &str, name: &str) -> bool {
+    obj.meta().namespace.as_deref() == Some(namespace)
+        && obj
+            .meta()
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(labels::DEPLOYMENT))
+            .map(String::as_str)
+            == Some(name)
+}
+
+fn record<K: Resource<DynamicType = ()>>(
+    applied: &mut BTreeMap<String, String>,
+    objs: &[Arc<K>],
+    namespace: &str,
+    name: &str,
+) {
+    for obj in objs.iter().filter(|o| mine(o.as_ref(), namespace, name)) {
+        if let Some(hash) = obj.annotations().get(SPEC_HASH_ANNOTATION) {
+            applied.insert(format!("{}/{}", K::kind(&()), obj.name_any()), hash.clone());
+        }
+    }
+}
+
+/// Reads the children labelled with this ModelDeployment from the watch caches.
+pub fn observe(stores: &Stores, namespace: &str, name: &str) -> Observed {
+    let deployments = stores.deployments.state();
+    let mut revisions: Vec<ObservedRevision> = deployments
+        .iter()
+        .filter(|d| mine(d.as_ref(), namespace, name))
+        .filter_map(|d| observe_revision(d))
+        .collect();
     revisions.sort_by(|a, b| a.revision.cmp(&b.revision));
-    Ok(Observed {
+    let pods = stores
+        .pods
+        .state()
+        .iter()
+        .filter(|p| mine(p.as_ref(), namespace, name))
+        .map(|p| (**p).clone())
+        .collect();
+    let mut applied = BTreeMap::new();
+    record(&mut applied, &deployments, namespace, name);
+    record(&mut applied, &stores.services.state(), namespace, name);
+    record(&mut applied, &stores.config_maps.state(), namespace, name);
+    record(&mut applied, &stores.pdbs.state(), namespace, name);
+    Observed {
         revisions,
-        pods: pods.items,
-    })
+        pods,
+        applied,
+    }
 }
 
 fn observe_revision(d: &Deployment) -> Option<ObservedRevision> {

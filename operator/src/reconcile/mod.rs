@@ -42,7 +42,8 @@ async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
         return Ok(Action::await_change());
     }
 
-    let observed = fetch::observe(&client, &namespace, &name).await?;
+    ctx.stores.ready().await?;
+    let observed = fetch::observe(&ctx.stores, &namespace, &name);
     let current = revision_hash(&md.spec, &ctx.config.default_image);
     let recorded_stable = md
         .status
@@ -52,16 +53,19 @@ async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
     let plan = plan::plan(&md.spec, &current, recorded_stable, &observed.revisions);
     let desired = build::build(md, &plan, &ctx.config.default_image);
 
-    apply::apply(&client, &namespace, &desired).await?;
+    apply::apply(&client, &namespace, &desired, &observed).await?;
     apply::retire(&client, &namespace, &name, &plan.retire).await?;
     let events = plan::events(&observed.revisions, &plan);
     for event in events {
         status::publish(&ctx.recorder, md, event).await;
     }
 
-    let after = fetch::observe(&client, &namespace, &name).await?;
-    let report = status::compute(md, &plan, &after);
-    status::patch(&client, md, &report).await?;
+    // Status describes what the caches show; the writes above come back as watch events and
+    // trigger the next reconcile, which reports them.
+    let report = status::compute(md, &plan, &observed);
+    if md.status.as_ref() != Some(&report.status) {
+        status::patch(&client, md, &report).await?;
+    }
     Ok(if report.settled {
         Action::requeue(ctx.config.resync)
     } else {

@@ -1,0 +1,229 @@
+//! Benchmark: N ModelDeployments on M fake GPU nodes against a real local control plane.
+//!
+//!     cargo run --release -p modelfleet-operator --example scale_bench -- [deployments] [nodes]
+//!
+//! Starts a fresh local cluster, the release operator binary as a separate process, creates the
+//! ModelDeployments (1 replica, 1 GPU each) and reports: time until every child Deployment exists,
+//! time until every ModelDeployment is Available, reconcile duration p50/p99 (from the operator's
+//! histogram), and the operator's peak memory and CPU seconds (from /proc).
+
+use std::{
+    net::TcpListener,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::{
+    Api,
+    api::{ListParams, PostParams},
+};
+use modelfleet_crds::{ModelDeployment, v1alpha1::Phase};
+use modelfleet_e2e::{ClusterConfig, GpuNodePool, LocalCluster, crds, nodes};
+
+fn proc_field(pid: u32, key: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of /proc/pid/stat (11 and 12 after the command).
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Quantile from a Prometheus histogram's cumulative buckets, interpolated within the bucket.
+fn quantile(metrics: &str, name: &str, q: f64) -> f64 {
+    let mut buckets: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}_bucket")))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    let target = q * total;
+    let mut prev = (0.0, 0.0);
+    for (le, count) in buckets {
+        if count >= target {
+            if le.is_infinite() {
+                return prev.0;
+            }
+            let share = if count > prev.1 {
+                (target - prev.1) / (count - prev.1)
+            } else {
+                1.0
+            };
+            return prev.0 + share * (le - prev.0);
+        }
+        prev = (le, count);
+    }
+    prev.0
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let count: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(500);
+    let node_count: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100);
+
+    let cluster = LocalCluster::start(ClusterConfig::default())
+        .await
+        .expect("cluster");
+    let client = cluster.client().await.expect("client");
+    crds::install_modelfleet_crds(&client).await.expect("CRDs");
+    nodes::add_gpu_pool(
+        &client,
+        &GpuNodePool {
+            count: node_count,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("nodes");
+    eprintln!("cluster with {node_count} GPU nodes ready");
+
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let binary = std::env::current_exe()
+        .expect("exe")
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("target dir")
+        .join("modelfleet-operator");
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "modelfleet-operator",
+            "--bin",
+            "modelfleet-operator",
+        ])
+        .status()
+        .expect("cargo build");
+    assert!(status.success());
+    let log = std::fs::File::create(cluster.dir().join("operator.log")).expect("log");
+    let mut operator = Command::new(&binary)
+        .args(["run", "--log-format=text", "--concurrency=8"])
+        .arg(format!("--http-addr=127.0.0.1:{port}"))
+        .env("KUBECONFIG", cluster.kubeconfig_path())
+        .env("RUST_LOG", "warn")
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("operator");
+    let pid = operator.id();
+
+    let api: Api<ModelDeployment> = Api::namespaced(client.clone(), "default");
+    let t0 = Instant::now();
+    let spec: modelfleet_crds::ModelDeploymentSpec = serde_yaml::from_str(
+        "model: {name: m, version: '1', uri: 'hf://o/m'}\nresources: {gpus: 1}\nreplicas: 1\n",
+    )
+    .expect("spec");
+    let mut tasks = Vec::new();
+    for chunk in (0..count).collect::<Vec<_>>().chunks(count.div_ceil(8).max(1)) {
+        let (api, spec, chunk) = (api.clone(), spec.clone(), chunk.to_vec());
+        tasks.push(tokio::spawn(async move {
+            for i in chunk {
+                let mut md = ModelDeployment::new(&format!("bench-{i:04}"), spec.clone());
+                md.metadata.namespace = Some("default".into());
+                api.create(&PostParams::default(), &md).await.expect("create");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("create task");
+    }
+    let created = t0.elapsed();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let selector = ListParams::default().labels("modelfleet.dev/deployment");
+    let mut children_at = None;
+    let mut peak_mib = 0.0_f64;
+    let available_at = loop {
+        peak_mib = peak_mib.max(proc_field(pid, "VmHWM:") / 1024.0);
+        if children_at.is_none()
+            && deployments
+                .list_metadata(&selector)
+                .await
+                .map(|l| l.items.len())
+                .unwrap_or(0)
+                >= count
+        {
+            children_at = Some(t0.elapsed());
+        }
+        let mds = api.list(&ListParams::default()).await.expect("list");
+        let available = mds
+            .items
+            .iter()
+            .filter(|m| m.status.as_ref().and_then(|s| s.phase) == Some(Phase::Available))
+            .count();
+        if available >= count {
+            break t0.elapsed();
+        }
+        if t0.elapsed() > Duration::from_secs(600) {
+            panic!("only {available}/{count} Available after 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let metrics = modelfleet_e2e::http::get(port, "/metrics")
+        .await
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    let name = "modelfleet_operator_reconcile_duration_seconds";
+    let reconciles: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}_count")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0);
+    let cpu = cpu_seconds(pid);
+    peak_mib = peak_mib.max(proc_field(pid, "VmHWM:") / 1024.0);
+    let _ = operator.kill();
+    let _ = operator.wait();
+
+    println!("| metric | value |\n|---|---|");
+    println!("| ModelDeployments / GPU nodes | {count} / {node_count} |");
+    println!(
+        "| all {count} created (client side) | {:.1} s |",
+        created.as_secs_f64()
+    );
+    println!(
+        "| all child Deployments exist | {:.1} s |",
+        children_at.unwrap_or(available_at).as_secs_f64()
+    );
+    println!("| all Available | {:.1} s |", available_at.as_secs_f64());
+    println!("| reconciles | {reconciles:.0} |");
+    println!(
+        "| reconcile p50 | {:.1} ms |",
+        1000.0 * quantile(&metrics, name, 0.5)
+    );
+    println!(
+        "| reconcile p99 | {:.1} ms |",
+        1000.0 * quantile(&metrics, name, 0.99)
+    );
+    println!("| operator peak RSS (VmHWM) | {peak_mib:.1} MiB |");
+    println!("| operator CPU (user+system) | {cpu:.1} s |");
+    cluster.stop();
+}

@@ -124,12 +124,16 @@ async fn main() {
         .status()
         .expect("cargo build");
     assert!(status.success());
-    let log = std::fs::File::create(cluster.dir().join("operator.log")).expect("log");
+    let log =
+        std::fs::File::create(std::env::temp_dir().join("modelfleet-scale-bench-operator.log")).expect("log");
     let mut operator = Command::new(&binary)
         .args(["run", "--log-format=text", "--concurrency=8"])
         .arg(format!("--http-addr=127.0.0.1:{port}"))
         .env("KUBECONFIG", cluster.kubeconfig_path())
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_OPERATOR_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(log.try_clone().expect("log"))
         .stderr(log)
         .stdin(Stdio::null())
@@ -183,8 +187,28 @@ async fn main() {
         if available >= count {
             break t0.elapsed();
         }
-        if t0.elapsed() > Duration::from_secs(600) {
-            panic!("only {available}/{count} Available after 600 s");
+        if t0.elapsed() > Duration::from_secs(300) {
+            for md in mds
+                .items
+                .iter()
+                .filter(|m| m.status.as_ref().and_then(|s| s.phase) != Some(Phase::Available))
+                .take(2)
+            {
+                eprintln!("{}", serde_yaml::to_string(&md.status).unwrap_or_default());
+                let name = md.metadata.name.clone().unwrap_or_default();
+                let ds = deployments
+                    .list(&ListParams::default().labels(&format!("modelfleet.dev/deployment={name}")))
+                    .await
+                    .expect("list");
+                for d in ds.items {
+                    eprintln!("deployment {:?} status {:?}", d.metadata.name, d.status);
+                }
+            }
+            let _ = operator.kill();
+            panic!(
+                "only {available}/{count} Available after 300 s; operator log in {}",
+                cluster.dir().display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };

@@ -107,6 +107,7 @@ async fn run_controller(base: Base, shutdown: impl Future<Output = ()> + Send + 
         services,
         config_maps,
         pdbs,
+        ready: Default::default(),
     };
 
     // Status writes bump neither generation nor annotations, so they do not retrigger reconciles.

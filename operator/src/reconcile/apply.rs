@@ -1,6 +1,12 @@
 //! Server-side apply of the desired objects, and deletion of retired revisions by label.
 
-use std::hash::{Hash, Hasher};
+use std::{
+    future::Future,
+    hash::{Hash, Hasher},
+    pin::Pin,
+};
+
+use futures::future::try_join_all;
 
 use k8s_openapi::NamespaceResourceScope;
 use kube::{
@@ -75,19 +81,23 @@ fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
     }
 }
 
-/// Applies every changed desired object (ConfigMap first: the pods mount it). Returns how many
-/// were written.
+/// Applies every changed desired object: the routing ConfigMap (the pods mount it), Services and
+/// the PDB concurrently, then the Deployments concurrently. Returns how many were written.
 pub async fn apply(
     client: &Client,
     namespace: &str,
     desired: &DesiredObjects,
     observed: &Observed,
 ) -> Result<usize> {
-    let mut written = usize::from(apply_one(client, namespace, &desired.routing, observed, false).await?);
+    let mut first: Vec<Pin<Box<dyn Future<Output = Result<bool>> + Send + '_>>> = vec![
+        Box::pin(apply_one(client, namespace, &desired.routing, observed, false)),
+        Box::pin(apply_one(client, namespace, &desired.pdb, observed, false)),
+    ];
     for service in &desired.services {
-        written += usize::from(apply_one(client, namespace, service, observed, false).await?);
+        first.push(Box::pin(apply_one(client, namespace, service, observed, false)));
     }
-    for deployment in &desired.deployments {
+    let mut written = try_join_all(first).await?.into_iter().filter(|w| *w).count();
+    let deployments = desired.deployments.iter().map(|deployment| {
         let revision = deployment
             .labels()
             .get(labels::REVISION)
@@ -97,9 +107,13 @@ pub async fn apply(
         let drift = observed
             .revision(&revision)
             .is_some_and(|r| Some(r.replicas) != want);
-        written += usize::from(apply_one(client, namespace, deployment, observed, drift).await?);
-    }
-    written += usize::from(apply_one(client, namespace, &desired.pdb, observed, false).await?);
+        apply_one(client, namespace, deployment, observed, drift)
+    });
+    written += try_join_all(deployments)
+        .await?
+        .into_iter()
+        .filter(|w| *w)
+        .count();
     Ok(written)
 }
 

@@ -64,12 +64,21 @@ pub struct Stores {
     pub config_maps: Store<ConfigMap>,
     /// PodDisruptionBudgets.
     pub pdbs: Store<PodDisruptionBudget>,
+    /// Set once every cache is ready.
+    pub ready: Arc<tokio::sync::OnceCell<()>>,
 }
 
 impl Stores {
     /// Waits until every cache has its initial list, so a reconcile never mistakes a cold cache
     /// for missing children.
     pub async fn ready(&self) -> Result<()> {
+        // One waiter at a time: `Store::wait_until_ready` (kube-runtime 5.0) wakes only the last
+        // of several concurrent waiters (a oneshot receiver shared behind a mutex), which left
+        // reconciles hanging. The OnceCell queues the others and wakes them all.
+        self.ready.get_or_try_init(|| self.wait_all()).await.map(|_| ())
+    }
+
+    async fn wait_all(&self) -> Result<()> {
         let dropped = |_| Error::CacheClosed;
         self.deployments.wait_until_ready().await.map_err(dropped)?;
         self.pods.wait_until_ready().await.map_err(dropped)?;

@@ -19,7 +19,13 @@ use crate::{Error, Result, controller::Context};
 #[tracing::instrument(skip_all, fields(namespace = md.namespace().unwrap_or_default(), name = md.name_any()))]
 pub async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
+    tracing::debug!("reconcile started");
     let result = run(&md, &ctx).await;
+    tracing::debug!(
+        took_ms = started.elapsed().as_millis() as u64,
+        ok = result.is_ok(),
+        "reconcile finished"
+    );
     ctx.metrics
         .observe_reconcile(started.elapsed(), result.as_ref().err());
     result

@@ -87,7 +87,7 @@ async fn the_follower_takes_over_within_20_seconds_when_the_leader_dies() {
     .await
     .unwrap();
     assert_eq!(first, "a");
-    let _b = operator(&cluster, "b");
+    let mut b = operator(&cluster, "b");
 
     let spec = serde_yaml::from_str("model: {name: m, version: '1', uri: 'hf://o/m'}\nruntime: {device: cpu}\nresources: {gpus: 0}\nreplicas: 1\n").unwrap();
     let mut md = ModelDeployment::new("led", spec);
@@ -123,4 +123,22 @@ async fn the_follower_takes_over_within_20_seconds_when_the_leader_dies() {
     let took = killed.elapsed();
     eprintln!("takeover and reconcile took {:.1}s", took.as_secs_f64());
     assert_eq!(holder(&leases).await.as_deref(), Some("b"));
+
+    // SIGTERM: a clean exit that hands the Lease back at once.
+    let pid = b.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = poll_until(Duration::from_secs(15), "the operator exits", || {
+        let exited = b.0.try_wait().map_err(|e| e.to_string());
+        async move { exited }
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(holder(&leases).await, None, "the Lease is released on shutdown");
 }

@@ -87,3 +87,64 @@ pub fn diagnose(pods: &[Pod], revision: &str, gpus_per_pod: i64) -> Option<Probl
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(yaml: &str) -> Pod {
+        serde_yaml::from_str(yaml).expect("pod fixture")
+    }
+
+    const UNSCHEDULABLE: &str = r#"
+metadata: {name: p1, labels: {modelfleet.dev/revision: r1}}
+status:
+  phase: Pending
+  conditions:
+    - {type: PodScheduled, status: "False", reason: Unschedulable,
+       message: "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}
+"#;
+
+    #[test]
+    fn unschedulable_for_gpus_counts_the_missing_gpus() {
+        let pods = [
+            pod(UNSCHEDULABLE),
+            pod(&UNSCHEDULABLE.replace("p1", "p2")),
+            pod("metadata: {name: ok, labels: {modelfleet.dev/revision: r1}}"),
+        ];
+        let p = diagnose(&pods, "r1", 4).expect("a problem");
+        assert_eq!(p.reason, "InsufficientGPU");
+        assert!(
+            p.message.starts_with(
+                "2 of 3 replicas cannot be scheduled: the cluster lacks 8 nvidia.com/gpu (4 per replica)"
+            ),
+            "{}",
+            p.message
+        );
+        assert!(
+            p.message.contains("3 Insufficient nvidia.com/gpu"),
+            "{}",
+            p.message
+        );
+        assert_eq!(diagnose(&pods, "other-revision", 4), None);
+    }
+
+    #[test]
+    fn image_pull_and_crash_loops_are_named() {
+        let waiting = |reason: &str| {
+            pod(&format!(
+                "metadata: {{name: p, labels: {{modelfleet.dev/revision: r1}}}}\nstatus:\n  containerStatuses:\n    - {{name: server, image: x, imageID: '', ready: false, restartCount: 3, state: {{waiting: {{reason: {reason}, message: boom}}}}}}\n"
+            ))
+        };
+        assert_eq!(
+            diagnose(&[waiting("ImagePullBackOff")], "r1", 1).map(|p| p.reason),
+            Some("ImagePullFailed")
+        );
+        let crash = diagnose(&[waiting("CrashLoopBackOff")], "r1", 1).expect("a problem");
+        assert_eq!(
+            (crash.reason, crash.message.as_str()),
+            ("CrashLoop", "pod p: CrashLoopBackOff: boom")
+        );
+        assert_eq!(diagnose(&[waiting("ContainerCreating")], "r1", 1), None);
+    }
+}

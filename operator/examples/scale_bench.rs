@@ -79,6 +79,16 @@ fn quantile(metrics: &str, name: &str, q: f64) -> f64 {
     prev.0
 }
 
+/// Kills the operator when the benchmark ends, also on a panic.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
@@ -126,7 +136,7 @@ async fn main() {
     assert!(status.success());
     let log =
         std::fs::File::create(std::env::temp_dir().join("modelfleet-scale-bench-operator.log")).expect("log");
-    let mut operator = Command::new(&binary)
+    let operator = Command::new(&binary)
         .args(["run", "--log-format=text", "--concurrency=8"])
         .arg(format!("--http-addr=127.0.0.1:{port}"))
         .env("KUBECONFIG", cluster.kubeconfig_path())
@@ -140,6 +150,7 @@ async fn main() {
         .spawn()
         .expect("operator");
     let pid = operator.id();
+    let operator = KillOnDrop(operator);
 
     let api: Api<ModelDeployment> = Api::namespaced(client.clone(), "default");
     let t0 = Instant::now();
@@ -204,7 +215,6 @@ async fn main() {
                     eprintln!("deployment {:?} status {:?}", d.metadata.name, d.status);
                 }
             }
-            let _ = operator.kill();
             panic!(
                 "only {available}/{count} Available after 300 s; operator log in {}",
                 cluster.dir().display()
@@ -224,8 +234,7 @@ async fn main() {
         .unwrap_or(0.0);
     let cpu = cpu_seconds(pid);
     peak_mib = peak_mib.max(proc_field(pid, "VmHWM:") / 1024.0);
-    let _ = operator.kill();
-    let _ = operator.wait();
+    drop(operator);
 
     println!("| metric | value |\n|---|---|");
     println!("| ModelDeployments / GPU nodes | {count} / {node_count} |");

@@ -293,26 +293,12 @@ impl LocalCluster {
         Ok(self.processes.len() - 1)
     }
 
-    /// Polls `ready` until it holds, failing early if the component exits.
-    async fn wait_ready<F, Fut>(&mut self, index: usize, timeout: Duration, mut ready: F) -> Result<()>
+    async fn wait_ready<F, Fut>(&mut self, index: usize, timeout: Duration, ready: F) -> Result<()>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = bool>,
     {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.processes[index].exited().is_some() {
-                return Err(self.processes[index].start_error("it exited during start-up"));
-            }
-            if ready().await {
-                tracing::info!(component = self.processes[index].name(), "ready");
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(self.processes[index].start_error(format!("not ready after {timeout:?}")));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        self.processes[index].wait_ready(timeout, ready).await
     }
 
     /// The admin kubeconfig file (client certificate in `system:masters`).

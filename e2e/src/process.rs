@@ -121,6 +121,29 @@ impl ManagedProcess {
         }
     }
 
+    /// Polls `ready` every 200 ms until it holds, failing early (with the log tail) if the process
+    /// exits or `timeout` passes.
+    pub async fn wait_ready<F, Fut>(&mut self, timeout: Duration, mut ready: F) -> Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.exited().is_some() {
+                return Err(self.start_error("it exited during start-up"));
+            }
+            if ready().await {
+                tracing::info!(component = self.name(), "ready");
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(self.start_error(format!("not ready after {timeout:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Stops it: SIGTERM, SIGKILL after `grace`, and reaps it. Idempotent.
     pub fn stop(&mut self, grace: Duration) {
         if self.exited().is_none() {
@@ -193,42 +216,33 @@ pub fn terminate_pid(raw: u32, grace: Duration) {
     }
 }
 
-/// A shell that exits with this harness and then kills `child`: the safety net for test binaries,
-/// whose statics are never dropped.
-fn spawn_guard(child: u32) -> Result<Child> {
-    let parent = std::process::id();
-    let script = "while kill -0 \"$1\" 2>/dev/null; do sleep 1; done; \
-                  kill -TERM \"$2\" 2>/dev/null; sleep 3; kill -KILL \"$2\" 2>/dev/null; exit 0";
+/// Runs `script` in `sh` with `$1` = this harness's pid and `$2` = `target`, in its own process
+/// group: the guards below wait for the harness to exit, then clean up after it.
+fn spawn_shell_guard(name: &str, script: &str, target: &std::ffi::OsStr) -> Result<Child> {
     Command::new("sh")
-        .args([
-            "-c",
-            script,
-            "modelfleet-e2e-guard",
-            &parent.to_string(),
-            &child.to_string(),
-        ])
+        .args(["-c", script, name, &std::process::id().to_string()])
+        .arg(target)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .process_group(0)
         .spawn()
-        .map_err(Error::io("start a process guard"))
+        .map_err(Error::io(format!("start {name}")))
 }
 
-/// A shell that waits for this harness to exit, then for the components' guards to finish, and
-/// removes `dir`: temporary cluster directories of test binaries, whose statics are never dropped.
+/// Kills `child` once this harness exits: the safety net for test binaries, whose statics are
+/// never dropped.
+fn spawn_guard(child: u32) -> Result<Child> {
+    let script = "while kill -0 \"$1\" 2>/dev/null; do sleep 1; done; \
+                  kill -TERM \"$2\" 2>/dev/null; sleep 3; kill -KILL \"$2\" 2>/dev/null; exit 0";
+    spawn_shell_guard("modelfleet-e2e-guard", script, child.to_string().as_ref())
+}
+
+/// Removes `dir` once this harness exits and the components' guards have finished: temporary
+/// cluster directories of test binaries.
 pub(crate) fn spawn_cleanup_guard(dir: &Path) -> Result<Child> {
-    let parent = std::process::id();
     let script = "while kill -0 \"$1\" 2>/dev/null; do sleep 1; done; sleep 5; rm -rf -- \"$2\"";
-    Command::new("sh")
-        .args(["-c", script, "modelfleet-e2e-cleanup", &parent.to_string()])
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .map_err(Error::io("start a directory guard"))
+    spawn_shell_guard("modelfleet-e2e-cleanup", script, dir.as_os_str())
 }
 
 fn tail(path: &Path, lines: usize) -> String {

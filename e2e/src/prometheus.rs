@@ -4,7 +4,7 @@
 use std::{
     net::TcpListener,
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use crate::{Error, Result, process::ManagedProcess};
@@ -63,26 +63,18 @@ impl Prometheus {
             "--web.enable-lifecycle".to_string(),
         ];
         let mut process = ManagedProcess::spawn("prometheus", &binary, &args, dir, true)?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if process.exited().is_some() {
-                return Err(process.start_error("it exited during start-up"));
-            }
-            if crate::http::get(port, "/-/ready")
-                .await
-                .is_some_and(|(s, _)| s == 200)
-            {
-                return Ok(Self {
-                    process,
-                    port,
-                    targets_file,
-                });
-            }
-            if Instant::now() >= deadline {
-                return Err(process.start_error("not ready after 60s"));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        process
+            .wait_ready(Duration::from_secs(60), || async move {
+                crate::http::get(port, "/-/ready")
+                    .await
+                    .is_some_and(|(s, _)| s == 200)
+            })
+            .await?;
+        Ok(Self {
+            process,
+            port,
+            targets_file,
+        })
     }
 
     /// Base URL, e.g. `http://127.0.0.1:40123`.

@@ -9,12 +9,12 @@ use k8s_openapi::{
 };
 use kube::{Api, Client, api::PostParams};
 
+use modelfleet_crds::constants::GPU_RESOURCE;
+
 use crate::{Result, wait};
 
 /// Annotation that tells kwok to manage a node (the harness starts kwok with this selector).
 pub const KWOK_ANNOTATION: &str = "kwok.x-k8s.io/node";
-/// The extended resource of NVIDIA's device plugin.
-pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 
 /// A pool of identical GPU nodes.
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@ pub enum Error {
     #[error("failed to apply {kind} {name}: {source}")]
     Apply {
         /// Object kind.
-        kind: &'static str,
+        kind: String,
         /// Object name.
         name: String,
         /// The API error.

@@ -64,21 +64,11 @@ where
     )
     .await
     .map_err(|source| Error::Apply {
-        kind: kind_of::<K>(),
+        kind: K::kind(&()).into_owned(),
         name,
         source,
     })?;
     Ok(true)
-}
-
-fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
-    match K::kind(&()).as_ref() {
-        "Deployment" => "Deployment",
-        "Service" => "Service",
-        "ConfigMap" => "ConfigMap",
-        "PodDisruptionBudget" => "PodDisruptionBudget",
-        _ => "object",
-    }
 }
 
 /// Applies every changed desired object: the routing ConfigMap (the pods mount it), Services and

@@ -1,7 +1,7 @@
 //! Why pods are not ready, read from pod status: missing GPUs, image pulls, crash loops.
 
 use k8s_openapi::api::core::v1::Pod;
-use modelfleet_crds::constants::labels;
+use modelfleet_crds::constants::{GPU_RESOURCE, labels};
 
 /// A problem that makes the ModelDeployment Degraded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,10 +37,7 @@ pub fn diagnose(pods: &[Pod], revision: &str, gpus_per_pod: i64) -> Option<Probl
         })
         .filter_map(|c| c.message.clone())
         .collect();
-    let short_of_gpus = unschedulable
-        .iter()
-        .filter(|m| m.contains("nvidia.com/gpu"))
-        .count();
+    let short_of_gpus = unschedulable.iter().filter(|m| m.contains(GPU_RESOURCE)).count();
     if short_of_gpus > 0 {
         let missing = short_of_gpus as i64 * gpus_per_pod;
         return Some(Problem {

@@ -28,8 +28,6 @@ pub struct ObservedRevision {
     pub replicas: i32,
     /// Ready replicas.
     pub ready_replicas: i32,
-    /// GPUs each of its pods asks for.
-    pub gpus_per_pod: i64,
 }
 
 /// Everything a reconcile reads.
@@ -145,16 +143,6 @@ fn observe_revision(d: &Deployment) -> Option<ObservedRevision> {
         return None;
     }
     let revision = d.labels().get(labels::REVISION)?.clone();
-    let gpus_per_pod = d
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .and_then(|p| p.containers.first())
-        .and_then(|c| c.resources.as_ref())
-        .and_then(|r| r.limits.as_ref())
-        .and_then(|l| l.get(crate::reconcile::build::GPU_RESOURCE))
-        .and_then(|q| q.0.parse().ok())
-        .unwrap_or(0);
     Some(ObservedRevision {
         revision,
         version: d
@@ -164,6 +152,5 @@ fn observe_revision(d: &Deployment) -> Option<ObservedRevision> {
             .unwrap_or_default(),
         replicas: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
         ready_replicas: d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0),
-        gpus_per_pod,
     })
 }

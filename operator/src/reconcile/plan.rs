@@ -135,7 +135,6 @@ mod tests {
             version: "1".into(),
             replicas,
             ready_replicas: ready,
-            gpus_per_pod: 1,
         }
     }
 

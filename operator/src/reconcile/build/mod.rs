@@ -18,7 +18,7 @@ use k8s_openapi::{
 use kube::{Resource, ResourceExt};
 use modelfleet_crds::{ModelDeployment, constants::labels};
 
-pub use self::pod::{GPU_RESOURCE, GRPC_PORT, HTTP_PORT, METRICS_PORT, ROUTING_FILE};
+pub use self::pod::{GRPC_PORT, HTTP_PORT, METRICS_PORT, ROUTING_FILE};
 use crate::reconcile::{fetch::VERSION_ANNOTATION, plan::RevisionPlan};
 
 /// Every object the operator applies for one ModelDeployment.

@@ -15,12 +15,10 @@ use k8s_openapi::{
 use kube::ResourceExt;
 use modelfleet_crds::{
     ModelDeployment,
-    constants::labels,
+    constants::{GPU_RESOURCE, labels},
     v1alpha1::{Backend, Device, ModelTask},
 };
 
-/// The extended resource of NVIDIA's device plugin.
-pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 /// OpenAI and OIP v2 HTTP.
 pub const HTTP_PORT: i32 = 8080;
 /// OIP v2 gRPC.

@@ -53,11 +53,17 @@ pub async fn measure_once() -> Result<StartupSample> {
 
 /// Resident set size of a process in MiB, from /proc (0 when unreadable).
 pub fn rss_mib(pid: u32) -> f64 {
+    proc_status_mib(pid, "VmRSS:")
+}
+
+/// A memory line of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:` for the peak, …) in MiB; 0 when
+/// unreadable.
+pub fn proc_status_mib(pid: u32, key: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(key))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })

@@ -19,18 +19,7 @@ use kube::{
     api::{ListParams, PostParams},
 };
 use modelfleet_crds::{ModelDeployment, v1alpha1::Phase};
-use modelfleet_e2e::{ClusterConfig, GpuNodePool, LocalCluster, crds, nodes};
-
-fn proc_field(pid: u32, key: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0.0)
-}
+use modelfleet_e2e::{ClusterConfig, GpuNodePool, LocalCluster, crds, nodes, startup_bench::proc_status_mib};
 
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -178,7 +167,7 @@ async fn main() {
     let mut children_at = None;
     let mut peak_mib = 0.0_f64;
     let available_at = loop {
-        peak_mib = peak_mib.max(proc_field(pid, "VmHWM:") / 1024.0);
+        peak_mib = peak_mib.max(proc_status_mib(pid, "VmHWM:"));
         if children_at.is_none()
             && deployments
                 .list_metadata(&selector)
@@ -233,7 +222,7 @@ async fn main() {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0.0);
     let cpu = cpu_seconds(pid);
-    peak_mib = peak_mib.max(proc_field(pid, "VmHWM:") / 1024.0);
+    peak_mib = peak_mib.max(proc_status_mib(pid, "VmHWM:"));
     drop(operator);
 
     println!("| metric | value |\n|---|---|");

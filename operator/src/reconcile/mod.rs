@@ -21,13 +21,13 @@ pub async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Ac
     let started = Instant::now();
     tracing::debug!("reconcile started");
     let result = run(&md, &ctx).await;
+    let took = started.elapsed();
     tracing::debug!(
-        took_ms = started.elapsed().as_millis() as u64,
+        took_ms = took.as_millis() as u64,
         ok = result.is_ok(),
         "reconcile finished"
     );
-    ctx.metrics
-        .observe_reconcile(started.elapsed(), result.as_ref().err());
+    ctx.metrics.observe_reconcile(took, result.as_ref().err());
     result
 }
 
@@ -70,7 +70,7 @@ async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
     // trigger the next reconcile, which reports them.
     let report = status::compute(md, &plan, &observed);
     if md.status.as_ref() != Some(&report.status) {
-        status::patch(&client, md, &report).await?;
+        status::patch(&client, md, &report.status).await?;
     }
     Ok(if report.settled {
         Action::requeue(ctx.config.resync)

@@ -194,11 +194,7 @@ pub fn compute(md: &ModelDeployment, plan: &RevisionPlan, observed: &Observed) -
 pub const FIELDS_NOT_ACTIVE: &str = "FieldsNotActive";
 
 /// Writes the status with server-side apply on the status subresource.
-pub async fn patch(client: &Client, md: &ModelDeployment, report: &StatusReport) -> Result<()> {
-    write_status(client, md, &report.status).await
-}
-
-async fn write_status(client: &Client, md: &ModelDeployment, status: &ModelDeploymentStatus) -> Result<()> {
+pub async fn patch(client: &Client, md: &ModelDeployment, status: &ModelDeploymentStatus) -> Result<()> {
     let api: Api<ModelDeployment> = Api::namespaced(client.clone(), &md.namespace().unwrap_or_default());
     let body = json!({
         "apiVersion": ModelDeployment::api_version(&()),
@@ -258,7 +254,7 @@ pub async fn report_invalid(
         ),
         ..previous
     };
-    write_status(client, md, &status).await?;
+    patch(client, md, &status).await?;
     if !already {
         let event = Event {
             type_: EventType::Warning,

@@ -37,7 +37,17 @@ async fn examples_without_rollout_steps_become_available_with_their_children() {
         )
         .await;
         let status = md.status.clone().expect("status");
-        // What `kubectl get mdep` shows: READY, STABLE, PHASE (CANARY and WEIGHT only during a rollout).
+        // What `kubectl get mdep` shows: a value in every column, none `<none>`.
+        let row = kubectl_get_mdep(ns.name(), &name);
+        let columns: Vec<_> = row.iter().map(|(c, _)| c.as_str()).collect();
+        assert_eq!(
+            columns,
+            ["NAME", "READY", "STABLE", "CANARY", "WEIGHT", "PHASE", "AGE"],
+            "{file}"
+        );
+        assert!(row.iter().all(|(_, v)| v != "<none>"), "{file}: {row:?}");
+        let cell = |c: &str| row.iter().find(|(h, _)| h == c).map(|(_, v)| v.as_str());
+        assert_eq!((cell("CANARY"), cell("WEIGHT")), (Some("-"), Some("0")), "{file}");
         let want = if file == "external-hpa.yaml" { 2 } else { 1 };
         assert_eq!(
             status.ready.as_deref(),

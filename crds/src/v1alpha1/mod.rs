@@ -29,8 +29,8 @@ use crate::rules;
     scale = r#"{"specReplicasPath":".spec.replicas","statusReplicasPath":".status.replicas","labelSelectorPath":".status.selector"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.ready","description":"Ready replicas / replicas"}"#,
     printcolumn = r#"{"name":"Stable","type":"string","jsonPath":".status.stable.version","description":"Model version of the stable revision"}"#,
-    printcolumn = r#"{"name":"Canary","type":"string","jsonPath":".status.candidate.version","description":"Model version being rolled out"}"#,
-    printcolumn = r#"{"name":"Weight","type":"integer","jsonPath":".status.candidate.trafficWeight","description":"Percent of traffic on the candidate"}"#,
+    printcolumn = r#"{"name":"Canary","type":"string","jsonPath":".status.canary","description":"Model version being rolled out"}"#,
+    printcolumn = r#"{"name":"Weight","type":"integer","jsonPath":".status.canaryWeight","description":"Percent of traffic on the candidate"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase","description":"Pending, Progressing, Available, Degraded or Failed"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp","description":"Time since creation"}"#
 )]

@@ -30,6 +30,13 @@ pub struct ModelDeploymentStatus {
     /// The revision serving production traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stable: Option<RevisionStatus>,
+    /// Model version of the candidate, `-` when no rollout runs: feeds the CANARY printer column,
+    /// which would otherwise print `<none>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<String>,
+    /// Percent of traffic on the candidate, 0 when no rollout runs: feeds the WEIGHT printer column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_weight: Option<i32>,
     /// The revision being rolled out, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub candidate: Option<CandidateStatus>,

@@ -129,3 +129,21 @@ pub async fn revision_deployments(client: &Client, namespace: &str, name: &str) 
         .filter(|d| d.metadata.deletion_timestamp.is_none())
         .collect()
 }
+
+/// `kubectl get mdep NAME` as a kubectl user sees it: the header and the row, split on whitespace.
+pub fn kubectl_get_mdep(namespace: &str, name: &str) -> Vec<(String, String)> {
+    let cluster = shared_cluster();
+    let output = std::process::Command::new(cluster.toolchain().bin("kubectl"))
+        .arg("--kubeconfig")
+        .arg(cluster.kubeconfig_path())
+        .args(["get", "mdep", name, "-n", namespace])
+        .output()
+        .expect("kubectl runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let mut lines = stdout.lines().map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>());
+    let header = lines.next().expect("a header line");
+    let row = lines.next().expect("a row");
+    assert_eq!(header.len(), row.len(), "{stdout}");
+    header.into_iter().zip(row).collect()
+}

@@ -1,18 +1,81 @@
-//! modelfleet-server: the dynamic-batching inference server run in modelfleet GPU pods.
+//! `modelfleet-server`: the dynamic-batching inference server run in modelfleet GPU pods.
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use modelfleet_server::{ServerConfig, start};
 
-/// modelfleet-server: the dynamic-batching inference server run in modelfleet GPU pods.
+/// Dynamic-batching inference server for sentence-embedding models: OpenAI `/v1/embeddings`,
+/// Open Inference Protocol v2 over HTTP and gRPC, priority tiers with deadlines and honest load
+/// shedding (429/503 with Retry-After), shadow mirroring, and Prometheus metrics.
 ///
-/// This binary is a placeholder: it lands with issue #8 (see README.md, "State of the parts").
+/// Every option also reads an environment variable (shown in brackets). The operator passes the
+/// flags listed in docs/server.md.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
-struct Args {}
+struct Cli {
+    #[command(flatten)]
+    config: ServerConfig,
+    /// Log format.
+    #[arg(long, env = "MODELFLEET_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
+    log_format: String,
+}
+
+/// Registers the SIGTERM and SIGINT handlers now; the future resolves on the first signal.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        match handlers {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
+            }
+            _ => std::future::pending().await,
+        }
+    }
+}
 
 fn main() -> ExitCode {
-    let _args = Args::parse();
-    eprintln!("modelfleet-server: not implemented yet (issue #8); see README.md");
-    ExitCode::from(2)
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("modelfleet-server: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        // Handlers before loading: a SIGTERM while the model loads then drains cleanly instead of
+        // killing the process.
+        let shutdown = shutdown_signal();
+        match start(cli.config, shutdown).await {
+            Ok(listening) => {
+                tracing::info!(
+                    http = %listening.http,
+                    grpc = %listening.grpc,
+                    metrics = %listening.metrics,
+                    backend = listening.engine.info.name,
+                    simulated = listening.engine.info.simulated,
+                    "listening"
+                );
+                let _ = listening.stopped.await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }

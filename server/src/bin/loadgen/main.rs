@@ -1,0 +1,2 @@
+//! modelfleet-loadgen: placeholder, being written.
+fn main() {}

@@ -1,0 +1,221 @@
+//! Server metrics, each listed in docs/metrics.md. Names carry the `modelfleet_` prefix, base
+//! units and `_total`/`_seconds` suffixes; labels stay low-cardinality (tier, code, reason).
+
+use std::sync::{Arc, atomic::AtomicU64};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::{Registry, Unit},
+};
+
+/// Labels of a finished request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `openai`, `oip_http` or `oip_grpc`.
+    pub api: &'static str,
+    pub tier: String,
+    /// HTTP status code (gRPC answers use the equivalent HTTP code).
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierLabel {
+    pub tier: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    pub tier: String,
+    /// `queue_full`, `tier_share`, `queue_timeout` or `draining`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub model: String,
+    pub version: String,
+    pub backend: &'static str,
+    pub device: String,
+    /// `true` for the synthetic backend: its outputs and timings are simulated.
+    pub simulated: &'static str,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Every server metric, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<TierLabel, Histogram>,
+    pub queue_duration: Family<TierLabel, Histogram>,
+    pub batch_size: Histogram,
+    pub batch_tokens: Histogram,
+    pub batch_duration: Histogram,
+    pub queue_depth: Family<TierLabel, Gauge>,
+    pub queued: Gauge,
+    pub running: Gauge,
+    pub input_tokens: Counter,
+    pub inputs: Counter,
+    pub rejected: Family<RejectLabels, Counter>,
+    pub cancelled: Family<TierLabel, Counter>,
+    pub busy_seconds: Counter<f64, AtomicU64>,
+    pub busy_ratio: FloatGauge,
+    pub shadow_requests: Family<ResultLabel, Counter>,
+    pub shadow_comparisons: Family<ResultLabel, Counter>,
+    pub shadow_latency_ratio: Histogram,
+    pub model_info: Family<ModelLabels, Gauge>,
+    pub ready: Gauge,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms to about 65 s, doubling: wide enough for synthetic zero-cost and CPU model batches.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut r = Registry::with_prefix("modelfleet");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let request_duration = Family::<TierLabel, Histogram>::new_with_constructor(latency_histogram);
+        let queue_duration = Family::<TierLabel, Histogram>::new_with_constructor(latency_histogram);
+        let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 13));
+        let batch_tokens = Histogram::new(exponential_buckets(16.0, 2.0, 14));
+        let batch_duration = latency_histogram();
+        let queue_depth = Family::<TierLabel, Gauge>::default();
+        let queued = Gauge::default();
+        let running = Gauge::default();
+        let input_tokens = Counter::default();
+        let inputs = Counter::default();
+        let rejected = Family::<RejectLabels, Counter>::default();
+        let cancelled = Family::<TierLabel, Counter>::default();
+        let busy_seconds = Counter::<f64, AtomicU64>::default();
+        let busy_ratio = FloatGauge::default();
+        let shadow_requests = Family::<ResultLabel, Counter>::default();
+        let shadow_comparisons = Family::<ResultLabel, Counter>::default();
+        let shadow_latency_ratio = Histogram::new(exponential_buckets(0.125, 2f64.sqrt(), 13));
+        let model_info = Family::<ModelLabels, Gauge>::default();
+        let ready = Gauge::default();
+
+        r.register("requests", "Answered requests by API, tier and HTTP status code", requests.clone());
+        r.register_with_unit(
+            "request_duration",
+            "Time from arrival to answer, by tier",
+            Unit::Seconds,
+            request_duration.clone(),
+        );
+        r.register_with_unit(
+            "queue_duration",
+            "Time a request waited in the queue before its batch started, by tier",
+            Unit::Seconds,
+            queue_duration.clone(),
+        );
+        r.register("batch_size", "Inputs per batch", batch_size.clone());
+        r.register("batch_tokens", "Padded tokens per batch (inputs x longest input)", batch_tokens.clone());
+        r.register_with_unit("batch_duration", "Time the backend took for one batch", Unit::Seconds, batch_duration.clone());
+        r.register("queue_depth", "Requests waiting in the queue, by tier", queue_depth.clone());
+        r.register(
+            "requests_queued",
+            "Requests waiting in the queue (Gateway API Inference Extension: total queued requests)",
+            queued.clone(),
+        );
+        r.register(
+            "requests_running",
+            "Requests in batches the backend is running (Gateway API Inference Extension: total running requests)",
+            running.clone(),
+        );
+        r.register("input_tokens", "Tokens embedded, without padding", input_tokens.clone());
+        r.register("inputs", "Inputs (sentences) embedded", inputs.clone());
+        r.register(
+            "requests_rejected",
+            "Requests shed by tier and reason (queue_full, tier_share, queue_timeout, draining)",
+            rejected.clone(),
+        );
+        r.register(
+            "requests_cancelled",
+            "Requests whose client went away before compute; dropped without running, by tier",
+            cancelled.clone(),
+        );
+        r.register_with_unit("backend_busy", "Time the backend spent running batches", Unit::Seconds, busy_seconds.clone());
+        r.register(
+            "busy_ratio",
+            "Share of the last second the backend was running batches (0 to 1, per concurrent batch slot)",
+            busy_ratio.clone(),
+        );
+        r.register(
+            "shadow_requests",
+            "Mirrored copies by result (sent, dropped: the mirror queue was full)",
+            shadow_requests.clone(),
+        );
+        r.register(
+            "shadow_comparisons",
+            "Shadow outputs compared with the primary ones (agree, disagree, error)",
+            shadow_comparisons.clone(),
+        );
+        r.register(
+            "shadow_latency_ratio",
+            "Shadow latency divided by the primary latency, per mirrored request",
+            shadow_latency_ratio.clone(),
+        );
+        r.register(
+            "model_info",
+            "1 for the served model, with its version, backend, device and whether it is simulated",
+            model_info.clone(),
+        );
+        r.register("ready", "1 when the model is loaded, warmed up and the server is not draining", ready.clone());
+        Self {
+            registry: Arc::new(r),
+            requests,
+            request_duration,
+            queue_duration,
+            batch_size,
+            batch_tokens,
+            batch_duration,
+            queue_depth,
+            queued,
+            running,
+            input_tokens,
+            inputs,
+            rejected,
+            cancelled,
+            busy_seconds,
+            busy_ratio,
+            shadow_requests,
+            shadow_comparisons,
+            shadow_latency_ratio,
+            model_info,
+            ready,
+        }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Counts a shed request.
+    pub fn reject(&self, tier: &str, reason: &'static str) {
+        self.rejected
+            .get_or_create(&RejectLabels {
+                tier: tier.to_owned(),
+                reason,
+            })
+            .inc();
+    }
+}

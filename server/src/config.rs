@@ -30,7 +30,11 @@ pub struct ServerConfig {
     #[arg(long, env = "MODELFLEET_DEVICE", value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
     /// Directory for downloaded models (`hf://` URIs).
-    #[arg(long, env = "MODELFLEET_MODEL_CACHE", default_value = "/var/lib/modelfleet/models")]
+    #[arg(
+        long,
+        env = "MODELFLEET_MODEL_CACHE",
+        default_value = "/var/lib/modelfleet/models"
+    )]
     pub model_cache: PathBuf,
     #[command(flatten)]
     pub batching: BatchingConfig,
@@ -287,9 +291,24 @@ mod tests {
 
     #[test]
     fn bad_tiers_name_the_part_and_limit() {
-        assert!("high:2s:1.5".parse::<TierConfig>().unwrap_err().contains("(0, 1]"));
-        assert!("high:soon:1".parse::<TierConfig>().unwrap_err().contains("timeout"));
+        assert!(
+            "high:2s:1.5"
+                .parse::<TierConfig>()
+                .unwrap_err()
+                .contains("(0, 1]")
+        );
+        assert!(
+            "high:soon:1"
+                .parse::<TierConfig>()
+                .unwrap_err()
+                .contains("timeout")
+        );
         assert!(":1s:1".parse::<TierConfig>().unwrap_err().contains("name"));
-        assert!("a:1s:1:x".parse::<TierConfig>().unwrap_err().contains("name:timeout:share"));
+        assert!(
+            "a:1s:1:x"
+                .parse::<TierConfig>()
+                .unwrap_err()
+                .contains("name:timeout:share")
+        );
     }
 }

@@ -116,7 +116,10 @@ impl Engine {
     /// Assembles the engine; the input limit is the flag's, never above the model's.
     pub fn new(p: EngineParts) -> Self {
         let model_max = p.encoder.model_max_tokens().min(p.info.max_input_tokens);
-        let max_input_tokens = p.limits.max_input_tokens.map_or(model_max, |m| (m as usize).min(model_max));
+        let max_input_tokens = p
+            .limits
+            .max_input_tokens
+            .map_or(model_max, |m| (m as usize).min(model_max));
         Self {
             model_name: p.model_name,
             model_version: p.model_version,
@@ -201,7 +204,10 @@ impl Engine {
             .timeout
             .map(|t| {
                 parse_duration(t.trim()).map_err(|e| {
-                    InferError::invalid(TIMEOUT_HEADER, format!("`{t}` is not a duration like 500ms or 2s: {e}"))
+                    InferError::invalid(
+                        TIMEOUT_HEADER,
+                        format!("`{t}` is not a duration like 500ms or 2s: {e}"),
+                    )
                 })
             })
             .transpose()?;
@@ -226,7 +232,10 @@ impl Engine {
         if texts.len() > limit {
             return Err(InferError::invalid(
                 "input",
-                format!("{} strings in one request; the limit is {limit} (maxBatchSize)", texts.len()),
+                format!(
+                    "{} strings in one request; the limit is {limit} (maxBatchSize)",
+                    texts.len()
+                ),
             ));
         }
         if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {

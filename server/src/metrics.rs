@@ -108,7 +108,11 @@ impl Default for Metrics {
         let model_info = Family::<ModelLabels, Gauge>::default();
         let ready = Gauge::default();
 
-        r.register("requests", "Answered requests by API, tier and HTTP status code", requests.clone());
+        r.register(
+            "requests",
+            "Answered requests by API, tier and HTTP status code",
+            requests.clone(),
+        );
         r.register_with_unit(
             "request_duration",
             "Time from arrival to answer, by tier",
@@ -122,9 +126,22 @@ impl Default for Metrics {
             queue_duration.clone(),
         );
         r.register("batch_size", "Inputs per batch", batch_size.clone());
-        r.register("batch_tokens", "Padded tokens per batch (inputs x longest input)", batch_tokens.clone());
-        r.register_with_unit("batch_duration", "Time the backend took for one batch", Unit::Seconds, batch_duration.clone());
-        r.register("queue_depth", "Requests waiting in the queue, by tier", queue_depth.clone());
+        r.register(
+            "batch_tokens",
+            "Padded tokens per batch (inputs x longest input)",
+            batch_tokens.clone(),
+        );
+        r.register_with_unit(
+            "batch_duration",
+            "Time the backend took for one batch",
+            Unit::Seconds,
+            batch_duration.clone(),
+        );
+        r.register(
+            "queue_depth",
+            "Requests waiting in the queue, by tier",
+            queue_depth.clone(),
+        );
         r.register(
             "requests_queued",
             "Requests waiting in the queue (Gateway API Inference Extension: total queued requests)",
@@ -135,7 +152,11 @@ impl Default for Metrics {
             "Requests in batches the backend is running (Gateway API Inference Extension: total running requests)",
             running.clone(),
         );
-        r.register("input_tokens", "Tokens embedded, without padding", input_tokens.clone());
+        r.register(
+            "input_tokens",
+            "Tokens embedded, without padding",
+            input_tokens.clone(),
+        );
         r.register("inputs", "Inputs (sentences) embedded", inputs.clone());
         r.register(
             "requests_rejected",
@@ -147,7 +168,12 @@ impl Default for Metrics {
             "Requests whose client went away before compute; dropped without running, by tier",
             cancelled.clone(),
         );
-        r.register_with_unit("backend_busy", "Time the backend spent running batches", Unit::Seconds, busy_seconds.clone());
+        r.register_with_unit(
+            "backend_busy",
+            "Time the backend spent running batches",
+            Unit::Seconds,
+            busy_seconds.clone(),
+        );
         r.register(
             "busy_ratio",
             "Share of the last second the backend was running batches (0 to 1, per concurrent batch slot)",
@@ -173,7 +199,11 @@ impl Default for Metrics {
             "1 for the served model, with its version, backend, device and whether it is simulated",
             model_info.clone(),
         );
-        r.register("ready", "1 when the model is loaded, warmed up and the server is not draining", ready.clone());
+        r.register(
+            "ready",
+            "1 when the model is loaded, warmed up and the server is not draining",
+            ready.clone(),
+        );
         Self {
             registry: Arc::new(r),
             requests,

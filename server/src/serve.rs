@@ -24,8 +24,14 @@ pub enum StartError {
     Config(String),
     #[error("loading the model: {0}")]
     Load(#[from] backend::BackendError),
-    #[error("warm-up batch of {inputs} inputs x {tokens} tokens failed: {error}; lower --max-batch-size or --max-batch-tokens, or give the pod more memory")]
-    WarmUp { inputs: usize, tokens: usize, error: String },
+    #[error(
+        "warm-up batch of {inputs} inputs x {tokens} tokens failed: {error}; lower --max-batch-size or --max-batch-tokens, or give the pod more memory"
+    )]
+    WarmUp {
+        inputs: usize,
+        tokens: usize,
+        error: String,
+    },
     #[error("listening on {addr}: {error}")]
     Bind { addr: SocketAddr, error: std::io::Error },
 }
@@ -136,7 +142,10 @@ pub async fn start(
         tracing::info!("shutdown requested: not ready, finishing queued work");
         draining.lifecycle.start_draining();
         draining.metrics.ready.set(0);
-        if tokio::time::timeout(drain_timeout, draining.batcher.drain()).await.is_err() {
+        if tokio::time::timeout(drain_timeout, draining.batcher.drain())
+            .await
+            .is_err()
+        {
             tracing::warn!(?drain_timeout, "queued work did not finish in time");
         }
         let _ = stop_tx.send(true);
@@ -159,16 +168,24 @@ pub async fn start(
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|error| StartError::Bind { addr, error })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|error| StartError::Bind { addr, error })
 }
 
 fn local(listener: &TcpListener) -> Result<SocketAddr, StartError> {
-    listener.local_addr().map_err(|error| StartError::Config(format!("local address: {error}")))
+    listener
+        .local_addr()
+        .map_err(|error| StartError::Config(format!("local address: {error}")))
 }
 
 /// Runs the largest batch the limits allow, so a batch that does not fit fails now, not under
 /// load.
-async fn warm_up(backend: Arc<dyn Backend>, config: &ServerConfig, max_tokens: usize) -> Result<(), StartError> {
+async fn warm_up(
+    backend: Arc<dyn Backend>,
+    config: &ServerConfig,
+    max_tokens: usize,
+) -> Result<(), StartError> {
     let inputs = config.batching.max_batch_size as usize;
     let tokens = (config.batching.max_batch_tokens as usize / inputs).clamp(2, max_tokens.max(2));
     let started = std::time::Instant::now();
@@ -183,11 +200,20 @@ async fn warm_up(backend: Arc<dyn Backend>, config: &ServerConfig, max_tokens: u
     .await;
     let error = match result {
         Ok(Ok(())) => {
-            tracing::info!(inputs, tokens, took_ms = started.elapsed().as_millis() as u64, "warm-up batch ran");
+            tracing::info!(
+                inputs,
+                tokens,
+                took_ms = started.elapsed().as_millis() as u64,
+                "warm-up batch ran"
+            );
             return Ok(());
         }
         Ok(Err(e)) => e.to_string(),
         Err(e) => e.to_string(),
     };
-    Err(StartError::WarmUp { inputs, tokens, error })
+    Err(StartError::WarmUp {
+        inputs,
+        tokens,
+        error,
+    })
 }

@@ -148,7 +148,9 @@ async fn send_loop(mut rx: mpsc::Receiver<ShadowJob>, config: MirrorConfig, metr
     let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
     let config = Arc::new(config);
     while let Some(job) = rx.recv().await {
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
         let (client, config, metrics) = (client.clone(), config.clone(), metrics.clone());
         tokio::spawn(async move {
             let started = Instant::now();
@@ -169,7 +171,10 @@ async fn send_loop(mut rx: mpsc::Receiver<ShadowJob>, config: MirrorConfig, metr
                 }
                 Err(_) => "error",
             };
-            metrics.shadow_comparisons.get_or_create(&ResultLabel { result }).inc();
+            metrics
+                .shadow_comparisons
+                .get_or_create(&ResultLabel { result })
+                .inc();
             drop(permit);
         });
     }
@@ -200,7 +205,12 @@ async fn shadow_call(
         .map_err(|e| e.to_string())?;
     let response = client.request(request).await.map_err(|e| e.to_string())?;
     let status = response.status();
-    let bytes = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
     if !status.is_success() {
         return Err(format!("status {status}"));
     }
@@ -210,10 +220,17 @@ async fn shadow_call(
 
 /// Cosine similarity of two vectors (0 when either is zero).
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    if a.len() != b.len() {
+        return 0.0;
+    }
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     let na = a.iter().map(|x| x * x).sum::<f32>().sqrt();
     let nb = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if na == 0.0 || nb == 0.0 { 0.0 } else { dot / (na * nb) }
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot / (na * nb)
+    }
 }
 
 fn agrees(primary: &[Vec<f32>], shadow: &[Vec<f32>], threshold: f32) -> bool {

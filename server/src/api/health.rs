@@ -15,7 +15,11 @@ pub async fn live() -> impl IntoResponse {
 /// Ready once the model is loaded and warmed up, until SIGTERM.
 pub async fn ready(State(engine): State<Arc<Engine>>) -> impl IntoResponse {
     let ready = engine.lifecycle.is_ready();
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(json!({"ready": ready})))
 }
 

@@ -34,11 +34,20 @@ pub fn router(engine: Arc<Engine>, max_request_bytes: usize) -> Router {
         .route("/v2/health/live", get(health::live))
         .route("/v2/health/ready", get(health::ready))
         .route("/v2/models/{model}", get(oip::model_metadata))
-        .route("/v2/models/{model}/versions/{version}", get(oip::model_metadata_version))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(oip::model_metadata_version),
+        )
         .route("/v2/models/{model}/ready", get(oip::model_ready))
-        .route("/v2/models/{model}/versions/{version}/ready", get(oip::model_ready_version))
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(oip::model_ready_version),
+        )
         .route("/v2/models/{model}/infer", post(oip::infer))
-        .route("/v2/models/{model}/versions/{version}/infer", post(oip::infer_version))
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(oip::infer_version),
+        )
         .layer(DefaultBodyLimit::max(max_request_bytes))
         .with_state(engine)
 }
@@ -86,7 +95,10 @@ fn json_body(
     use crate::error::InferError;
     let body = body.map_err(|e| {
         if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            InferError::too_large("body", format!("the request body is too large: {e} (--max-request-bytes)"))
+            InferError::too_large(
+                "body",
+                format!("the request body is too large: {e} (--max-request-bytes)"),
+            )
         } else {
             InferError::invalid("body", e.body_text())
         }

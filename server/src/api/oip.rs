@@ -96,7 +96,11 @@ fn ready_response(engine: &Engine, model: &str, version: Option<&str>) -> Respon
         return e.into_response();
     }
     let ready = engine.lifecycle.is_ready();
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(json!({"name": model, "ready": ready}))).into_response()
 }
 
@@ -110,9 +114,9 @@ pub struct ParsedInfer {
 /// Reads an infer request: exactly one BYTES input `text` of shape `[n]` or `[n, 1]`; requested
 /// outputs, if any, must be `embedding`. Every error names the field.
 pub fn parse_infer(body: &Value) -> Result<ParsedInfer, InferError> {
-    let object = body
-        .as_object()
-        .ok_or_else(|| InferError::invalid("body", format!("expected a JSON object, got {}", json_type(body))))?;
+    let object = body.as_object().ok_or_else(|| {
+        InferError::invalid("body", format!("expected a JSON object, got {}", json_type(body)))
+    })?;
     let id = object
         .get("id")
         .map(|v| string_field(v, "id").map(str::to_owned))
@@ -124,7 +128,10 @@ pub fn parse_infer(body: &Value) -> Result<ParsedInfer, InferError> {
     if inputs.len() != 1 {
         return Err(InferError::invalid(
             "inputs",
-            format!("expected exactly 1 input tensor (`{INPUT_NAME}`), got {}", inputs.len()),
+            format!(
+                "expected exactly 1 input tensor (`{INPUT_NAME}`), got {}",
+                inputs.len()
+            ),
         ));
     }
     let tensor = &inputs[0];
@@ -135,7 +142,10 @@ pub fn parse_infer(body: &Value) -> Result<ParsedInfer, InferError> {
             format!("unknown input `{name}`; this model takes `{INPUT_NAME}`"),
         ));
     }
-    let datatype = string_field(tensor.get("datatype").unwrap_or(&Value::Null), "inputs[0].datatype")?;
+    let datatype = string_field(
+        tensor.get("datatype").unwrap_or(&Value::Null),
+        "inputs[0].datatype",
+    )?;
     if datatype != "BYTES" {
         return Err(InferError::invalid(
             "inputs[0].datatype",
@@ -146,7 +156,9 @@ pub fn parse_infer(body: &Value) -> Result<ParsedInfer, InferError> {
         .get("shape")
         .and_then(Value::as_array)
         .and_then(|dims| dims.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>())
-        .ok_or_else(|| InferError::invalid("inputs[0].shape", "expected an array of non-negative integers"))?;
+        .ok_or_else(|| {
+            InferError::invalid("inputs[0].shape", "expected an array of non-negative integers")
+        })?;
     let texts = flatten_strings(tensor.get("data").unwrap_or(&Value::Null))?;
     let valid_shape = match shape.as_slice() {
         [n] => *n as usize == texts.len(),
@@ -156,7 +168,10 @@ pub fn parse_infer(body: &Value) -> Result<ParsedInfer, InferError> {
     if !valid_shape {
         return Err(InferError::invalid(
             "inputs[0].shape",
-            format!("{shape:?} does not match {} strings in data; expected [{0}] or [{0}, 1]", texts.len()),
+            format!(
+                "{shape:?} does not match {} strings in data; expected [{0}] or [{0}, 1]",
+                texts.len()
+            ),
         ));
     }
     if let Some(outputs) = object.get("outputs").and_then(Value::as_array) {
@@ -194,7 +209,10 @@ fn flatten_strings(data: &Value) -> Result<Vec<String>, InferError> {
         Ok(())
     }
     if !data.is_array() {
-        return Err(InferError::invalid("inputs[0].data", "is required: an array of strings"));
+        return Err(InferError::invalid(
+            "inputs[0].data",
+            "is required: an array of strings",
+        ));
     }
     let mut out = Vec::new();
     walk(data, "inputs[0].data".into(), &mut out)?;
@@ -254,7 +272,10 @@ async fn serve(
         Err(e) => return engine.reject_early("oip_http", headers.tier, e).into_response(),
     };
     let n = parsed.texts.len();
-    match engine.embed(headers.request("oip_http", None, parsed.texts)).await {
+    match engine
+        .embed(headers.request("oip_http", None, parsed.texts))
+        .await
+    {
         Ok(out) => {
             let data: Vec<f32> = out.vectors.into_iter().flatten().collect();
             Json(InferResponse {
@@ -284,8 +305,10 @@ mod tests {
 
     #[test]
     fn bytes_inputs_of_shape_n_or_n_by_1_are_accepted() {
-        let p = parse_infer(&request(json!({"name": "text", "datatype": "BYTES", "shape": [2], "data": ["a", "b"]})))
-            .unwrap();
+        let p = parse_infer(&request(
+            json!({"name": "text", "datatype": "BYTES", "shape": [2], "data": ["a", "b"]}),
+        ))
+        .unwrap();
         assert_eq!((p.id.as_deref(), p.texts.len()), (Some("1"), 2));
         let p = parse_infer(&request(
             json!({"name": "text", "datatype": "BYTES", "shape": [2, 1], "data": [["a"], ["b"]]}),

@@ -54,9 +54,9 @@ pub struct ParsedRequest {
 
 /// Reads an embeddings request; every error names the field.
 pub fn parse_request(body: &Value, dim: usize) -> Result<ParsedRequest, InferError> {
-    let object = body
-        .as_object()
-        .ok_or_else(|| InferError::invalid("body", format!("expected a JSON object, got {}", json_type(body))))?;
+    let object = body.as_object().ok_or_else(|| {
+        InferError::invalid("body", format!("expected a JSON object, got {}", json_type(body)))
+    })?;
     let model = object
         .get("model")
         .map(|m| string_field(m, "model").map(str::to_owned))
@@ -74,7 +74,10 @@ pub fn parse_request(body: &Value, dim: usize) -> Result<ParsedRequest, InferErr
         other => {
             return Err(InferError::invalid(
                 "input",
-                format!("expected a string or an array of strings, got {}", json_type(other)),
+                format!(
+                    "expected a string or an array of strings, got {}",
+                    json_type(other)
+                ),
             ));
         }
     };
@@ -96,7 +99,9 @@ pub fn parse_request(body: &Value, dim: usize) -> Result<ParsedRequest, InferErr
     {
         return Err(InferError::invalid(
             "dimensions",
-            format!("this model returns {dim} dimensions and cannot shorten them; omit the field or send {dim}"),
+            format!(
+                "this model returns {dim} dimensions and cannot shorten them; omit the field or send {dim}"
+            ),
         ));
     }
     Ok(ParsedRequest { model, texts, base64 })
@@ -185,7 +190,10 @@ mod tests {
     #[test]
     fn strings_and_arrays_are_inputs() {
         let p = parse_request(&json!({"model": "m", "input": "hi"}), 3).unwrap();
-        assert_eq!((p.model.as_deref(), p.texts.len(), p.base64), (Some("m"), 1, false));
+        assert_eq!(
+            (p.model.as_deref(), p.texts.len(), p.base64),
+            (Some("m"), 1, false)
+        );
         let p = parse_request(&json!({"input": ["a", "b"], "encoding_format": "base64"}), 3).unwrap();
         assert_eq!((p.texts.len(), p.base64), (2, true));
     }
@@ -200,7 +208,10 @@ mod tests {
         assert_eq!(param(json!({"input": 3})), "input");
         assert_eq!(param(json!({"model": 1, "input": "a"})), "model");
         assert_eq!(param(json!({})), "input");
-        assert_eq!(param(json!({"input": "a", "encoding_format": "int8"})), "encoding_format");
+        assert_eq!(
+            param(json!({"input": "a", "encoding_format": "int8"})),
+            "encoding_format"
+        );
         assert_eq!(param(json!({"input": "a", "dimensions": 2})), "dimensions");
         assert_eq!(param(json!([1])), "body");
     }

@@ -99,9 +99,13 @@ mod tests {
 
     #[test]
     fn unknown_schemes_are_rejected_with_the_flag_named() {
-        let e = resolve_model("s3://bucket/model", Path::new("/tmp")).unwrap_err().to_string();
+        let e = resolve_model("s3://bucket/model", Path::new("/tmp"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--model-uri") && e.contains("hf://"), "{e}");
-        let e = resolve_model("hf://just-a-name", Path::new("/tmp")).unwrap_err().to_string();
+        let e = resolve_model("hf://just-a-name", Path::new("/tmp"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("hf://org/name"), "{e}");
     }
 }

@@ -55,7 +55,10 @@ impl Backend for SyntheticBackend {
         if !wait.is_zero() {
             std::thread::sleep(wait);
         }
-        Ok(batch.iter().map(|ids| pseudo_embedding(ids, self.info.dim)).collect())
+        Ok(batch
+            .iter()
+            .map(|ids| pseudo_embedding(ids, self.info.dim))
+            .collect())
     }
 }
 
@@ -76,7 +79,9 @@ mod tests {
     #[test]
     fn outputs_are_deterministic_unit_vectors() {
         let b = SyntheticBackend::new(8, 512, LatencyModel::default());
-        let out = b.embed(&[&[101, 7, 102], &[101, 8, 102], &[101, 7, 102]]).unwrap();
+        let out = b
+            .embed(&[&[101, 7, 102], &[101, 8, 102], &[101, 7, 102]])
+            .unwrap();
         assert_eq!(out[0], out[2]);
         assert_ne!(out[0], out[1]);
         let norm: f32 = out[1].iter().map(|x| x * x).sum::<f32>().sqrt();

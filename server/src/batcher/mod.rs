@@ -45,12 +45,22 @@ impl Batcher {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let done_tx = tx.clone();
-        let slots = Slots::start(config.max_concurrent_batches as usize, backend, metrics.clone(), move |done| {
-            // The actor outlives the slots; a send error only happens at process exit.
-            let _ = done_tx.send(Command::Done(done));
-        });
+        let slots = Slots::start(
+            config.max_concurrent_batches as usize,
+            backend,
+            metrics.clone(),
+            move |done| {
+                // The actor outlives the slots; a send error only happens at process exit.
+                let _ = done_tx.send(Command::Done(done));
+            },
+        );
         for tier in tiers.iter() {
-            metrics.queue_depth.get_or_create(&TierLabel { tier: tier.name.clone() }).set(0);
+            metrics
+                .queue_depth
+                .get_or_create(&TierLabel {
+                    tier: tier.name.clone(),
+                })
+                .set(0);
         }
         let actor = Actor {
             queue: TierQueues::new(&tiers, config.max_queue_size as usize),
@@ -248,7 +258,9 @@ impl Actor {
                      (maxQueueShare {share} of maxQueueSize)"
                 ),
             };
-            let _ = job.reply.send(Err(InferError::Overloaded { message, retry_after }));
+            let _ = job
+                .reply
+                .send(Err(InferError::Overloaded { message, retry_after }));
         }
     }
 
@@ -264,7 +276,9 @@ impl Actor {
         for job in self.queue.expire(now) {
             let tier = self.queue.tier_name(job.tier).to_owned();
             self.metrics.reject(&tier, "queue_timeout");
-            let limit = job.deadline.map_or(Duration::ZERO, |d| d.at.duration_since(job.enqueued));
+            let limit = job
+                .deadline
+                .map_or(Duration::ZERO, |d| d.at.duration_since(job.enqueued));
             let _ = job.reply.send(Err(InferError::QueueTimeout {
                 waited_ms: now.duration_since(job.enqueued).as_millis() as u64,
                 limit_ms: limit.as_millis() as u64,
@@ -279,7 +293,10 @@ impl Actor {
         while self.slots.any_idle() && !self.queue.is_empty() {
             let start = !self.slots.any_busy()
                 || self.queue.fills_batch(self.limits)
-                || self.queue.oldest().is_some_and(|t| now >= t + self.max_queue_delay);
+                || self
+                    .queue
+                    .oldest()
+                    .is_some_and(|t| now >= t + self.max_queue_delay);
             if !start {
                 return;
             }
@@ -308,7 +325,9 @@ impl Actor {
         for (tier, depth) in self.queue.depths() {
             self.metrics
                 .queue_depth
-                .get_or_create(&TierLabel { tier: tier.to_owned() })
+                .get_or_create(&TierLabel {
+                    tier: tier.to_owned(),
+                })
                 .set(depth as i64);
         }
         self.metrics.queued.set(self.queue.len() as i64);

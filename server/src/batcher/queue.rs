@@ -162,7 +162,10 @@ impl TierQueues {
 
     /// Arrival time of the oldest queued request.
     pub fn oldest(&self) -> Option<Instant> {
-        self.tiers.iter().filter_map(|t| t.jobs.front().map(|j| j.enqueued)).min()
+        self.tiers
+            .iter()
+            .filter_map(|t| t.jobs.front().map(|j| j.enqueued))
+            .min()
     }
 
     /// The earliest deadline of any queued request.
@@ -283,7 +286,12 @@ mod tests {
             q.admit(j).unwrap();
             receivers.push(rx);
         }
-        let order: Vec<_> = q.take_batch(LIMITS).batch.iter().map(|j| (j.tier, j.longest())).collect();
+        let order: Vec<_> = q
+            .take_batch(LIMITS)
+            .batch
+            .iter()
+            .map(|j| (j.tier, j.longest()))
+            .collect();
         assert_eq!(order, [(0, 4), (0, 6), (1, 3), (1, 5)]);
         assert!(q.is_empty());
     }
@@ -301,7 +309,11 @@ mod tests {
         }
         assert!(q.fills_batch(LIMITS));
         let first = q.take_batch(LIMITS).batch;
-        assert_eq!(first.len(), 2, "the 2-token request must not overtake the 30-token one");
+        assert_eq!(
+            first.len(),
+            2,
+            "the 2-token request must not overtake the 30-token one"
+        );
         assert_eq!(q.take_batch(LIMITS).batch.len(), 2);
     }
 
@@ -317,14 +329,24 @@ mod tests {
         }
         let (j, _r) = job(1, 1, 3, now);
         let (_, refusal) = q.admit(j).unwrap_err();
-        assert_eq!(refusal, Refusal::TierShare { queued: 2, limit: 2, share: 0.5 });
+        assert_eq!(
+            refusal,
+            Refusal::TierShare {
+                queued: 2,
+                limit: 2,
+                share: 0.5
+            }
+        );
         for _ in 0..2 {
             let (j, r) = job(0, 1, 3, now);
             q.admit(j).unwrap();
             rx.push(r);
         }
         let (j, _r) = job(0, 1, 3, now);
-        assert_eq!(q.admit(j).unwrap_err().1, Refusal::QueueFull { queued: 4, limit: 4 });
+        assert_eq!(
+            q.admit(j).unwrap_err().1,
+            Refusal::QueueFull { queued: 4, limit: 4 }
+        );
     }
 
     #[test]

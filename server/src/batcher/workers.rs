@@ -138,7 +138,10 @@ impl Slots {
 
 /// Runs one batch and answers each request with its share of the outputs.
 fn run_batch(backend: &dyn Backend, metrics: &Metrics, batch: Vec<Job>) {
-    let inputs: Vec<&[u32]> = batch.iter().flat_map(|j| j.inputs.iter().map(Vec::as_slice)).collect();
+    let inputs: Vec<&[u32]> = batch
+        .iter()
+        .flat_map(|j| j.inputs.iter().map(Vec::as_slice))
+        .collect();
     let longest = inputs.iter().map(|i| i.len()).max().unwrap_or(0);
     let tokens: usize = inputs.iter().map(|i| i.len()).sum();
     let n = inputs.len();

@@ -90,10 +90,18 @@ impl ServerProcess {
             Ok(event) => event,
             Err(_) => {
                 let _ = child.kill();
-                panic!("the server did not start:\n{}", log.lock().expect("log lock").join("\n"));
+                panic!(
+                    "the server did not start:\n{}",
+                    log.lock().expect("log lock").join("\n")
+                );
             }
         };
-        let addr = |k: &str| event[k].as_str().and_then(|s| s.parse().ok()).expect("an address");
+        let addr = |k: &str| {
+            event[k]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .expect("an address")
+        };
         Self {
             http: addr("http"),
             grpc: addr("grpc"),
@@ -184,7 +192,12 @@ pub async fn post_raw(url: &str, body: Bytes, headers: &[(&str, &str)]) -> Answe
 
 /// GETs a URL.
 pub async fn get(url: &str) -> Answer {
-    send(http::Request::get(url).body(Full::new(Bytes::new())).expect("request")).await
+    send(
+        http::Request::get(url)
+            .body(Full::new(Bytes::new()))
+            .expect("request"),
+    )
+    .await
 }
 
 async fn send(request: http::Request<Full<Bytes>>) -> Answer {
@@ -193,8 +206,13 @@ async fn send(request: http::Request<Full<Bytes>>) -> Answer {
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let bytes = response.into_body().collect().await.expect("a body").to_bytes();
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
-    Answer { status, headers, body }
+    let body =
+        serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+    Answer {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// GETs a URL as text.

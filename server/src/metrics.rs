@@ -259,14 +259,30 @@ mod tests {
         let docs = include_str!("../../docs/metrics.md");
         let m = Metrics::default();
         // Families only appear once they have a sample.
-        m.requests.get_or_create(&RequestLabels { api: "openai", tier: "t".into(), code: 200 }).inc();
-        m.request_duration.get_or_create(&TierLabel { tier: "t".into() }).observe(0.1);
-        m.queue_duration.get_or_create(&TierLabel { tier: "t".into() }).observe(0.1);
-        m.queue_depth.get_or_create(&TierLabel { tier: "t".into() }).set(1);
+        m.requests
+            .get_or_create(&RequestLabels {
+                api: "openai",
+                tier: "t".into(),
+                code: 200,
+            })
+            .inc();
+        m.request_duration
+            .get_or_create(&TierLabel { tier: "t".into() })
+            .observe(0.1);
+        m.queue_duration
+            .get_or_create(&TierLabel { tier: "t".into() })
+            .observe(0.1);
+        m.queue_depth
+            .get_or_create(&TierLabel { tier: "t".into() })
+            .set(1);
         m.reject("t", "queue_full");
         m.cancelled.get_or_create(&TierLabel { tier: "t".into() }).inc();
-        m.shadow_requests.get_or_create(&ResultLabel { result: "queued" }).inc();
-        m.shadow_comparisons.get_or_create(&ResultLabel { result: "agree" }).inc();
+        m.shadow_requests
+            .get_or_create(&ResultLabel { result: "queued" })
+            .inc();
+        m.shadow_comparisons
+            .get_or_create(&ResultLabel { result: "agree" })
+            .inc();
         m.model_info
             .get_or_create(&ModelLabels {
                 model: "m".into(),
@@ -284,7 +300,10 @@ mod tests {
             .collect();
         assert!(names.len() >= 20, "{names:?}");
         for name in names {
-            assert!(docs.contains(&format!("`{name}")), "{name} is not in docs/metrics.md");
+            assert!(
+                docs.contains(&format!("`{name}")),
+                "{name} is not in docs/metrics.md"
+            );
         }
     }
 }

@@ -126,7 +126,7 @@ pub async fn start(
     );
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_routes(Default::default()) //TMP
+            .add_service(api::grpc_service(engine.clone()))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc),
                 stopped_signal(stop_rx),

@@ -41,7 +41,10 @@ pub fn parse_model_infer(request: &pb::ModelInferRequest) -> Result<GrpcInputs, 
     if request.inputs.len() != 1 {
         return Err(InferError::invalid(
             "inputs",
-            format!("expected exactly 1 input tensor (`{INPUT_NAME}`), got {}", request.inputs.len()),
+            format!(
+                "expected exactly 1 input tensor (`{INPUT_NAME}`), got {}",
+                request.inputs.len()
+            ),
         ));
     }
     let input = &request.inputs[0];
@@ -68,7 +71,11 @@ pub fn parse_model_infer(request: &pb::ModelInferRequest) -> Result<GrpcInputs, 
     let (elements, raw) = match request.raw_input_contents.first() {
         Some(raw) => (split_raw_bytes(raw)?, true),
         None => (
-            input.contents.as_ref().map(|c| c.bytes_contents.clone()).unwrap_or_default(),
+            input
+                .contents
+                .as_ref()
+                .map(|c| c.bytes_contents.clone())
+                .unwrap_or_default(),
             false,
         ),
     };
@@ -85,7 +92,10 @@ pub fn parse_model_infer(request: &pb::ModelInferRequest) -> Result<GrpcInputs, 
     if !(input.shape == [n] || input.shape == [n, 1]) {
         return Err(InferError::invalid(
             "inputs[0].shape",
-            format!("{:?} does not match {n} strings; expected [{n}] or [{n}, 1]", input.shape),
+            format!(
+                "{:?} does not match {n} strings; expected [{n}] or [{n}, 1]",
+                input.shape
+            ),
         ));
     }
     Ok(GrpcInputs { texts, raw })
@@ -97,7 +107,10 @@ fn split_raw_bytes(raw: &[u8]) -> Result<Vec<Vec<u8>>, InferError> {
     let mut rest = raw;
     while !rest.is_empty() {
         let Some((len, tail)) = rest.split_first_chunk::<4>() else {
-            return Err(InferError::invalid("raw_input_contents[0]", "truncated length prefix"));
+            return Err(InferError::invalid(
+                "raw_input_contents[0]",
+                "truncated length prefix",
+            ));
         };
         let len = u32::from_le_bytes(*len) as usize;
         if tail.len() < len {
@@ -163,11 +176,12 @@ impl GrpcInferenceService for OipGrpc {
         let r = request.into_inner();
         check_model(&self.engine, &r.name, version(&r.version))?;
         let e = &self.engine;
-        let tensor = |name: &str, datatype: &str, shape: Vec<i64>| pb::model_metadata_response::TensorMetadata {
-            name: name.into(),
-            datatype: datatype.into(),
-            shape,
-        };
+        let tensor =
+            |name: &str, datatype: &str, shape: Vec<i64>| pb::model_metadata_response::TensorMetadata {
+                name: name.into(),
+                datatype: datatype.into(),
+                shape,
+            };
         Ok(Response::new(pb::ModelMetadataResponse {
             name: e.model_name.clone(),
             versions: vec![e.model_version.clone()],
@@ -253,9 +267,16 @@ mod tests {
     #[test]
     fn typed_and_raw_bytes_give_the_same_texts() {
         let typed = parse_model_infer(&request(vec!["ab", "c"], vec![2])).unwrap();
-        assert_eq!(typed, GrpcInputs { texts: vec!["ab".into(), "c".into()], raw: false });
+        assert_eq!(
+            typed,
+            GrpcInputs {
+                texts: vec!["ab".into(), "c".into()],
+                raw: false
+            }
+        );
         let mut raw = request(vec![], vec![2, 1]);
-        raw.raw_input_contents = vec![[&2u32.to_le_bytes()[..], b"ab", &1u32.to_le_bytes()[..], b"c"].concat()];
+        raw.raw_input_contents =
+            vec![[&2u32.to_le_bytes()[..], b"ab", &1u32.to_le_bytes()[..], b"c"].concat()];
         assert_eq!(parse_model_infer(&raw).unwrap().texts, typed.texts);
     }
 

@@ -1,7 +1,7 @@
 //! The HTTP and gRPC front ends. Every API turns its request into an [`EmbedRequest`] for the
 //! shared [`Engine`], so limits, errors, metrics and mirroring are the same everywhere.
 
-//TMP mod grpc;
+mod grpc;
 mod health;
 mod oip;
 mod openai;
@@ -14,7 +14,7 @@ use axum::{
     http::HeaderMap,
     routing::{get, post},
 };
-//TMP pub use grpc::grpc_service;
+pub use grpc::grpc_service;
 pub use modelfleet_crds::constants::{TIER_HEADER, TIMEOUT_HEADER};
 
 use crate::engine::{EmbedRequest, Engine};

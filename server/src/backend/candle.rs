@@ -39,6 +39,11 @@ impl CandleBackend {
         let raw: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| BackendError::Files(format!("{}: {e}", files.config.display())))?;
         let max_positions = raw["max_position_embeddings"].as_u64().unwrap_or(512) as usize;
+        // sentence-transformers models state the length they were trained for; longer inputs
+        // would embed differently from the reference pipeline.
+        let max_input_tokens = sentence_max_length(files)
+            .unwrap_or(max_positions)
+            .min(max_positions);
         let dim = raw["hidden_size"].as_u64().unwrap_or(384) as usize;
         // Read into memory instead of mmap: mmap is `unsafe` in candle, and this crate forbids it.
         // The buffer is freed once the tensors are built.
@@ -50,11 +55,19 @@ impl CandleBackend {
             name: "candle",
             device: if device.is_cuda() { "cuda" } else { "cpu" }.into(),
             dim,
-            max_input_tokens: max_positions,
+            max_input_tokens,
             simulated: false,
         };
         Ok(Self { model, device, info })
     }
+}
+
+/// `max_seq_length` of `sentence_bert_config.json` next to `config.json`, if present.
+fn sentence_max_length(files: &ModelFiles) -> Option<usize> {
+    let path = files.config.parent()?.join("sentence_bert_config.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    value["max_seq_length"].as_u64().map(|v| v as usize)
 }
 
 impl Backend for CandleBackend {

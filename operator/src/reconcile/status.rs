@@ -178,7 +178,11 @@ pub fn compute(md: &ModelDeployment, plan: &RevisionPlan, observed: &Observed) -
         ready_replicas,
         ready: Some(format!("{ready_replicas}/{replicas}")),
         selector: Some(format!("{}={name}", labels::DEPLOYMENT)),
-        canary: Some(candidate.as_ref().map_or_else(|| "-".to_owned(), |c| c.version.clone())),
+        canary: Some(
+            candidate
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |c| c.version.clone()),
+        ),
         canary_weight: Some(candidate.as_ref().map_or(0, |c| c.traffic_weight)),
         stable: Some(stable),
         candidate,

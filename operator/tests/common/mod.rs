@@ -139,9 +139,15 @@ pub fn kubectl_get_mdep(namespace: &str, name: &str) -> Vec<(String, String)> {
         .args(["get", "mdep", name, "-n", namespace])
         .output()
         .expect("kubectl runs");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let mut lines = stdout.lines().map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>());
+    let mut lines = stdout
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>());
     let header = lines.next().expect("a header line");
     let row = lines.next().expect("a row");
     assert_eq!(header.len(), row.len(), "{stdout}");

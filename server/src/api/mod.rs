@@ -124,3 +124,72 @@ fn json_type(value: &serde_json::Value) -> &'static str {
         serde_json::Value::Object(_) => "an object",
     }
 }
+
+#[cfg(test)]
+mod parsing_properties {
+    //! Request parsing never panics, whatever the bytes, and round-trips valid requests.
+
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::{json_body, oip::parse_infer, openai::parse_request};
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<f64>().prop_map(|f| json!(f)),
+            ".{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("input".to_owned()),
+                        Just("model".to_owned()),
+                        Just("inputs".to_owned()),
+                        Just("name".to_owned()),
+                        Just("datatype".to_owned()),
+                        Just("shape".to_owned()),
+                        Just("data".to_owned()),
+                        Just("encoding_format".to_owned()),
+                        Just("dimensions".to_owned()),
+                        Just("outputs".to_owned()),
+                        "[a-z]{1,6}",
+                    ],
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_give_a_result_not_a_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            if let Ok(v) = json_body(Ok(bytes.into())) {
+                let _ = parse_request(&v, 384);
+                let _ = parse_infer(&v);
+            }
+        }
+
+        #[test]
+        fn arbitrary_json_gives_a_result_not_a_panic(v in arb_json()) {
+            let _ = parse_request(&v, 384);
+            let _ = parse_infer(&v);
+            let _ = parse_infer(&json!({"inputs": [v]}));
+        }
+
+        #[test]
+        fn valid_requests_keep_their_texts(texts in prop::collection::vec(".{1,20}", 1..8)) {
+            let parsed = parse_request(&json!({"model": "m", "input": texts}), 384).unwrap();
+            prop_assert_eq!(&parsed.texts, &texts);
+            let n = texts.len();
+            let infer = parse_infer(&json!({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [n], "data": texts}]})).unwrap();
+            prop_assert_eq!(infer.texts, texts);
+        }
+    }
+}

@@ -34,9 +34,16 @@ pub struct Target {
 }
 
 impl Target {
-    fn request(&self, i: u64) -> Request<Full<Bytes>> {
+    /// The `i`-th request; `absolute` for a pooled client (it needs scheme and authority), else
+    /// origin-form for a connection of our own.
+    fn request(&self, i: u64, absolute: bool) -> Request<Full<Bytes>> {
         let body = self.bodies[(i % self.bodies.len() as u64) as usize].clone();
-        let mut builder = Request::post(self.uri.clone())
+        let uri = if absolute {
+            format!("http://{}{}", self.addr, self.uri.path())
+        } else {
+            self.uri.path().to_owned()
+        };
+        let mut builder = Request::post(uri)
             .header(http::header::HOST, self.addr.to_string())
             .header(http::header::CONTENT_TYPE, "application/json");
         for (k, v) in &self.headers {
@@ -116,7 +123,7 @@ async fn closed_worker(target: Target, window: Window, sent: Arc<AtomicU64>) -> 
         }
         let outcome = tokio::time::timeout(target.timeout, async {
             s.ready().await.map_err(drop)?;
-            let response = s.send_request(target.request(n)).await.map_err(drop)?;
+            let response = s.send_request(target.request(n, false)).await.map_err(drop)?;
             let status = response.status().as_u16();
             response.into_body().collect().await.map_err(drop)?;
             Ok::<u16, ()>(status)
@@ -166,7 +173,7 @@ pub async fn open_loop(target: Target, rate: f64, max_in_flight: usize, window: 
                 let at = scheduled;
                 tasks.spawn(async move {
                     let outcome = tokio::time::timeout(target.timeout, async {
-                        let response = client.request(target.request(n)).await?;
+                        let response = client.request(target.request(n, true)).await?;
                         let status = response.status().as_u16();
                         let _ = response.into_body().collect().await;
                         Ok::<u16, hyper_util::client::legacy::Error>(status)

@@ -74,7 +74,7 @@ struct Args {
     /// Inputs (sentences) per request.
     #[arg(long, default_value_t = 1)]
     inputs_per_request: usize,
-    /// File with one sentence per line (default: a built-in list of 20 sentences).
+    /// File with one sentence per line (default: the 20 of server/bench/sentences.txt).
     #[arg(long)]
     texts_file: Option<PathBuf>,
     /// Extra header `name:value`, repeatable (e.g. `x-modelfleet-tier:high`).
@@ -103,28 +103,8 @@ enum Mode {
     Open,
 }
 
-const SENTENCES: [&str; 20] = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Kubernetes schedules pods onto nodes.",
-    "I like pizza",
-    "GPU inference servers batch requests to use the hardware well.",
-    "What is the capital of France?",
-    "Dynamic batching trades a little latency for a lot of throughput.",
-    "She sells sea shells by the sea shore.",
-    "The operator reconciles the desired state with the observed state.",
-    "Rain is expected this afternoon.",
-    "Embeddings map sentences to vectors whose distances reflect meaning.",
-    "How do I reset my password?",
-    "A canary release sends a small share of traffic to the new version first.",
-    "Coffee keeps the engineers awake.",
-    "Latency percentiles matter more than averages for user experience.",
-    "The train leaves at seven.",
-    "Shadow traffic copies requests to a new model without affecting users.",
-    "Please summarize the quarterly report in three bullet points.",
-    "Autoscaling on queue depth reacts faster than scaling on utilization.",
-    "Hello world",
-    "Transformers use attention to weigh the relevance of every token to every other token.",
-];
+/// The default texts: the same file the batching benchmark feeds the direct candle loop.
+const SENTENCES: &str = include_str!("../../../bench/sentences.txt");
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -198,7 +178,7 @@ async fn run(args: Args) -> Result<Report, String> {
             .filter(|l| !l.trim().is_empty())
             .map(str::to_owned)
             .collect(),
-        None => SENTENCES.iter().map(|s| (*s).to_owned()).collect(),
+        None => SENTENCES.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect(),
     };
     let target = Target {
         addr,
@@ -229,9 +209,10 @@ async fn run(args: Args) -> Result<Report, String> {
             ("open", args.rate, t)
         }
     };
-    // With --requests the run may end early: measure what really ran.
-    let measured = Instant::now().saturating_duration_since(window.measure_from);
-    let window_len = measured.min(args.duration).max(Duration::from_millis(1));
+    // Throughput is measured from the start of the window to the last answer: a run cut short by
+    // --requests is shorter, an overloaded server answering after the window is longer.
+    let last = tally.last_answer.unwrap_or(window.stop).max(window.measure_from);
+    let window_len = last.duration_since(window.measure_from).max(Duration::from_millis(1));
     Ok(Report::new(mode, target_value, window_len, args.inputs_per_request.max(1), tally))
 }
 
@@ -295,12 +276,11 @@ mod tests {
         assert!(resolve("https://127.0.0.1", false).unwrap_err().contains("http://"));
     }
 
-    #[tokio::test]
-    async fn a_closed_loop_against_a_tiny_server_reports_statuses() {
+    /// A minimal HTTP/1.1 keep-alive server on 127.0.0.1: every 5th answer is a 429.
+    async fn tiny_server() -> SocketAddr {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        // A minimal HTTP/1.1 keep-alive server: every 5th answer is a 429.
         tokio::spawn(async move {
             let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
             while let Ok((mut socket, _)) = listener.accept().await {
@@ -326,20 +306,33 @@ mod tests {
                 });
             }
         });
-        let args = Args::parse_from([
-            "loadgen",
-            "--url",
-            &format!("http://{addr}"),
-            "--concurrency",
-            "4",
-            "--duration",
-            "300ms",
-        ]);
-        let report = run(args).await.unwrap();
+        addr
+    }
+
+    async fn run_against(extra: &[&str]) -> Report {
+        let url = format!("http://{}", tiny_server().await);
+        let mut argv = vec!["loadgen", "--url", &url, "--duration", "300ms"];
+        argv.extend_from_slice(extra);
+        run(Args::parse_from(argv)).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_closed_loop_reports_statuses_and_json() {
+        let report = run_against(&["--concurrency", "4"]).await;
         assert!(report.completed > 0);
         assert!(report.status_counts.get("429").copied().unwrap_or(0) > 0, "{report:?}");
         let json: serde_json::Value = serde_json::to_value(&report).unwrap();
         assert_eq!(json["mode"], "closed");
         assert!(json["latency_ms"]["p99"].as_f64().unwrap() >= 0.0);
+    }
+
+    #[tokio::test]
+    async fn an_open_loop_offers_its_rate() {
+        let report = run_against(&["--mode", "open", "--rate", "200"]).await;
+        // About 60 arrivals in 300 ms; every one answered, none lost to errors.
+        assert!((30..=100).contains(&report.sent), "{report:?}");
+        assert_eq!(report.errors, stats::ErrorKinds { connect: 0, timeout: 0, other: 0 });
+        assert_eq!(report.sent, report.status_counts.values().sum::<u64>());
+        assert!(report.completed > 0);
     }
 }

@@ -1,6 +1,9 @@
 //! Latency samples, counts and the report (text or JSON).
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use serde::Serialize;
 
@@ -15,6 +18,9 @@ pub struct Tally {
     pub timeouts: u64,
     pub other_errors: u64,
     pub dropped_by_client: u64,
+    /// When the last counted answer arrived: an overloaded server answers after the sending
+    /// window, and throughput must be measured to here.
+    pub last_answer: Option<Instant>,
 }
 
 impl Tally {
@@ -29,11 +35,13 @@ impl Tally {
         self.timeouts += other.timeouts;
         self.other_errors += other.other_errors;
         self.dropped_by_client += other.dropped_by_client;
+        self.last_answer = self.last_answer.max(other.last_answer);
     }
 
     /// Records an HTTP answer that took `latency`.
     pub fn answer(&mut self, status: u16, latency: Duration) {
         *self.by_status.entry(status).or_default() += 1;
+        self.last_answer = Some(Instant::now());
         if (200..300).contains(&status) {
             self.latencies_us.push(latency.as_micros().min(u128::from(u32::MAX)) as u32);
         }

@@ -16,11 +16,17 @@ const SENTENCES: &str = include_str!("../bench/sentences.txt");
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let dir = args.next().ok_or("usage: direct_loop MODEL_DIR [SECONDS] [SIZES…]")?;
+    let dir = args
+        .next()
+        .ok_or("usage: direct_loop MODEL_DIR [SECONDS] [SIZES…]")?;
     let seconds: f64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(8.0);
     let sizes: Vec<usize> = args.map(|s| s.parse()).collect::<Result<_, _>>()?;
     let sizes = if sizes.is_empty() { vec![1, 32, 64] } else { sizes };
-    let device = if std::env::var("DEVICE").as_deref() == Ok("cuda") { DeviceKind::Cuda } else { DeviceKind::Cpu };
+    let device = if std::env::var("DEVICE").as_deref() == Ok("cuda") {
+        DeviceKind::Cuda
+    } else {
+        DeviceKind::Cpu
+    };
     let files = resolve_model(&format!("file://{dir}"), std::path::Path::new("/tmp"))?;
     let backend = CandleBackend::load(&files, device)?;
     let encoder = TextEncoder::from_file(&files.tokenizer, backend.info().max_input_tokens)?;
@@ -32,7 +38,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for size in sizes {
         let mut next = 0;
         let mut batch = || {
-            let b: Vec<&[u32]> = (0..size).map(|k| inputs[(next + k) % inputs.len()].as_slice()).collect();
+            let b: Vec<&[u32]> = (0..size)
+                .map(|k| inputs[(next + k) % inputs.len()].as_slice())
+                .collect();
             next = (next + size) % inputs.len();
             b
         };

@@ -16,18 +16,6 @@ fn body(text: &str) -> serde_json::Value {
     json!({"model": "minilm", "input": text})
 }
 
-/// Polls `check` every 20 ms until it holds, at most `limit`.
-async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
-}
-
 fn p95(mut v: Vec<Duration>) -> Duration {
     assert!(!v.is_empty());
     v.sort();

@@ -8,17 +8,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
-async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
 fn route(file: &std::path::Path, url: Option<String>, percent: u32) {
     let mirror = url.map(|url| json!({"url": url, "percent": percent}));
     // Written whole, then renamed, as the kubelet swaps ConfigMap files.

@@ -171,7 +171,14 @@ mod tests {
 
     #[test]
     fn similar_lengths_and_small_batches_stay_whole() {
-        assert_eq!(length_groups(&[10, 11, 12, 10, 11, 12, 10, 11, 12, 10, 11, 12, 10, 11, 12, 12], 8).len(), 1);
+        assert_eq!(
+            length_groups(
+                &[10, 11, 12, 10, 11, 12, 10, 11, 12, 10, 11, 12, 10, 11, 12, 12],
+                8
+            )
+            .len(),
+            1
+        );
         assert_eq!(length_groups(&[3, 50, 3], 8).len(), 1);
         assert!(length_groups(&[], 8).is_empty());
     }

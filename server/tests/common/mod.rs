@@ -245,3 +245,15 @@ pub fn embeddings(answer: &Answer) -> Vec<Vec<f32>> {
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     modelfleet_server::shadow::cosine(a, b)
 }
+
+/// Polls `check` every 20 ms until it holds, at most `limit`.
+pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}

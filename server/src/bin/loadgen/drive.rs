@@ -103,7 +103,9 @@ async fn closed_worker(target: Target, window: Window, sent: Arc<AtomicU64>) -> 
     let mut tally = Tally::default();
     let mut sender: Option<Sender> = None;
     while Instant::now() < window.stop {
-        let Some(n) = take_ticket(&sent, window.max_requests) else { break };
+        let Some(n) = take_ticket(&sent, window.max_requests) else {
+            break;
+        };
         let s = match sender.take() {
             Some(s) if !s.is_closed() => s,
             _ => match connect(target.addr).await {

@@ -108,8 +108,13 @@ const SENTENCES: &str = include_str!("../../../bench/sentences.txt");
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
-    let value: f64 = number.parse().map_err(|_| format!("`{s}`: expected a duration like 500ms, 10s or 1m"))?;
+    let (number, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{s}`: expected a duration like 500ms, 10s or 1m"))?;
     let seconds = match unit {
         "ms" => value / 1000.0,
         "s" | "" => value,
@@ -120,7 +125,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_header(s: &str) -> Result<(HeaderName, HeaderValue), String> {
-    let (k, v) = s.split_once(':').ok_or_else(|| format!("`{s}`: expected name:value"))?;
+    let (k, v) = s
+        .split_once(':')
+        .ok_or_else(|| format!("`{s}`: expected name:value"))?;
     let name = HeaderName::try_from(k.trim()).map_err(|e| format!("`{s}`: header name: {e}"))?;
     let value = HeaderValue::try_from(v.trim()).map_err(|e| format!("`{s}`: header value: {e}"))?;
     Ok((name, value))
@@ -161,7 +168,9 @@ fn bodies(model: &str, texts: &[String], per_request: usize) -> Result<Arc<[Byte
     let per_request = per_request.max(1);
     (0..texts.len())
         .map(|start| {
-            let input: Vec<&String> = (0..per_request).map(|k| &texts[(start + k) % texts.len()]).collect();
+            let input: Vec<&String> = (0..per_request)
+                .map(|k| &texts[(start + k) % texts.len()])
+                .collect();
             serde_json::to_vec(&serde_json::json!({"model": model, "input": input}))
                 .map(Bytes::from)
                 .map_err(|e| e.to_string())
@@ -178,7 +187,11 @@ async fn run(args: Args) -> Result<Report, String> {
             .filter(|l| !l.trim().is_empty())
             .map(str::to_owned)
             .collect(),
-        None => SENTENCES.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect(),
+        None => SENTENCES
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect(),
     };
     let target = Target {
         addr,
@@ -212,8 +225,16 @@ async fn run(args: Args) -> Result<Report, String> {
     // Throughput is measured from the start of the window to the last answer: a run cut short by
     // --requests is shorter, an overloaded server answering after the window is longer.
     let last = tally.last_answer.unwrap_or(window.stop).max(window.measure_from);
-    let window_len = last.duration_since(window.measure_from).max(Duration::from_millis(1));
-    Ok(Report::new(mode, target_value, window_len, args.inputs_per_request.max(1), tally))
+    let window_len = last
+        .duration_since(window.measure_from)
+        .max(Duration::from_millis(1));
+    Ok(Report::new(
+        mode,
+        target_value,
+        window_len,
+        args.inputs_per_request.max(1),
+        tally,
+    ))
 }
 
 fn main() -> ExitCode {
@@ -272,8 +293,16 @@ mod tests {
     fn only_loopback_targets_unless_allowed() {
         let (addr, uri) = resolve("http://127.0.0.1:9000", false).unwrap();
         assert_eq!((addr.port(), uri.path()), (9000, "/v1/embeddings"));
-        assert!(resolve("http://10.0.0.1:80", false).unwrap_err().contains("--allow-remote"));
-        assert!(resolve("https://127.0.0.1", false).unwrap_err().contains("http://"));
+        assert!(
+            resolve("http://10.0.0.1:80", false)
+                .unwrap_err()
+                .contains("--allow-remote")
+        );
+        assert!(
+            resolve("https://127.0.0.1", false)
+                .unwrap_err()
+                .contains("http://")
+        );
     }
 
     /// A minimal HTTP/1.1 keep-alive server on 127.0.0.1: every 5th answer is a 429.
@@ -288,13 +317,18 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 4096];
                     loop {
-                        let Ok(n) = socket.read(&mut buf).await else { return };
+                        let Ok(n) = socket.read(&mut buf).await else {
+                            return;
+                        };
                         if n == 0 {
                             return;
                         }
                         let i = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let (status, body) =
-                            if i % 5 == 4 { ("429 Too Many Requests", "{}") } else { ("200 OK", "{\"data\":[]}") };
+                        let (status, body) = if i % 5 == 4 {
+                            ("429 Too Many Requests", "{}")
+                        } else {
+                            ("200 OK", "{\"data\":[]}")
+                        };
                         let response = format!(
                             "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
                             body.len()
@@ -320,7 +354,10 @@ mod tests {
     async fn a_closed_loop_reports_statuses_and_json() {
         let report = run_against(&["--concurrency", "4"]).await;
         assert!(report.completed > 0);
-        assert!(report.status_counts.get("429").copied().unwrap_or(0) > 0, "{report:?}");
+        assert!(
+            report.status_counts.get("429").copied().unwrap_or(0) > 0,
+            "{report:?}"
+        );
         let json: serde_json::Value = serde_json::to_value(&report).unwrap();
         assert_eq!(json["mode"], "closed");
         assert!(json["latency_ms"]["p99"].as_f64().unwrap() >= 0.0);
@@ -331,7 +368,14 @@ mod tests {
         let report = run_against(&["--mode", "open", "--rate", "200"]).await;
         // About 60 arrivals in 300 ms; every one answered, none lost to errors.
         assert!((30..=100).contains(&report.sent), "{report:?}");
-        assert_eq!(report.errors, stats::ErrorKinds { connect: 0, timeout: 0, other: 0 });
+        assert_eq!(
+            report.errors,
+            stats::ErrorKinds {
+                connect: 0,
+                timeout: 0,
+                other: 0
+            }
+        );
         assert_eq!(report.sent, report.status_counts.values().sum::<u64>());
         assert!(report.completed > 0);
     }

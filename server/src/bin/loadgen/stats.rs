@@ -43,7 +43,8 @@ impl Tally {
         *self.by_status.entry(status).or_default() += 1;
         self.last_answer = Some(Instant::now());
         if (200..300).contains(&status) {
-            self.latencies_us.push(latency.as_micros().min(u128::from(u32::MAX)) as u32);
+            self.latencies_us
+                .push(latency.as_micros().min(u128::from(u32::MAX)) as u32);
         }
     }
 }
@@ -95,7 +96,13 @@ pub fn percentile(sorted: &[u32], q: f64) -> u32 {
 
 impl Report {
     /// Builds the report of a measured window.
-    pub fn new(mode: &'static str, target: f64, window: Duration, inputs_per_request: usize, mut t: Tally) -> Self {
+    pub fn new(
+        mode: &'static str,
+        target: f64,
+        window: Duration,
+        inputs_per_request: usize,
+        mut t: Tally,
+    ) -> Self {
         t.latencies_us.sort_unstable();
         let completed = t.latencies_us.len() as u64;
         let secs = window.as_secs_f64().max(1e-9);
@@ -139,7 +146,11 @@ impl Report {
             ),
             None => "latency ms   (no successful requests)".into(),
         };
-        let statuses: Vec<String> = self.status_counts.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        let statuses: Vec<String> = self
+            .status_counts
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
         format!(
             "mode {} ({target}), {:.2} s measured\n\
              sent {}  completed {}  throughput {:.1} req/s ({:.1} inputs/s)\n\
@@ -152,7 +163,11 @@ impl Report {
             self.completed,
             self.throughput_rps,
             self.inputs_per_s,
-            if statuses.is_empty() { "-".into() } else { statuses.join("  ") },
+            if statuses.is_empty() {
+                "-".into()
+            } else {
+                statuses.join("  ")
+            },
             self.errors.connect,
             self.errors.timeout,
             self.errors.other,

@@ -48,8 +48,8 @@ fn has_the_six_printer_columns_in_order() {
     let want = [
         ("READY", ".status.ready"),
         ("STABLE", ".status.stable.version"),
-        ("CANARY", ".status.candidate.version"),
-        ("WEIGHT", ".status.candidate.trafficWeight"),
+        ("CANARY", ".status.canary"),
+        ("WEIGHT", ".status.canaryWeight"),
         ("PHASE", ".status.phase"),
         ("AGE", ".metadata.creationTimestamp"),
     ];

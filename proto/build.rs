@@ -1,8 +1,12 @@
 //! Compiles the .proto files with protox (pure Rust: no `protoc` on the build machine) and
 //! generates tonic clients and servers.
 
-/// Every protocol of the crate; the node-agent issue appends telemetry and PodResources.
-const PROTOS: &[&str] = &["proto/inference/grpc_predict_v2.proto"];
+/// Every protocol of the crate.
+const PROTOS: &[&str] = &[
+    "proto/inference/grpc_predict_v2.proto",
+    "proto/modelfleet/telemetry/v1/telemetry.proto",
+    "proto/kubelet/podresources/v1/api.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");

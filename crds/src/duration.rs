@@ -57,6 +57,15 @@ impl Duration {
     }
 }
 
+/// Parses a duration of the API's grammar (`500ms`, `2s`, `1m30s`) into a `std::time::Duration`,
+/// for command-line flags: one grammar for manifests and flags.
+pub fn parse_std_duration(s: &str) -> Result<std::time::Duration, String> {
+    s.trim()
+        .parse::<Duration>()
+        .map(std::time::Duration::from)
+        .map_err(|e| e.to_string())
+}
+
 impl From<Duration> for std::time::Duration {
     fn from(d: Duration) -> Self {
         d.0

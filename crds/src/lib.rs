@@ -13,6 +13,6 @@ pub mod rules;
 pub mod v1alpha1;
 mod validation;
 
-pub use duration::{DURATION_MAX_LENGTH, DURATION_PATTERN, Duration, DurationError};
+pub use duration::{DURATION_MAX_LENGTH, DURATION_PATTERN, Duration, DurationError, parse_std_duration};
 pub use v1alpha1::{ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus};
 pub use validation::{FieldError, ValidationErrors, validate};

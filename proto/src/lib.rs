@@ -2,9 +2,9 @@
 //!
 //! - [`inference`]: the Open Inference Protocol v2 gRPC service (`inference.GRPCInferenceService`)
 //!   served by modelfleet-server.
-//!
-//! The telemetry stream (`modelfleet.telemetry.v1.Telemetry`) and the kubelet PodResources v1
-//! client come with the node-agent issue (#5).
+//! - [`telemetry`]: `modelfleet.telemetry.v1.Telemetry`, the NodeReport stream from the node
+//!   agents to the operator.
+//! - [`podresources`]: the part of the kubelet PodResources v1 API the node agent calls.
 
 /// Open Inference Protocol v2, package `inference`.
 #[allow(
@@ -15,6 +15,28 @@
 )]
 pub mod inference {
     tonic::include_proto!("inference");
+}
+
+/// The node agents' telemetry stream, package `modelfleet.telemetry.v1`.
+#[allow(
+    missing_debug_implementations,
+    clippy::all,
+    clippy::pedantic,
+    reason = "generated code"
+)]
+pub mod telemetry {
+    tonic::include_proto!("modelfleet.telemetry.v1");
+}
+
+/// Kubelet PodResources v1 (`List` only), package `v1`.
+#[allow(
+    missing_debug_implementations,
+    clippy::all,
+    clippy::pedantic,
+    reason = "generated code"
+)]
+pub mod podresources {
+    tonic::include_proto!("v1");
 }
 
 #[cfg(test)]

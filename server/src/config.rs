@@ -4,7 +4,6 @@
 use std::{net::IpAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{Args, ValueEnum};
-use modelfleet_crds::Duration as SpecDuration;
 
 /// What the server serves and how it batches.
 #[derive(Args, Debug, Clone)]
@@ -268,11 +267,7 @@ pub enum OverlongInput {
 }
 
 /// Durations use the API's grammar (`500ms`, `2s`, `1m30s`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    SpecDuration::from_str(s)
-        .map(Duration::from)
-        .map_err(|e| e.to_string())
-}
+pub use modelfleet_crds::parse_std_duration as parse_duration;
 
 #[cfg(test)]
 mod tests {

@@ -244,3 +244,30 @@ impl AgentMetrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_documented_in_docs_metrics_md() {
+        let docs = include_str!("../../docs/metrics.md");
+        let m = AgentMetrics::default();
+        m.set_gpus("n", true, &[(GpuReading::default(), None)]);
+        m.scrape_error("garbage");
+        let text = m.render();
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert!(names.len() >= 19, "{names:?}");
+        for name in names {
+            assert!(
+                docs.contains(&format!("`{name}")),
+                "{name} is not in docs/metrics.md"
+            );
+        }
+        assert!(text.contains(r#"DCGM_FI_DEV_GPU_UTIL{gpu="0",UUID="""#), "{text}");
+    }
+}

@@ -1,6 +1,6 @@
 //! Benchmark: N ModelDeployments on M fake GPU nodes against a real local control plane.
 //!
-//!     cargo run --release -p modelfleet-operator --example scale_bench -- [deployments] [nodes]
+//!     cargo run --release -p modelfleet-operator --example scale_bench -- [deployments] [nodes] [concurrency]
 //!
 //! Starts a fresh local cluster, the release operator binary as a separate process, creates the
 //! ModelDeployments (1 replica, 1 GPU each) and reports: time until every child Deployment exists,
@@ -19,18 +19,10 @@ use kube::{
     api::{ListParams, PostParams},
 };
 use modelfleet_crds::{ModelDeployment, v1alpha1::Phase};
-use modelfleet_e2e::{ClusterConfig, GpuNodePool, LocalCluster, crds, nodes, startup_bench::proc_status_mib};
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of /proc/pid/stat (11 and 12 after the command).
-    (ticks(11) + ticks(12)) / 100.0
-}
+use modelfleet_e2e::{
+    ClusterConfig, GpuNodePool, LocalCluster, crds, nodes,
+    startup_bench::{cpu_seconds, proc_status_mib},
+};
 
 /// Quantile from a Prometheus histogram's cumulative buckets, interpolated within the bucket.
 fn quantile(metrics: &str, name: &str, q: f64) -> f64 {
@@ -83,6 +75,7 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let count: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(500);
     let node_count: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100);
+    let concurrency: u16 = args.next().and_then(|a| a.parse().ok()).unwrap_or(8);
 
     let cluster = LocalCluster::start(ClusterConfig::default())
         .await
@@ -126,7 +119,11 @@ async fn main() {
     let log =
         std::fs::File::create(std::env::temp_dir().join("modelfleet-scale-bench-operator.log")).expect("log");
     let operator = Command::new(&binary)
-        .args(["run", "--log-format=text", "--concurrency=8"])
+        .args([
+            "run",
+            "--log-format=text",
+            &format!("--concurrency={concurrency}"),
+        ])
         .arg(format!("--http-addr=127.0.0.1:{port}"))
         .env("KUBECONFIG", cluster.kubeconfig_path())
         .env(

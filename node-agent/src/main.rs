@@ -60,6 +60,14 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         let shutdown = shutdown_signal();
+        // The GPUs first: a node without NVML gets the message that says what to do.
+        let sampler = match run::sampler(&cli.config) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the GPUs");
+                return ExitCode::FAILURE;
+            }
+        };
         let client = match kube::Client::try_default().await {
             Ok(c) => c,
             Err(e) => {
@@ -68,7 +76,7 @@ fn main() -> ExitCode {
             }
         };
         let node = cli.config.node_name.clone();
-        match run::start(cli.config, client, shutdown).await {
+        match run::start_with_sampler(cli.config, sampler, client, shutdown).await {
             Ok(running) => {
                 tracing::info!(node = %node, metrics = %running.metrics_addr, "listening");
                 let _ = running.stopped.await;

@@ -53,13 +53,23 @@ pub fn sampler(config: &AgentConfig) -> Result<Box<dyn GpuSampler>, GpuError> {
     })
 }
 
-/// Starts everything; `shutdown` stops the loop.
+/// Starts everything with the configured sampler; `shutdown` stops the loop.
 pub async fn start(
     config: AgentConfig,
     client: Client,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
     let sampler = sampler(&config)?;
+    start_with_sampler(config, sampler, client, shutdown).await
+}
+
+/// Starts everything with `sampler`.
+pub async fn start_with_sampler(
+    config: AgentConfig,
+    sampler: Box<dyn GpuSampler>,
+    client: Client,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Running, StartError> {
     let metrics = AgentMetrics::default();
     let outbox = Arc::new(Outbox::new(config.report_buffer, metrics.clone()));
 

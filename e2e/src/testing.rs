@@ -110,3 +110,27 @@ impl Drop for TestNamespace {
             .output();
     }
 }
+
+/// `helm install modelfleet charts/modelfleet` into `modelfleet-system` of `cluster`, without
+/// waiting for pods (kwok runs them, but no image is ever pulled); panics with helm's output on
+/// failure.
+pub fn helm_install_chart(cluster: &LocalCluster) {
+    let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/modelfleet");
+    let out = std::process::Command::new(cluster.toolchain().bin("helm"))
+        .args(["install", "modelfleet"])
+        .arg(&chart)
+        .args([
+            "--namespace",
+            "modelfleet-system",
+            "--create-namespace",
+            "--wait=false",
+        ])
+        .arg(format!("--kubeconfig={}", cluster.kubeconfig_path().display()))
+        .output()
+        .expect("helm runs");
+    assert!(
+        out.status.success(),
+        "helm install: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -3,12 +3,14 @@
 
 mod common;
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use common::*;
 use k8s_openapi::api::{apps::v1::DaemonSet, core::v1::Pod};
 use kube::{Api, Client, api::PostParams};
-use modelfleet_e2e::{ClusterConfig, GpuNodePool, LocalCluster, nodes, wait::wait_for};
+use modelfleet_e2e::{
+    ClusterConfig, GpuNodePool, LocalCluster, nodes, testing::helm_install_chart, wait::wait_for,
+};
 use modelfleet_node_agent::run;
 use serde_json::json;
 
@@ -17,24 +19,7 @@ async fn the_daemonset_runs_on_gpu_nodes_and_its_rbac_suffices() {
     let cluster = LocalCluster::start(ClusterConfig::default())
         .await
         .expect("a cluster");
-    let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/modelfleet");
-    let out = Command::new(cluster.toolchain().bin("helm"))
-        .args(["install", "modelfleet"])
-        .arg(&chart)
-        .args([
-            "--namespace",
-            "modelfleet-system",
-            "--create-namespace",
-            "--wait=false",
-        ])
-        .arg(format!("--kubeconfig={}", cluster.kubeconfig_path().display()))
-        .output()
-        .expect("helm runs");
-    assert!(
-        out.status.success(),
-        "helm install: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    helm_install_chart(&cluster);
 
     let admin = cluster.client().await.expect("client");
     let gpu_nodes = nodes::add_gpu_pool(

@@ -2,7 +2,7 @@
 //! operator, running as the chart's ServiceAccount, reconciles a ModelDeployment to Available and
 //! records Events.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Event};
 use kube::{
@@ -10,30 +10,13 @@ use kube::{
     api::{ListParams, PostParams},
 };
 use modelfleet_crds::ModelDeployment;
-use modelfleet_e2e::{ClusterConfig, LocalCluster, nodes, wait::wait_for};
+use modelfleet_e2e::{ClusterConfig, LocalCluster, nodes, testing::helm_install_chart, wait::wait_for};
 use modelfleet_operator::{OperatorConfig, controller, http::HttpState};
 
 #[tokio::test]
 async fn the_chart_installs_and_its_rbac_suffices() {
     let cluster = LocalCluster::start(ClusterConfig::default()).await.unwrap();
-    let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/modelfleet");
-    let out = Command::new(cluster.toolchain().bin("helm"))
-        .args(["install", "modelfleet"])
-        .arg(&chart)
-        .args([
-            "--namespace",
-            "modelfleet-system",
-            "--create-namespace",
-            "--wait=false",
-        ])
-        .arg(format!("--kubeconfig={}", cluster.kubeconfig_path().display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "helm install: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    helm_install_chart(&cluster);
 
     let admin = cluster.client().await.unwrap();
     let operator_deployment = Api::<Deployment>::namespaced(admin.clone(), "modelfleet-system")

@@ -41,6 +41,18 @@ SENTENCES = [
     "that arrive while the accelerator is busy are grouped, padded to the longest input and run "
     "together, so the fixed cost of each forward pass is shared, and the operator scales the "
     "fleet on queue depth and latency rather than on raw utilisation, which saturates early.",
+    # Over 128 tokens (tokenizer.json's own truncation) and under 256 (the model's max_seq_length):
+    # a server that kept the tokenizer's truncation would embed only its first half.
+    "A progressive rollout starts with a shadow step, where a copy of live traffic goes to the new "
+    "model version and its outputs are compared with the stable version's without any user seeing "
+    "them; then canary steps move a growing share of real requests to the candidate while an "
+    "analysis checks its error rate, its latency against the stable revision and any Prometheus "
+    "query the platform team wrote. When every step passes, the candidate is promoted and the old "
+    "revision scales down after a delay; when a check fails too often, traffic returns to the "
+    "stable revision at once, the mirror is switched off, the candidate is scaled to zero and the "
+    "reason, with the measured value and its threshold, is written to the status and to an event, "
+    "so the people watching the rollout from kubectl, from a dashboard or from a GitOps pipeline "
+    "know exactly what happened and why.",
 ]
 
 # Values published for sentence-transformers/all-MiniLM-L6-v2 computed by sentence-transformers

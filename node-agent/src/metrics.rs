@@ -91,7 +91,7 @@ impl Default for AgentMetrics {
         );
         r.register(
             "DCGM_FI_DEV_XID_ERRORS",
-            "XID errors seen (count since the agent started)",
+            "Critical XID errors seen since the agent started",
             xid.clone(),
         );
         let servers = Gauge::default();

@@ -5,6 +5,7 @@
 //! [`reconcile::build`] compute the desired objects as pure functions, [`reconcile::apply`]
 //! writes them with server-side apply, and [`reconcile::status`] reports what happened.
 
+pub mod autoscaler;
 pub mod config;
 pub mod controller;
 mod error;

@@ -25,10 +25,8 @@ pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 /// A resolved `--url`.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
-    /// The address dialled (the one checked for loopback).
-    pub addr: SocketAddr,
-    /// `http://<addr>/<base path>/v1/embeddings`: the resolved address, so nothing is looked up
-    /// again after the check.
+    /// `http://<address>/<base path>/v1/embeddings` with the resolved address (the one checked
+    /// for loopback), so nothing is looked up again after the check.
     pub uri: Uri,
     /// The `Host` header: the authority as the user wrote it.
     pub host: HeaderValue,
@@ -62,7 +60,7 @@ pub fn resolve(url: &str, allow_remote: bool) -> Result<Endpoint, String> {
         .build()
         .map_err(|e| bad(&e))?;
     let host = HeaderValue::from_str(authority.as_str()).map_err(|e| bad(&e))?;
-    Ok(Endpoint { addr, uri, host })
+    Ok(Endpoint { uri, host })
 }
 
 fn is_loopback(addr: &SocketAddr) -> bool {
@@ -79,8 +77,8 @@ pub fn texts(file: Option<&std::path::Path>) -> Result<Vec<String>, String> {
     let owned;
     let (source, content) = match file {
         Some(path) => {
-            owned = std::fs::read_to_string(path)
-                .map_err(|e| format!("--texts-file {}: {e}", path.display()))?;
+            owned =
+                std::fs::read_to_string(path).map_err(|e| format!("--texts-file {}: {e}", path.display()))?;
             (path.display().to_string(), owned.as_str())
         }
         None => ("the built-in texts".to_owned(), DEFAULT_TEXTS),
@@ -210,19 +208,26 @@ mod tests {
     #[test]
     fn only_loopback_targets_unless_allowed() {
         let e = resolve("http://127.0.0.1:9000", false).unwrap();
-        assert_eq!(e.addr.port(), 9000);
         assert_eq!(e.uri.to_string(), "http://127.0.0.1:9000/v1/embeddings");
         assert_eq!(e.host, "127.0.0.1:9000");
         let e = resolve("http://127.1.2.3:80/prefix/", false).unwrap();
         assert_eq!(e.uri.path(), "/prefix/v1/embeddings");
         assert!(resolve("http://[::1]:8080", false).is_ok());
         assert!(resolve("http://localhost:8080", false).is_ok());
-        for remote in ["http://10.0.0.1:80", "http://192.168.1.2:8080", "http://[2001:db8::1]:80"] {
+        for remote in [
+            "http://10.0.0.1:80",
+            "http://192.168.1.2:8080",
+            "http://[2001:db8::1]:80",
+        ] {
             let err = resolve(remote, false).unwrap_err();
             assert!(err.contains("--allow-remote") && err.contains("--url"), "{err}");
             assert!(resolve(remote, true).is_ok(), "{remote} with --allow-remote");
         }
-        assert!(resolve("https://127.0.0.1", false).unwrap_err().contains("http://"));
+        assert!(
+            resolve("https://127.0.0.1", false)
+                .unwrap_err()
+                .contains("http://")
+        );
         assert!(resolve("127.0.0.1:8080", false).is_err());
     }
 
@@ -243,7 +248,12 @@ mod tests {
     fn requests_carry_the_headers() {
         let endpoint = resolve("http://127.0.0.1:8080", false).unwrap();
         let extra = [crate::args::parse_header("x-modelfleet-tier:high").unwrap()];
-        let target = Target::new(&endpoint, &extra, bodies("m", &["a".into()], 1).unwrap(), Duration::from_secs(1));
+        let target = Target::new(
+            &endpoint,
+            &extra,
+            bodies("m", &["a".into()], 1).unwrap(),
+            Duration::from_secs(1),
+        );
         let r = target.request(7);
         assert_eq!(r.method(), Method::POST);
         assert_eq!(r.headers()["x-modelfleet-tier"], "high");

@@ -1,212 +1,227 @@
-//! The two load shapes: closed loop (workers sending back to back, one keep-alive connection
-//! each) and open loop (Poisson arrivals against absolute times, latency measured from the
-//! scheduled send so a slow server cannot hide queueing: no coordinated omission).
+//! The two load shapes. Closed loop: `concurrency` workers sending back to back, each with its
+//! own tally. Open loop: Poisson arrivals against absolute times, latency measured from each
+//! arrival's scheduled time (so a slow server cannot hide its queueing: no coordinated
+//! omission), at most `max_in_flight` outstanding, all awaited by the one scheduling task.
 
 use std::{
-    net::SocketAddr,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Request};
-use http_body_util::{BodyExt, Full};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioIo},
+use futures::{FutureExt, StreamExt, stream::FuturesUnordered};
+use tokio::sync::watch;
+
+use crate::{
+    client::{HttpClient, Outcome, Target, send},
+    schedule::Poisson,
+    stats::Tally,
 };
-use tokio::{net::TcpStream, sync::Semaphore};
 
-use crate::stats::Tally;
-
-/// Where and what to send.
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub addr: SocketAddr,
-    pub uri: http::Uri,
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// Request bodies, used round robin.
-    pub bodies: Arc<[Bytes]>,
-    pub timeout: Duration,
+/// When to measure and when to stop.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// Requests sent (scheduled, in the open loop) before this are warm-up, not counted.
+    pub measure_from: Instant,
+    /// No request is sent (scheduled) at or after this; `None`: only `max_requests` ends the run.
+    pub stop: Option<Instant>,
+    /// Stop after this many measured requests (arrivals, in the open loop).
+    pub max_requests: Option<u64>,
 }
 
-impl Target {
-    /// The `i`-th request; `absolute` for a pooled client (it needs scheme and authority), else
-    /// origin-form for a connection of our own.
-    fn request(&self, i: u64, absolute: bool) -> Request<Full<Bytes>> {
-        let body = self.bodies[(i % self.bodies.len() as u64) as usize].clone();
-        let uri = if absolute {
-            format!("http://{}{}", self.addr, self.uri.path())
-        } else {
-            self.uri.path().to_owned()
-        };
-        let mut builder = Request::post(uri)
-            .header(http::header::HOST, self.addr.to_string())
-            .header(http::header::CONTENT_TYPE, "application/json");
-        for (k, v) in &self.headers {
-            builder = builder.header(k, v);
-        }
-        builder.body(Full::new(body)).unwrap_or_default()
+impl Window {
+    fn open_at(&self, t: Instant) -> bool {
+        self.stop.is_none_or(|stop| t < stop)
     }
 }
 
-/// When to stop and what to count.
-#[derive(Debug, Clone, Copy)]
-pub struct Window {
-    /// Requests sent before this are not counted.
-    pub measure_from: Instant,
-    pub stop: Instant,
-    /// Stop after this many requests in all (0: no limit).
-    pub max_requests: u64,
+/// The early stop (Ctrl-C): once set, no new request is sent; those in flight finish.
+#[derive(Debug, Clone)]
+pub struct Stop(watch::Receiver<bool>);
+
+impl Stop {
+    /// A stop and the sender that sets it (`send(true)`).
+    pub fn new() -> (watch::Sender<bool>, Self) {
+        let (tx, rx) = watch::channel(false);
+        (tx, Self(rx))
+    }
+
+    /// Whether the stop was set.
+    pub fn is_set(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once the stop is set; never, if its sender went away unset.
+    async fn wait(&mut self) {
+        if self.0.wait_for(|set| *set).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
-/// One request slot: true while the request budget allows another.
-fn take_ticket(sent: &AtomicU64, max: u64) -> Option<u64> {
-    let n = sent.fetch_add(1, Ordering::Relaxed);
-    (max == 0 || n < max).then_some(n)
+/// Takes one of the `max` measured-request slots shared by the workers; false when none is left.
+fn take_ticket(taken: &AtomicU64, max: Option<u64>) -> bool {
+    match max {
+        None => true,
+        Some(max) => taken.fetch_add(1, Ordering::Relaxed) < max,
+    }
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+/// A pause after a failed connection, so a dead server is not dialled in a tight loop.
+const CONNECT_BACKOFF: Duration = Duration::from_millis(10);
 
-async fn connect(addr: SocketAddr) -> Result<Sender, ()> {
-    let stream = TcpStream::connect(addr).await.map_err(|_| ())?;
-    let _ = stream.set_nodelay(true);
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|_| ())?;
-    tokio::spawn(connection);
-    Ok(sender)
-}
-
-/// Closed loop: `concurrency` workers, each on its own keep-alive connection.
-pub async fn closed_loop(target: Target, concurrency: usize, window: Window) -> Tally {
-    let sent = Arc::new(AtomicU64::new(0));
+/// Closed loop: `concurrency` workers each send the next request as soon as the last one ended.
+pub async fn closed_loop(
+    client: HttpClient,
+    target: Target,
+    concurrency: usize,
+    window: Window,
+    stop: Stop,
+) -> Tally {
+    let taken = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (target, sent) = (target.clone(), sent.clone());
-            tokio::spawn(async move { closed_worker(target, window, sent).await })
+        .map(|w| {
+            let (client, target, taken, stop) = (client.clone(), target.clone(), taken.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                // Worker w sends bodies w, w + C, w + 2C, ...: the workers interleave the texts.
+                let mut i = w as u64;
+                loop {
+                    let started = Instant::now();
+                    if !window.open_at(started) || stop.is_set() {
+                        break;
+                    }
+                    let counted = started >= window.measure_from;
+                    if counted && !take_ticket(&taken, window.max_requests) {
+                        break;
+                    }
+                    let outcome = send(&client, &target, i).await;
+                    let done = Instant::now();
+                    if counted {
+                        tally.record(outcome, done - started, done);
+                    }
+                    if outcome == Outcome::Connect {
+                        tokio::time::sleep(CONNECT_BACKOFF).await;
+                    }
+                    i += concurrency as u64;
+                }
+                tally
+            })
         })
         .collect();
     let mut total = Tally::default();
-    for w in workers {
-        if let Ok(t) = w.await {
+    for worker in workers {
+        if let Ok(t) = worker.await {
             total.merge(t);
         }
     }
     total
 }
 
-async fn closed_worker(target: Target, window: Window, sent: Arc<AtomicU64>) -> Tally {
+/// Arrivals launched in one go before the open loop looks at answers again, when it is behind.
+const BURST: usize = 256;
+
+/// tokio's timer resolution: a sleep ends on the first 1 ms tick at or after its deadline.
+const TIMER_TICK: Duration = Duration::from_millis(1);
+
+/// From this rate up, the open loop waits for an arrival less than a timer tick away by
+/// yielding (busy, but the generator is nearly always busy at such rates) rather than by
+/// sleeping, which would send up to 1 ms late and add that to the measured latency.
+pub const SPIN_FROM_RATE: f64 = 1000.0;
+
+/// Open loop: Poisson arrivals at `rate` per second from `start`, each sent at its scheduled
+/// time whatever the earlier ones are waiting for. An arrival finding `max_in_flight` requests
+/// outstanding is counted as dropped by the client.
+///
+/// One task runs the schedule and awaits every outstanding request (a `FuturesUnordered`): no
+/// task, lock or shared counter per request; the connections run in their own tasks.
+pub async fn open_loop(
+    client: HttpClient,
+    target: Target,
+    schedule: (Instant, f64, u64),
+    max_in_flight: usize,
+    window: Window,
+    mut stop: Stop,
+) -> Tally {
+    let (start, rate, seed) = schedule;
+    let spin = rate >= SPIN_FROM_RATE;
+    let mut arrivals = Poisson::new(start, rate, seed);
+    let mut next = Some(arrivals.next_arrival());
     let mut tally = Tally::default();
-    let mut sender: Option<Sender> = None;
-    while Instant::now() < window.stop {
-        let Some(n) = take_ticket(&sent, window.max_requests) else {
+    let (mut measured, mut i) = (0u64, 0u64);
+    let (client, target) = (&client, &target);
+    let mut in_flight = FuturesUnordered::new();
+    let record = |tally: &mut Tally, (outcome, at, counted): (Outcome, Instant, bool)| {
+        if counted {
+            let done = Instant::now();
+            // From the scheduled time: a send delayed in the client counts as latency too.
+            tally.record(outcome, done.saturating_duration_since(at), done);
+        }
+    };
+    let sleep = tokio::time::sleep_until(start.into());
+    tokio::pin!(sleep);
+    loop {
+        // Send what is due.
+        let now = Instant::now();
+        for _ in 0..BURST {
+            let Some(at) = next.filter(|&at| at <= now) else {
+                break;
+            };
+            if !window.open_at(at) || stop.is_set() {
+                next = None;
+                break;
+            }
+            let counted = at >= window.measure_from;
+            if counted {
+                if window.max_requests.is_some_and(|max| measured >= max) {
+                    next = None;
+                    break;
+                }
+                measured += 1;
+                tally.max_send_lag = tally.max_send_lag.max(now - at);
+            }
+            if in_flight.len() < max_in_flight {
+                let n = i;
+                in_flight.push(async move { (send(client, target, n).await, at, counted) });
+            } else {
+                tally.dropped_by_client += u64::from(counted);
+            }
+            i += 1;
+            next = Some(arrivals.next_arrival());
+        }
+        // Take the answers that are in.
+        while let Some(Some(done)) = in_flight.next().now_or_never() {
+            record(&mut tally, done);
+        }
+        let Some(at) = next else {
             break;
         };
-        let s = match sender.take() {
-            Some(s) if !s.is_closed() => s,
-            _ => match connect(target.addr).await {
-                Ok(s) => s,
-                Err(()) => {
-                    tally.connect_errors += 1;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-        };
-        let mut s = s;
-        let started = Instant::now();
-        let counted = started >= window.measure_from;
-        if counted {
-            tally.sent += 1;
+        let wait = at.saturating_duration_since(Instant::now());
+        if wait.is_zero() || (spin && wait < TIMER_TICK) {
+            // Let the connections run, then look again.
+            tokio::task::yield_now().await;
+            continue;
         }
-        let outcome = tokio::time::timeout(target.timeout, async {
-            s.ready().await.map_err(drop)?;
-            let response = s.send_request(target.request(n, false)).await.map_err(drop)?;
-            let status = response.status().as_u16();
-            response.into_body().collect().await.map_err(drop)?;
-            Ok::<u16, ()>(status)
-        })
-        .await;
-        let latency = started.elapsed();
-        match outcome {
-            Ok(Ok(status)) => {
-                sender = Some(s);
-                if counted {
-                    tally.answer(status, latency);
-                }
-            }
-            Ok(Err(_)) if counted => tally.other_errors += 1,
-            Err(_) if counted => tally.timeouts += 1,
-            _ => {}
+        // Sleep to the next arrival (a tick early when spinning), unless an answer or the stop
+        // comes first.
+        let wake = if spin { at - TIMER_TICK } else { at };
+        if sleep.deadline() != wake.into() {
+            sleep.as_mut().reset(wake.into());
         }
+        tokio::select! {
+            biased;
+            () = stop.wait() => next = None,
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => record(&mut tally, done),
+            () = &mut sleep => {}
+        }
+    }
+    // Every outstanding request ends within --timeout.
+    while let Some(done) = in_flight.next().await {
+        record(&mut tally, done);
     }
     tally
-}
-
-/// Exponential inter-arrival times of a Poisson process at `rate` per second.
-pub fn next_gap(rng: &mut fastrand::Rng, rate: f64) -> Duration {
-    // 1 - u is in (0, 1], so the logarithm is finite.
-    let u = 1.0 - rng.f64();
-    Duration::from_secs_f64(-u.ln() / rate)
-}
-
-/// Open loop: Poisson arrivals at `rate`; at most `max_in_flight` outstanding (beyond it a
-/// scheduled request is counted as dropped by the client, not silently skipped).
-pub async fn open_loop(target: Target, rate: f64, max_in_flight: usize, window: Window, seed: u64) -> Tally {
-    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(max_in_flight)
-        .build_http();
-    let permits = Arc::new(Semaphore::new(max_in_flight));
-    let tally = Arc::new(Mutex::new(Tally::default()));
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let mut scheduled = Instant::now();
-    let mut n: u64 = 0;
-    let mut tasks = tokio::task::JoinSet::new();
-    while scheduled < window.stop && (window.max_requests == 0 || n < window.max_requests) {
-        tokio::time::sleep_until(scheduled.into()).await;
-        let counted = scheduled >= window.measure_from;
-        match permits.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let (client, target, tally) = (client.clone(), target.clone(), tally.clone());
-                let at = scheduled;
-                tasks.spawn(async move {
-                    let outcome = tokio::time::timeout(target.timeout, async {
-                        let response = client.request(target.request(n, true)).await?;
-                        let status = response.status().as_u16();
-                        let _ = response.into_body().collect().await;
-                        Ok::<u16, hyper_util::client::legacy::Error>(status)
-                    })
-                    .await;
-                    let latency = at.elapsed();
-                    drop(permit);
-                    if counted && let Ok(mut t) = tally.lock() {
-                        t.sent += 1;
-                        match outcome {
-                            Ok(Ok(status)) => t.answer(status, latency),
-                            Ok(Err(e)) if e.is_connect() => t.connect_errors += 1,
-                            Ok(Err(_)) => t.other_errors += 1,
-                            Err(_) => t.timeouts += 1,
-                        }
-                    }
-                });
-            }
-            Err(_) => {
-                if counted && let Ok(mut t) = tally.lock() {
-                    t.dropped_by_client += 1;
-                }
-            }
-        }
-        // Reap finished tasks so the set stays small.
-        while tasks.try_join_next().is_some() {}
-        n += 1;
-        scheduled += next_gap(&mut rng, rate);
-    }
-    while tasks.join_next().await.is_some() {}
-    tally.lock().map(|t| t.clone()).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -214,20 +229,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn poisson_gaps_average_one_over_the_rate() {
-        let mut rng = fastrand::Rng::with_seed(7);
-        let n = 20_000;
-        let total: f64 = (0..n).map(|_| next_gap(&mut rng, 500.0).as_secs_f64()).sum();
-        let mean = total / f64::from(n);
-        assert!((mean - 0.002).abs() < 0.0001, "mean gap {mean}");
+    fn the_request_budget_is_shared() {
+        let taken = AtomicU64::new(0);
+        assert!(take_ticket(&taken, Some(2)));
+        assert!(take_ticket(&taken, Some(2)));
+        assert!(!take_ticket(&taken, Some(2)));
+        assert!(take_ticket(&AtomicU64::new(5), None));
     }
 
     #[test]
-    fn the_request_budget_is_shared() {
-        let sent = AtomicU64::new(0);
-        assert_eq!(take_ticket(&sent, 2), Some(0));
-        assert_eq!(take_ticket(&sent, 2), Some(1));
-        assert_eq!(take_ticket(&sent, 2), None);
-        assert!(take_ticket(&AtomicU64::new(5), 0).is_some());
+    fn windows_without_an_end_stay_open() {
+        let now = Instant::now();
+        let w = Window {
+            measure_from: now,
+            stop: None,
+            max_requests: Some(3),
+        };
+        assert!(w.open_at(now + Duration::from_secs(3600)));
+        let w = Window {
+            stop: Some(now + Duration::from_secs(1)),
+            ..w
+        };
+        assert!(w.open_at(now) && !w.open_at(now + Duration::from_secs(1)));
+    }
+
+    #[tokio::test]
+    async fn a_stop_without_a_sender_never_fires() {
+        let (tx, mut stop) = Stop::new();
+        drop(tx);
+        assert!(!stop.is_set());
+        let waited = tokio::time::timeout(Duration::from_millis(20), stop.wait()).await;
+        assert!(waited.is_err());
+        let (tx, mut stop) = Stop::new();
+        tx.send(true).unwrap();
+        assert!(stop.is_set());
+        stop.wait().await;
     }
 }

@@ -1,382 +1,283 @@
-//! modelfleet-loadgen: load for modelfleet-server's OpenAI `/v1/embeddings`.
+//! modelfleet-loadgen: closed- and open-loop load for modelfleet-server's OpenAI-compatible
+//! `POST /v1/embeddings`, with a text or JSON report. `--help` describes the flags, the report
+//! fields and gives examples.
+//!
+//! Modules: [`args`] (the command line), [`client`] (target, request bodies, the keep-alive
+//! client), [`schedule`] (Poisson arrivals), [`drive`] (the two load loops), [`stats`]
+//! (tallies, percentiles, the report).
 
+mod args;
+mod client;
 mod drive;
+mod schedule;
 mod stats;
+#[cfg(test)]
+mod testserver;
 
-use std::{
-    net::{IpAddr, SocketAddr, ToSocketAddrs},
-    path::PathBuf,
-    process::ExitCode,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{io::Write, process::ExitCode, time::Instant};
 
-use bytes::Bytes;
-use clap::{Parser, ValueEnum};
-use http::{HeaderName, HeaderValue};
+use clap::Parser;
+use tokio::sync::watch;
 
 use crate::{
-    drive::{Target, Window},
-    stats::Report,
+    args::{Args, Mode},
+    client::{Target, bodies, http_client, resolve, texts},
+    drive::{Stop, Window},
+    stats::{Report, RunInfo},
 };
 
-/// Load generator for modelfleet-server's OpenAI-compatible `POST /v1/embeddings`.
-///
-/// Closed loop: `--concurrency` workers each send the next request as soon as the last one
-/// answered (one keep-alive connection each); it finds the saturation throughput. Open loop:
-/// Poisson arrivals at `--rate` requests/s scheduled against absolute times, with latency measured
-/// from each request's scheduled send time, so a slow server cannot hide its queueing.
-///
-/// The report gives sent and completed (2xx) requests, throughput (requests/s and inputs/s),
-/// p50/p95/p99/max/mean latency of successful requests in ms, answers by HTTP status and errors by
-/// kind. `--json` prints one object instead: mode, target, duration_s, sent, completed,
-/// throughput_rps, inputs_per_s, latency_ms {p50, p95, p99, max, mean} (null without a success),
-/// status_counts {"200": n, ...}, errors {connect, timeout, other}, dropped_by_client.
-///
-/// Examples:
-///   modelfleet-loadgen --concurrency 64 --duration 20s --warmup 3s
-///   modelfleet-loadgen --mode open --rate 150 --duration 30s --header x-modelfleet-tier:high
-///   modelfleet-loadgen --concurrency 32 --requests 5000 --json-out result.json
-#[derive(Parser, Debug)]
-#[command(version, about, long_about, verbatim_doc_comment)]
-struct Args {
-    /// Base URL of the server (loopback only unless --allow-remote).
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    url: String,
-    /// Allow a URL outside 127.0.0.0/8 and ::1.
-    #[arg(long)]
-    allow_remote: bool,
-    /// Model name sent in each request.
-    #[arg(long, default_value = "minilm")]
-    model: String,
-    /// Load shape.
-    #[arg(long, value_enum, default_value_t = Mode::Closed)]
-    mode: Mode,
-    /// Closed loop: workers sending back to back.
-    #[arg(long, default_value_t = 16)]
-    concurrency: usize,
-    /// Open loop: mean arrival rate in requests/s.
-    #[arg(long, default_value_t = 100.0)]
-    rate: f64,
-    /// Open loop: most requests outstanding; beyond it arrivals are counted as dropped by the
-    /// client.
-    #[arg(long, default_value_t = 4096)]
-    max_in_flight: usize,
-    /// How long to send (after the warm-up), e.g. 10s, 500ms, 1m.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    duration: Duration,
-    /// Stop after this many requests (warm-up included); 0: no limit.
-    #[arg(long, default_value_t = 0)]
-    requests: u64,
-    /// Load sent before measuring, not counted.
-    #[arg(long, default_value = "0s", value_parser = parse_duration)]
-    warmup: Duration,
-    /// Inputs (sentences) per request.
-    #[arg(long, default_value_t = 1)]
-    inputs_per_request: usize,
-    /// File with one sentence per line (default: the 20 of server/bench/sentences.txt).
-    #[arg(long)]
-    texts_file: Option<PathBuf>,
-    /// Extra header `name:value`, repeatable (e.g. `x-modelfleet-tier:high`).
-    #[arg(long = "header", value_parser = parse_header)]
-    headers: Vec<(HeaderName, HeaderValue)>,
-    /// Client-side timeout per request.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    timeout: Duration,
-    /// Print the report as one JSON object.
-    #[arg(long)]
-    json: bool,
-    /// Also write the JSON report to this file.
-    #[arg(long)]
-    json_out: Option<PathBuf>,
-    /// Async worker threads (1 leaves the other cores to the server).
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
-    /// Seed of the open-loop arrival process.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-}
-
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Closed,
-    Open,
-}
-
-/// The default texts: the same file the batching benchmark feeds the direct candle loop.
-const SENTENCES: &str = include_str!("../../../bench/sentences.txt");
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (number, unit) = s.split_at(
-        s.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len()),
-    );
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{s}`: expected a duration like 500ms, 10s or 1m"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" | "" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("`{s}`: unknown unit `{unit}`; use ms, s or m")),
-    };
-    Ok(Duration::from_secs_f64(seconds))
-}
-
-fn parse_header(s: &str) -> Result<(HeaderName, HeaderValue), String> {
-    let (k, v) = s
-        .split_once(':')
-        .ok_or_else(|| format!("`{s}`: expected name:value"))?;
-    let name = HeaderName::try_from(k.trim()).map_err(|e| format!("`{s}`: header name: {e}"))?;
-    let value = HeaderValue::try_from(v.trim()).map_err(|e| format!("`{s}`: header value: {e}"))?;
-    Ok((name, value))
-}
-
-/// Resolves `url` to an address and the embeddings path; refuses non-loopback hosts unless
-/// allowed.
-fn resolve(url: &str, allow_remote: bool) -> Result<(SocketAddr, http::Uri), String> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("--url `{url}`: {e}"))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(format!("--url `{url}`: only http:// is supported"));
-    }
-    let host = uri.host().ok_or_else(|| format!("--url `{url}`: no host"))?;
-    let port = uri.port_u16().unwrap_or(80);
-    let addr = (host.trim_matches(['[', ']']), port)
-        .to_socket_addrs()
-        .map_err(|e| format!("--url `{url}`: {e}"))?
-        .next()
-        .ok_or_else(|| format!("--url `{url}`: the host has no address"))?;
-    let loopback = match addr.ip() {
-        IpAddr::V4(ip) => ip.is_loopback(),
-        IpAddr::V6(ip) => ip.is_loopback(),
-    };
-    if !loopback && !allow_remote {
-        return Err(format!(
-            "--url `{url}` is not a loopback address; pass --allow-remote to load another machine"
-        ));
-    }
-    let path = format!("{}/v1/embeddings", uri.path().trim_end_matches('/'));
-    let target: http::Uri = path.parse().map_err(|e| format!("--url `{url}`: {e}"))?;
-    Ok((addr, target))
-}
-
-fn bodies(model: &str, texts: &[String], per_request: usize) -> Result<Arc<[Bytes]>, String> {
-    if texts.is_empty() {
-        return Err("--texts-file has no sentences".into());
-    }
-    let per_request = per_request.max(1);
-    (0..texts.len())
-        .map(|start| {
-            let input: Vec<&String> = (0..per_request)
-                .map(|k| &texts[(start + k) % texts.len()])
-                .collect();
-            serde_json::to_vec(&serde_json::json!({"model": model, "input": input}))
-                .map(Bytes::from)
-                .map_err(|e| e.to_string())
-        })
-        .collect()
-}
-
-async fn run(args: Args) -> Result<Report, String> {
-    let (addr, uri) = resolve(&args.url, args.allow_remote)?;
-    let texts: Vec<String> = match &args.texts_file {
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|e| format!("--texts-file {}: {e}", path.display()))?
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(str::to_owned)
-            .collect(),
-        None => SENTENCES
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(str::to_owned)
-            .collect(),
-    };
-    let target = Target {
-        addr,
-        uri,
-        headers: args.headers.clone(),
-        bodies: bodies(&args.model, &texts, args.inputs_per_request)?,
-        timeout: args.timeout,
-    };
+/// Runs the load `args` describe and builds its report; an `Err` is a usage problem (bad URL,
+/// unreadable texts), never the server's behaviour, which the report describes.
+async fn run(args: &Args, stop: Stop) -> Result<Report, String> {
+    let endpoint = resolve(&args.url, args.allow_remote)?;
+    let texts = texts(args.texts_file.as_deref())?;
+    let bodies = bodies(&args.model, &texts, args.inputs_per_request)?;
+    let target = Target::new(&endpoint, &args.headers, bodies, args.timeout);
     let start = Instant::now();
+    let measure_from = start + args.warmup;
     let window = Window {
-        measure_from: start + args.warmup,
-        stop: start + args.warmup + args.duration,
+        measure_from,
+        stop: args.measure_for().map(|d| measure_from + d),
         max_requests: args.requests,
     };
-    let (mode, target_value, tally) = match args.mode {
+    let (target_value, tally) = match args.mode {
         Mode::Closed => {
-            if args.concurrency == 0 {
-                return Err("--concurrency must be at least 1".into());
-            }
-            let t = drive::closed_loop(target, args.concurrency, window).await;
-            ("closed", args.concurrency as f64, t)
+            let client = http_client(args.concurrency, args.timeout);
+            let tally = drive::closed_loop(client, target, args.concurrency, window, stop.clone()).await;
+            (args.concurrency as f64, tally)
         }
         Mode::Open => {
-            if !(args.rate > 0.0 && args.rate.is_finite()) {
-                return Err(format!("--rate must be a positive number, got {}", args.rate));
-            }
-            let t = drive::open_loop(target, args.rate, args.max_in_flight.max(1), window, args.seed).await;
-            ("open", args.rate, t)
+            let client = http_client(args.max_in_flight, args.timeout);
+            let schedule = (start, args.rate, args.seed);
+            let tally =
+                drive::open_loop(client, target, schedule, args.max_in_flight, window, stop.clone()).await;
+            (args.rate, tally)
         }
     };
-    // Throughput is measured from the start of the window to the last answer: a run cut short by
-    // --requests is shorter, an overloaded server answering after the window is longer.
-    let last = tally.last_answer.unwrap_or(window.stop).max(window.measure_from);
-    let window_len = last
-        .duration_since(window.measure_from)
-        .max(Duration::from_millis(1));
-    Ok(Report::new(
-        mode,
-        target_value,
-        window_len,
-        args.inputs_per_request.max(1),
-        tally,
-    ))
+    // Throughput is measured to the last answer: a run cut short by --requests is shorter, an
+    // overloaded server answering after the window longer.
+    let end = tally.last_answer.unwrap_or_else(Instant::now);
+    let info = RunInfo {
+        mode: args.mode.name(),
+        target: target_value,
+        inputs_per_request: args.inputs_per_request,
+        window: end.saturating_duration_since(measure_from),
+        interrupted: stop.is_set(),
+    };
+    Ok(Report::new(info, tally))
+}
+
+/// First Ctrl-C: stop sending and report; a second one exits at once.
+async fn interrupt(stop: watch::Sender<bool>) {
+    if tokio::signal::ctrl_c().await.is_ok() {
+        let _ = stop.send(true);
+        eprintln!("modelfleet-loadgen: stopping; waiting for the requests in flight (Ctrl-C again to quit)");
+        if tokio::signal::ctrl_c().await.is_ok() {
+            std::process::exit(130);
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads.max(1))
-        .enable_all()
-        .build()
-    {
+    let mut builder = if args.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(args.threads);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("modelfleet-loadgen: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let (json, json_out) = (args.json, args.json_out.clone());
-    match runtime.block_on(run(args)) {
-        Ok(report) => {
-            let encoded = serde_json::to_string_pretty(&report).unwrap_or_default();
-            if let Some(path) = json_out
-                && let Err(e) = std::fs::write(&path, format!("{encoded}\n"))
-            {
-                eprintln!("modelfleet-loadgen: --json-out {}: {e}", path.display());
-                return ExitCode::FAILURE;
-            }
-            if json {
-                println!("{encoded}");
-            } else {
-                println!("{}", report.text());
-            }
-            ExitCode::SUCCESS
-        }
+    let (stop_tx, stop) = Stop::new();
+    let result = runtime.block_on(async {
+        tokio::spawn(interrupt(stop_tx));
+        // Spawned, so that with --threads N the open loop's scheduler runs on a worker too.
+        let run_args = args.clone();
+        tokio::spawn(async move { run(&run_args, stop).await })
+            .await
+            .unwrap_or_else(|e| Err(format!("the run failed: {e}")))
+    });
+    let report = match result {
+        Ok(report) => report,
         Err(e) => {
             eprintln!("modelfleet-loadgen: {e}");
-            ExitCode::from(2)
+            return ExitCode::from(2);
+        }
+    };
+    let mut code = ExitCode::SUCCESS;
+    if let Some(path) = &args.json_out {
+        let pretty = serde_json::to_string_pretty(&report).unwrap_or_else(|_| report.json());
+        if let Err(e) = std::fs::write(path, pretty + "\n") {
+            eprintln!("modelfleet-loadgen: --json-out {}: {e}", path.display());
+            code = ExitCode::FAILURE;
         }
     }
+    let out = if args.json { report.json() } else { report.text() };
+    // A closed pipe (`| head`) is not worth a panic.
+    let _ = writeln!(std::io::stdout().lock(), "{out}");
+    code
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn durations_and_headers_parse_with_clear_errors() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("5h").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("soon").unwrap_err().contains("500ms"));
-        assert!(parse_header("x-modelfleet-tier:high").is_ok());
-        assert!(parse_header("novalue").unwrap_err().contains("name:value"));
-    }
-
-    #[test]
-    fn only_loopback_targets_unless_allowed() {
-        let (addr, uri) = resolve("http://127.0.0.1:9000", false).unwrap();
-        assert_eq!((addr.port(), uri.path()), (9000, "/v1/embeddings"));
-        assert!(
-            resolve("http://10.0.0.1:80", false)
-                .unwrap_err()
-                .contains("--allow-remote")
-        );
-        assert!(
-            resolve("https://127.0.0.1", false)
-                .unwrap_err()
-                .contains("http://")
-        );
-    }
-
-    /// A minimal HTTP/1.1 keep-alive server on 127.0.0.1: every 5th answer is a 429.
-    async fn tiny_server() -> SocketAddr {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
-            while let Ok((mut socket, _)) = listener.accept().await {
-                let count = count.clone();
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    loop {
-                        let Ok(n) = socket.read(&mut buf).await else {
-                            return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        let i = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let (status, body) = if i % 5 == 4 {
-                            ("429 Too Many Requests", "{}")
-                        } else {
-                            ("200 OK", "{\"data\":[]}")
-                        };
-                        let response = format!(
-                            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        if socket.write_all(response.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        addr
-    }
-
-    async fn run_against(extra: &[&str]) -> Report {
-        let url = format!("http://{}", tiny_server().await);
-        let mut argv = vec!["loadgen", "--url", &url, "--duration", "300ms"];
+    async fn run_with(url: &str, extra: &[&str]) -> Report {
+        let mut argv = vec!["modelfleet-loadgen", "--url", url];
         argv.extend_from_slice(extra);
-        run(Args::parse_from(argv)).await.unwrap()
+        let (_tx, stop) = Stop::new();
+        run(&Args::parse_from(argv), stop).await.unwrap()
+    }
+
+    fn accounted(r: &Report) -> bool {
+        let answered: u64 = r.status_counts.values().sum();
+        r.sent == answered + r.errors.connect + r.errors.timeout + r.errors.other
     }
 
     #[tokio::test]
     async fn a_closed_loop_reports_statuses_and_json() {
-        let report = run_against(&["--concurrency", "4"]).await;
-        assert!(report.completed > 0);
-        assert!(
-            report.status_counts.get("429").copied().unwrap_or(0) > 0,
-            "{report:?}"
-        );
-        let json: serde_json::Value = serde_json::to_value(&report).unwrap();
+        let url = format!("http://{}", testserver::spawn(5).await);
+        let report = run_with(&url, &["--concurrency", "4", "--duration", "300ms"]).await;
+        assert!(report.completed > 0, "{report:?}");
+        let rejected = report.status_counts.get("429").copied().unwrap_or(0);
+        assert!(rejected > 0, "{report:?}");
+        // Every 5th answer of the server is a 429 (some went to requests outside the window).
+        assert!(rejected.abs_diff(report.sent / 5) <= 5, "{report:?}");
+        assert_eq!(report.completed, report.status_counts["200"]);
+        assert!(accounted(&report) && report.errors == stats::ErrorKinds::default());
+        assert!((0.25..1.0).contains(&report.duration_s), "{report:?}");
+        let json: serde_json::Value = serde_json::from_str(&report.json()).unwrap();
         assert_eq!(json["mode"], "closed");
-        assert!(json["latency_ms"]["p99"].as_f64().unwrap() >= 0.0);
+        assert_eq!(json["status_counts"]["429"], rejected);
+        assert_eq!(json["completed"], report.completed);
+        assert!(json["throughput_rps"].as_f64().unwrap() > 0.0);
+        assert!(json["latency_ms"]["p99"].as_f64().unwrap() >= json["latency_ms"]["p50"].as_f64().unwrap());
+        let text = report.text();
+        assert!(text.contains("429: ") && text.contains("throughput"), "{text}");
+    }
+
+    /// On a multi-threaded runtime, as with `--threads 2`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_open_loop_offers_its_rate_after_the_warmup() {
+        let url = format!("http://{}", testserver::spawn(0).await);
+        let extra = [
+            "--mode",
+            "open",
+            "--rate",
+            "400",
+            "--warmup",
+            "100ms",
+            "--duration",
+            "300ms",
+        ];
+        let report = run_with(&url, &extra).await;
+        // About 120 arrivals in the measured 300 ms (standard deviation 11); all answered.
+        assert!((80..=160).contains(&report.sent), "{report:?}");
+        assert_eq!(report.completed, report.sent);
+        assert_eq!((report.dropped_by_client, report.mode.as_str()), (0, "open"));
+        assert!(accounted(&report));
     }
 
     #[tokio::test]
-    async fn an_open_loop_offers_its_rate() {
-        let report = run_against(&["--mode", "open", "--rate", "200"]).await;
-        // About 60 arrivals in 300 ms; every one answered, none lost to errors.
-        assert!((30..=100).contains(&report.sent), "{report:?}");
-        assert_eq!(
-            report.errors,
-            stats::ErrorKinds {
-                connect: 0,
-                timeout: 0,
-                other: 0
+    async fn requests_bound_the_run_and_in_flight_is_capped() {
+        let url = format!("http://{}", testserver::spawn(0).await);
+        let report = run_with(
+            &url,
+            &[
+                "--concurrency",
+                "3",
+                "--requests",
+                "50",
+                "--inputs-per-request",
+                "4",
+            ],
+        )
+        .await;
+        assert_eq!((report.sent, report.completed), (50, 50));
+        assert!((report.inputs_per_s / report.throughput_rps - 4.0).abs() < 1e-9);
+        // A rate far above what 1 in-flight request can carry: the excess is dropped, not hidden.
+        let extra = [
+            "--mode",
+            "open",
+            "--rate",
+            "100000",
+            "--max-in-flight",
+            "1",
+            "--requests",
+            "2000",
+        ];
+        let report = run_with(&url, &extra).await;
+        assert!(report.dropped_by_client > 0, "{report:?}");
+        assert_eq!(report.sent + report.dropped_by_client, 2000);
+    }
+
+    #[tokio::test]
+    async fn unreachable_and_silent_servers_count_as_errors() {
+        // A port that was free a moment ago: connection refused.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let report = run_with(&format!("http://{closed}"), &["-c", "2", "--duration", "100ms"]).await;
+        assert!(report.errors.connect > 0 && report.completed == 0, "{report:?}");
+        assert!(report.latency_ms.is_none() && accounted(&report));
+        // A server that accepts and never answers: client-side timeouts.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                open.push(socket);
             }
-        );
-        assert_eq!(report.sent, report.status_counts.values().sum::<u64>());
-        assert!(report.completed > 0);
+        });
+        let extra = ["-c", "2", "--duration", "50ms", "--timeout", "150ms"];
+        let report = run_with(&format!("http://{silent}"), &extra).await;
+        assert_eq!((report.errors.timeout, report.sent), (2, 2), "{report:?}");
+    }
+
+    #[tokio::test]
+    async fn remote_targets_are_refused_before_any_traffic() {
+        let argv = ["modelfleet-loadgen", "--url", "http://203.0.113.7:8080"];
+        let (_tx, stop) = Stop::new();
+        let err = run(&Args::parse_from(argv), stop).await.unwrap_err();
+        assert!(err.contains("--allow-remote"), "{err}");
+    }
+
+    /// The throughput benchmark: the trivial server on its own thread (one core), the load
+    /// generator on a single-threaded runtime on this one (the other core), closed loop then open
+    /// loop. `cargo test --release -p modelfleet-server --bin modelfleet-loadgen -- --ignored
+    /// --nocapture throughput`.
+    #[test]
+    #[ignore = "benchmark: run in release with --ignored --nocapture"]
+    fn throughput_against_a_trivial_server() {
+        let addr = testserver::spawn_on_own_thread(0);
+        let url = format!("http://{addr}");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // LOADGEN_BENCH_RUNS: runs separated by `;`, each the flags of one run.
+        let runs = std::env::var("LOADGEN_BENCH_RUNS").unwrap_or_else(|_| {
+            "--concurrency 64; --concurrency 16; --mode open --rate 20000; --mode open --rate 25000".into()
+        });
+        for flags in runs.split(';') {
+            let extra: Vec<&str> = flags.split_whitespace().collect();
+            let report = runtime.block_on(async {
+                let mut argv = extra.clone();
+                for (flag, default) in [("--warmup", "500ms"), ("--duration", "3s")] {
+                    if !argv.contains(&flag) {
+                        argv.extend([flag, default]);
+                    }
+                }
+                run_with(&url, &argv).await
+            });
+            println!("{}\n{}\n", extra.join(" "), report.text());
+        }
     }
 }

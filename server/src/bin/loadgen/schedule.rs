@@ -57,7 +57,11 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(7);
         let gaps: Vec<f64> = (0..n).map(|_| exponential_gap(&mut rng, 500.0)).collect();
         let var = gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / f64::from(n);
-        assert!((var.sqrt() / mean - 1.0).abs() < 0.05, "coefficient of variation {}", var.sqrt() / mean);
+        assert!(
+            (var.sqrt() / mean - 1.0).abs() < 0.05,
+            "coefficient of variation {}",
+            var.sqrt() / mean
+        );
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub struct Tally {
     pub other_errors: u64,
     /// Open loop: arrivals not sent because `--max-in-flight` requests were outstanding.
     pub dropped_by_client: u64,
+    /// Open loop: the largest delay of a send behind its scheduled time (the generator lagging).
+    pub max_send_lag: Duration,
     /// When the last HTTP answer arrived: an overloaded server answers after the sending window,
     /// and throughput is measured to here.
     pub last_answer: Option<Instant>,
@@ -63,6 +65,7 @@ impl Tally {
         self.timeouts += other.timeouts;
         self.other_errors += other.other_errors;
         self.dropped_by_client += other.dropped_by_client;
+        self.max_send_lag = self.max_send_lag.max(other.max_send_lag);
         self.last_answer = self.last_answer.max(other.last_answer);
     }
 }
@@ -115,6 +118,9 @@ pub struct Report {
     pub status_counts: BTreeMap<String, u64>,
     pub errors: ErrorKinds,
     pub dropped_by_client: u64,
+    /// Open loop: the largest delay of a send behind its scheduled time in ms; more than a few
+    /// ms means the generator could not keep up with the rate. 0 in the closed loop.
+    pub max_send_lag_ms: f64,
     /// Ctrl-C ended the run early.
     pub interrupted: bool,
 }
@@ -161,6 +167,7 @@ impl Report {
                 other: t.other_errors,
             },
             dropped_by_client: t.dropped_by_client,
+            max_send_lag_ms: t.max_send_lag.as_secs_f64() * 1000.0,
             interrupted: info.interrupted,
         }
     }
@@ -198,7 +205,7 @@ impl Report {
              sent {}  completed {}  throughput {:.1} req/s  {:.1} inputs/s\n\
              {latency}\n\
              status      {statuses}\n\
-             errors      connect {}  timeout {}  other {}  dropped by client {}",
+             errors      connect {}  timeout {}  other {}  dropped by client {}{}",
             self.mode,
             self.duration_s,
             if self.interrupted { " (interrupted)" } else { "" },
@@ -210,6 +217,11 @@ impl Report {
             self.errors.timeout,
             self.errors.other,
             self.dropped_by_client,
+            if self.mode == "open" {
+                format!("\nsend lag    max {:.3} ms behind schedule", self.max_send_lag_ms)
+            } else {
+                String::new()
+            },
         )
     }
 }

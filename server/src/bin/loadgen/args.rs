@@ -11,8 +11,9 @@ pub const DEFAULT_DURATION: Duration = Duration::from_secs(10);
 
 /// Load generator for modelfleet-server's OpenAI-compatible `POST /v1/embeddings`.
 ///
-/// Sends `{"model": <--model>, "input": [<--inputs-per-request sentences>]}` with HTTP/1.1
-/// keep-alive connections and reports what came back.
+/// Sends `{"model": <--model>, "input": [<--inputs-per-request sentences>]}` over HTTP/1.1
+/// keep-alive connections (one request at a time on each, a new one only when none is idle) and
+/// reports what came back.
 ///
 /// MODES
 ///   closed (default)  --concurrency C workers, each sending its next request as soon as the
@@ -22,10 +23,10 @@ pub const DEFAULT_DURATION: Duration = Duration::from_secs(10);
 ///                     Latency is measured from each request's scheduled send time (no
 ///                     coordinated omission). At most --max-in-flight requests are outstanding;
 ///                     an arrival beyond that is counted as dropped_by_client, never skipped.
-///                     tokio's timer ticks every 1 ms, so below 1000 req/s a send can be up to
-///                     about 2 ms late (that counts as latency; see max_send_lag_ms); from
-///                     1000 req/s the generator waits the last millisecond by yielding instead,
-///                     busy on its core, and sends within microseconds of the schedule.
+///                     --timer: tokio's timer ticks every 1 ms, so a sleeping generator sends up
+///                     to about 2 ms late (counted as latency; see max_send_lag_ms); a spinning
+///                     one sleeps to 2 ms before each arrival and yields for the rest: it sends
+///                     within microseconds but keeps a core busy. auto spins from 1000 req/s.
 ///
 /// LENGTH
 ///   --duration and/or --requests: the run stops at whichever comes first; with neither it
@@ -50,6 +51,9 @@ pub const DEFAULT_DURATION: Duration = Duration::from_secs(10);
 ///     dropped_by_client  open loop: arrivals not sent because --max-in-flight were outstanding
 ///     max_send_lag_ms    open loop: largest delay of a send behind its scheduled time (over a
 ///                        few ms: the generator could not keep up; try --threads); 0 closed
+///     connections        TCP connections opened (warm-up included): the concurrency in the
+///                        closed loop, the peak in flight in the open loop, more if the server
+///                        closed connections
 ///     interrupted        true when Ctrl-C ended the run early
 ///   sent = sum(status_counts) + errors.connect + errors.timeout + errors.other.
 ///
@@ -88,6 +92,9 @@ pub struct Args {
     /// Open loop: mean arrival rate in requests/s.
     #[arg(long, short = 'r', default_value_t = 100.0, value_parser = parse_rate)]
     pub rate: f64,
+    /// Open loop: how to wait for the next arrival (see MODES above).
+    #[arg(long, value_enum, default_value_t = Timer::Auto)]
+    pub timer: Timer,
     /// Open loop: most requests outstanding; an arrival beyond it counts as dropped_by_client.
     /// Each outstanding request holds a connection: keep `ulimit -n` above it.
     #[arg(long, default_value_t = 4096, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
@@ -156,6 +163,31 @@ impl Mode {
         match self {
             Mode::Closed => "closed",
             Mode::Open => "open",
+        }
+    }
+}
+
+/// How the open loop waits for an arrival.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timer {
+    /// Spin from 1000 req/s, sleep below.
+    Auto,
+    /// Sleep to each arrival: idle CPU, sends up to about 2 ms late.
+    Sleep,
+    /// Sleep to 2 ms before each arrival, then yield until it: sends on time, busy CPU.
+    Spin,
+}
+
+impl Timer {
+    /// The rate from which `auto` spins.
+    pub const SPIN_FROM_RATE: f64 = 1000.0;
+
+    /// Whether to spin at `rate` requests/s.
+    pub fn spins_at(self, rate: f64) -> bool {
+        match self {
+            Timer::Auto => rate >= Self::SPIN_FROM_RATE,
+            Timer::Sleep => false,
+            Timer::Spin => true,
         }
     }
 }
@@ -267,6 +299,9 @@ mod tests {
         assert_eq!((a.model.as_str(), a.mode, a.threads), ("minilm", Mode::Closed, 1));
         assert_eq!((a.max_in_flight, a.inputs_per_request), (4096, 1));
         assert_eq!(a.measure_for(), Some(DEFAULT_DURATION));
+        assert!(!a.timer.spins_at(999.0) && a.timer.spins_at(1000.0));
+        assert!(parse(&["--timer", "spin"]).unwrap().timer.spins_at(1.0));
+        assert!(!parse(&["--timer", "sleep"]).unwrap().timer.spins_at(1e6));
         assert_eq!(parse(&["-n", "100"]).unwrap().measure_for(), None);
         let both = parse(&["-n", "100", "--duration", "2s"]).unwrap();
         assert_eq!(both.measure_for(), Some(Duration::from_secs(2)));

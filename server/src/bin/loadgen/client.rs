@@ -1,33 +1,33 @@
 //! The HTTP side: where requests go (loopback unless allowed), the prebuilt request bodies, the
-//! pooled keep-alive client and one request's outcome.
+//! pool of keep-alive connections and one request's outcome.
 
 use std::{
     net::{SocketAddr, ToSocketAddrs},
-    sync::Arc,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, header};
 use http_body_util::{BodyExt, Full};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
-};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::{net::TcpStream, sync::Notify};
 
 /// The default texts: the sentences the batching benchmark also feeds the direct candle loop, so
 /// both measure the same inputs.
 const DEFAULT_TEXTS: &str = include_str!("../../../bench/sentences.txt");
 
-/// The keep-alive HTTP/1.1 client every request goes through.
-pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
 /// A resolved `--url`.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
-    /// `http://<address>/<base path>/v1/embeddings` with the resolved address (the one checked
-    /// for loopback), so nothing is looked up again after the check.
-    pub uri: Uri,
+    /// The address dialled: the one checked for loopback, so nothing is looked up again.
+    pub addr: SocketAddr,
+    /// `/<base path>/v1/embeddings`.
+    pub path: Uri,
     /// The `Host` header: the authority as the user wrote it.
     pub host: HeaderValue,
 }
@@ -53,14 +53,9 @@ pub fn resolve(url: &str, allow_remote: bool) -> Result<Endpoint, String> {
         )));
     }
     let path = format!("{}/v1/embeddings", uri.path().trim_end_matches('/'));
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(addr.to_string())
-        .path_and_query(path)
-        .build()
-        .map_err(|e| bad(&e))?;
+    let path = Uri::try_from(path).map_err(|e| bad(&e))?;
     let host = HeaderValue::from_str(authority.as_str()).map_err(|e| bad(&e))?;
-    Ok(Endpoint { uri, host })
+    Ok(Endpoint { addr, path, host })
 }
 
 fn is_loopback(addr: &SocketAddr) -> bool {
@@ -135,7 +130,7 @@ impl Target {
             headers.append(k.clone(), v.clone());
         }
         Self {
-            uri: endpoint.uri.clone(),
+            uri: endpoint.path.clone(),
             headers,
             bodies,
             timeout,
@@ -154,14 +149,107 @@ impl Target {
     }
 }
 
-/// A keep-alive client pooling up to `pool` idle connections (one per concurrent request).
-pub fn http_client(pool: usize, connect_timeout: Duration) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(pool)
-        .build(connector)
+/// Connections being opened at once, at most. When all are busy and none is idle, a request
+/// waits for whichever comes first, a connection put back or a free opening slot. Without this,
+/// a cold start or a stall at a high rate snowballs: every arrival opens a connection, opening
+/// them slows everything down, more arrivals find none idle (20 000 req/s went from 80 to 4096
+/// connections in 200 ms). The wait counts as latency in the open loop.
+const MAX_CONNECTING: usize = 8;
+
+/// HTTP/1.1 keep-alive connections to the target, each carrying one request at a time.
+///
+/// A request takes the most recently used idle connection, or opens one (see
+/// [`MAX_CONNECTING`]), and puts it back once its answer is read. So the pool grows to the
+/// requests outstanding at once: `--concurrency` in the closed loop, about the peak in flight in
+/// the open loop. (hyper-util's legacy client also races a new connection against every wait
+/// for an idle one and keeps the loser: at 20 000 req/s with one request in flight on average
+/// it opened 4096 connections, its idle cap, then churned them.)
+#[derive(Debug)]
+pub struct Pool {
+    addr: SocketAddr,
+    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    max_idle: usize,
+    /// Signalled when a request or an opening ends.
+    freed: Notify,
+    connecting: AtomicUsize,
+    opened: AtomicU64,
+}
+
+impl Pool {
+    /// An empty pool to `addr` keeping up to `max_idle` idle connections.
+    pub fn new(addr: SocketAddr, max_idle: usize) -> Self {
+        Self {
+            addr,
+            idle: Mutex::new(Vec::with_capacity(max_idle.min(4096))),
+            max_idle,
+            freed: Notify::new(),
+            connecting: AtomicUsize::new(0),
+            opened: AtomicU64::new(0),
+        }
+    }
+
+    /// Connections opened so far.
+    pub fn opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    /// An idle connection ready for a request, else a new one (`true`: new).
+    async fn checkout(&self) -> Result<(SendRequest<Full<Bytes>>, bool), Outcome> {
+        loop {
+            // Registered before looking, so a connection put back meanwhile still wakes us.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            while let Some(mut sender) = self.idle.lock().ok().and_then(|mut idle| idle.pop()) {
+                // Ready once the connection has finished the last exchange; an error: it closed.
+                if !sender.is_closed() && sender.ready().await.is_ok() {
+                    return Ok((sender, false));
+                }
+            }
+            if self.connecting.fetch_add(1, Ordering::AcqRel) < MAX_CONNECTING {
+                let connected = self.connect().await;
+                self.connecting.fetch_sub(1, Ordering::AcqRel);
+                self.freed.notify_one();
+                return connected.map(|sender| (sender, true));
+            }
+            self.connecting.fetch_sub(1, Ordering::AcqRel);
+            freed.await;
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, Outcome> {
+        let stream = TcpStream::connect(self.addr)
+            .await
+            .map_err(|_| Outcome::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| Outcome::Connect)?;
+        // Drives the connection; ends when it closes or its sender is dropped.
+        tokio::spawn(connection);
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        Ok(sender)
+    }
+
+    /// Returns a connection whose exchange is complete.
+    fn checkin(&self, sender: SendRequest<Full<Bytes>>) {
+        if !sender.is_closed()
+            && let Ok(mut idle) = self.idle.lock()
+            && idle.len() < self.max_idle
+        {
+            idle.push(sender);
+        }
+    }
+}
+
+/// Wakes one request waiting for a connection when a request ends, however it ends (put back,
+/// closed on an error, dropped on a timeout): it finds the connection idle or may open one.
+struct WakeOnEnd<'a>(&'a Pool);
+
+impl Drop for WakeOnEnd<'_> {
+    fn drop(&mut self) {
+        self.0.freed.notify_one();
+    }
 }
 
 /// What became of one request.
@@ -177,26 +265,35 @@ pub enum Outcome {
     Other,
 }
 
-/// Sends request `i` and reads the answer to its end (within the target's timeout).
-pub async fn send(client: &HttpClient, target: &Target, i: u64) -> Outcome {
+/// Sends request `i` and reads the answer to its end, all within the target's timeout.
+pub async fn send(pool: &Pool, target: &Target, i: u64) -> Outcome {
+    let _wake = WakeOnEnd(pool);
     let exchange = async {
-        let response = client.request(target.request(i)).await.map_err(|e| {
-            if e.is_connect() {
-                Outcome::Connect
-            } else {
-                Outcome::Other
+        let mut request = target.request(i);
+        let (response, sender) = loop {
+            let (mut sender, fresh) = pool.checkout().await?;
+            match sender.try_send_request(request).await {
+                Ok(response) => break (response, sender),
+                // An idle connection the server closed before the request went out gives it
+                // back: try the next one.
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if !fresh => request = unsent,
+                    _ => return Err(Outcome::Other),
+                },
             }
-        })?;
+        };
         let status = response.status().as_u16();
         let mut body = response.into_body();
         // Read frame by frame and drop them: nothing is kept or concatenated.
         while let Some(frame) = body.frame().await {
             frame.map_err(|_| Outcome::Other)?;
         }
+        pool.checkin(sender);
         Ok::<_, Outcome>(Outcome::Status(status))
     };
     match tokio::time::timeout(target.timeout, exchange).await {
         Ok(Ok(outcome) | Err(outcome)) => outcome,
+        // The connection is dropped with the unfinished exchange.
         Err(_) => Outcome::Timeout,
     }
 }
@@ -208,10 +305,13 @@ mod tests {
     #[test]
     fn only_loopback_targets_unless_allowed() {
         let e = resolve("http://127.0.0.1:9000", false).unwrap();
-        assert_eq!(e.uri.to_string(), "http://127.0.0.1:9000/v1/embeddings");
+        assert_eq!(
+            (e.addr.to_string(), e.path.to_string()),
+            ("127.0.0.1:9000".into(), "/v1/embeddings".into())
+        );
         assert_eq!(e.host, "127.0.0.1:9000");
         let e = resolve("http://127.1.2.3:80/prefix/", false).unwrap();
-        assert_eq!(e.uri.path(), "/prefix/v1/embeddings");
+        assert_eq!(e.path, "/prefix/v1/embeddings");
         assert!(resolve("http://[::1]:8080", false).is_ok());
         assert!(resolve("http://localhost:8080", false).is_ok());
         for remote in [
@@ -255,7 +355,10 @@ mod tests {
             Duration::from_secs(1),
         );
         let r = target.request(7);
-        assert_eq!(r.method(), Method::POST);
+        assert_eq!(
+            (r.method(), r.uri().to_string()),
+            (&Method::POST, "/v1/embeddings".into())
+        );
         assert_eq!(r.headers()["x-modelfleet-tier"], "high");
         assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
         assert_eq!(r.headers()[header::HOST], "127.0.0.1:8080");

@@ -15,7 +15,7 @@ use futures::{FutureExt, StreamExt, stream::FuturesUnordered};
 use tokio::sync::watch;
 
 use crate::{
-    client::{HttpClient, Outcome, Target, send},
+    client::{Outcome, Pool, Target, send},
     schedule::Poisson,
     stats::Tally,
 };
@@ -74,7 +74,7 @@ const CONNECT_BACKOFF: Duration = Duration::from_millis(10);
 
 /// Closed loop: `concurrency` workers each send the next request as soon as the last one ended.
 pub async fn closed_loop(
-    client: HttpClient,
+    pool: Arc<Pool>,
     target: Target,
     concurrency: usize,
     window: Window,
@@ -83,7 +83,7 @@ pub async fn closed_loop(
     let taken = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..concurrency)
         .map(|w| {
-            let (client, target, taken, stop) = (client.clone(), target.clone(), taken.clone(), stop.clone());
+            let (pool, target, taken, stop) = (pool.clone(), target.clone(), taken.clone(), stop.clone());
             tokio::spawn(async move {
                 let mut tally = Tally::default();
                 // Worker w sends bodies w, w + C, w + 2C, ...: the workers interleave the texts.
@@ -97,7 +97,7 @@ pub async fn closed_loop(
                     if counted && !take_ticket(&taken, window.max_requests) {
                         break;
                     }
-                    let outcome = send(&client, &target, i).await;
+                    let outcome = send(&pool, &target, i).await;
                     let done = Instant::now();
                     if counted {
                         tally.record(outcome, done - started, done);
@@ -123,35 +123,51 @@ pub async fn closed_loop(
 /// Arrivals launched in one go before the open loop looks at answers again, when it is behind.
 const BURST: usize = 256;
 
-/// tokio's timer resolution: a sleep ends on the first 1 ms tick at or after its deadline.
-const TIMER_TICK: Duration = Duration::from_millis(1);
+/// How late a tokio sleep can end: its timer ticks every 1 ms, a deadline is rounded up to a
+/// tick, and the driver's wait to whole milliseconds.
+const TIMER_SLACK: Duration = Duration::from_millis(2);
 
-/// From this rate up, the open loop waits for an arrival less than a timer tick away by
-/// yielding (busy, but the generator is nearly always busy at such rates) rather than by
-/// sleeping, which would send up to 1 ms late and add that to the measured latency.
-pub const SPIN_FROM_RATE: f64 = 1000.0;
+/// The open loop's arrival process and limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrivals {
+    /// Time zero of the schedule.
+    pub start: Instant,
+    /// Mean arrivals per second.
+    pub rate: f64,
+    /// Seed of the schedule.
+    pub seed: u64,
+    /// Most requests outstanding.
+    pub max_in_flight: usize,
+    /// Sleep only until `TIMER_SLACK` before each arrival and wait the rest by yielding: sends
+    /// within microseconds of the schedule but keeps a core busy. Without, a send can be up to
+    /// about 2 ms late, and that counts as latency.
+    pub spin: bool,
+}
 
-/// Open loop: Poisson arrivals at `rate` per second from `start`, each sent at its scheduled
+/// Open loop: Poisson arrivals at `config.rate` per second, each sent at its scheduled
 /// time whatever the earlier ones are waiting for. An arrival finding `max_in_flight` requests
 /// outstanding is counted as dropped by the client.
 ///
 /// One task runs the schedule and awaits every outstanding request (a `FuturesUnordered`): no
-/// task, lock or shared counter per request; the connections run in their own tasks.
+/// task or shared counter per request; the connections run in their own tasks.
 pub async fn open_loop(
-    client: HttpClient,
-    target: Target,
-    schedule: (Instant, f64, u64),
-    max_in_flight: usize,
+    pool: &Pool,
+    target: &Target,
+    config: Arrivals,
     window: Window,
     mut stop: Stop,
 ) -> Tally {
-    let (start, rate, seed) = schedule;
-    let spin = rate >= SPIN_FROM_RATE;
+    let Arrivals {
+        start,
+        rate,
+        seed,
+        max_in_flight,
+        spin,
+    } = config;
     let mut arrivals = Poisson::new(start, rate, seed);
     let mut next = Some(arrivals.next_arrival());
     let mut tally = Tally::default();
     let (mut measured, mut i) = (0u64, 0u64);
-    let (client, target) = (&client, &target);
     let mut in_flight = FuturesUnordered::new();
     let record = |tally: &mut Tally, (outcome, at, counted): (Outcome, Instant, bool)| {
         if counted {
@@ -184,7 +200,7 @@ pub async fn open_loop(
             }
             if in_flight.len() < max_in_flight {
                 let n = i;
-                in_flight.push(async move { (send(client, target, n).await, at, counted) });
+                in_flight.push(async move { (send(pool, target, n).await, at, counted) });
             } else {
                 tally.dropped_by_client += u64::from(counted);
             }
@@ -199,14 +215,14 @@ pub async fn open_loop(
             break;
         };
         let wait = at.saturating_duration_since(Instant::now());
-        if wait.is_zero() || (spin && wait < TIMER_TICK) {
+        if wait.is_zero() || (spin && wait <= TIMER_SLACK) {
             // Let the connections run, then look again.
             tokio::task::yield_now().await;
             continue;
         }
-        // Sleep to the next arrival (a tick early when spinning), unless an answer or the stop
-        // comes first.
-        let wake = if spin { at - TIMER_TICK } else { at };
+        // Sleep to the next arrival (`TIMER_SLACK` early when spinning), unless an answer or the
+        // stop comes first.
+        let wake = if spin { at - TIMER_SLACK } else { at };
         if sleep.deadline() != wake.into() {
             sleep.as_mut().reset(wake.into());
         }

@@ -2,9 +2,9 @@
 //! `POST /v1/embeddings`, with a text or JSON report. `--help` describes the flags, the report
 //! fields and gives examples.
 //!
-//! Modules: [`args`] (the command line), [`client`] (target, request bodies, the keep-alive
-//! client), [`schedule`] (Poisson arrivals), [`drive`] (the two load loops), [`stats`]
-//! (tallies, percentiles, the report).
+//! Modules: [`args`] (the command line), [`client`] (target, request bodies, the pool of
+//! keep-alive connections), [`schedule`] (Poisson arrivals), [`drive`] (the two load loops),
+//! [`stats`] (tallies, percentiles, the report).
 
 mod args;
 mod client;
@@ -14,15 +14,15 @@ mod stats;
 #[cfg(test)]
 mod testserver;
 
-use std::{io::Write, process::ExitCode, time::Instant};
+use std::{io::Write, process::ExitCode, sync::Arc, time::Instant};
 
 use clap::Parser;
 use tokio::sync::watch;
 
 use crate::{
     args::{Args, Mode},
-    client::{Target, bodies, http_client, resolve, texts},
-    drive::{Stop, Window},
+    client::{Pool, Target, bodies, resolve, texts},
+    drive::{Arrivals, Stop, Window},
     stats::{Report, RunInfo},
 };
 
@@ -40,18 +40,24 @@ async fn run(args: &Args, stop: Stop) -> Result<Report, String> {
         stop: args.measure_for().map(|d| measure_from + d),
         max_requests: args.requests,
     };
-    let (target_value, tally) = match args.mode {
+    let (target_value, pool, tally) = match args.mode {
         Mode::Closed => {
-            let client = http_client(args.concurrency, args.timeout);
-            let tally = drive::closed_loop(client, target, args.concurrency, window, stop.clone()).await;
-            (args.concurrency as f64, tally)
+            let pool = Arc::new(Pool::new(endpoint.addr, args.concurrency));
+            let tally =
+                drive::closed_loop(pool.clone(), target, args.concurrency, window, stop.clone()).await;
+            (args.concurrency as f64, pool, tally)
         }
         Mode::Open => {
-            let client = http_client(args.max_in_flight, args.timeout);
-            let schedule = (start, args.rate, args.seed);
-            let tally =
-                drive::open_loop(client, target, schedule, args.max_in_flight, window, stop.clone()).await;
-            (args.rate, tally)
+            let pool = Arc::new(Pool::new(endpoint.addr, args.max_in_flight));
+            let arrivals = Arrivals {
+                start,
+                rate: args.rate,
+                seed: args.seed,
+                max_in_flight: args.max_in_flight,
+                spin: args.timer.spins_at(args.rate),
+            };
+            let tally = drive::open_loop(&pool, &target, arrivals, window, stop.clone()).await;
+            (args.rate, pool, tally)
         }
     };
     // Throughput is measured to the last answer: a run cut short by --requests is shorter, an
@@ -62,6 +68,7 @@ async fn run(args: &Args, stop: Stop) -> Result<Report, String> {
         target: target_value,
         inputs_per_request: args.inputs_per_request,
         window: end.saturating_duration_since(measure_from),
+        connections: pool.opened(),
         interrupted: stop.is_set(),
     };
     Ok(Report::new(info, tally))
@@ -166,22 +173,28 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_open_loop_offers_its_rate_after_the_warmup() {
         let url = format!("http://{}", testserver::spawn(0).await);
-        let extra = [
-            "--mode",
-            "open",
-            "--rate",
-            "400",
-            "--warmup",
-            "100ms",
-            "--duration",
-            "300ms",
-        ];
-        let report = run_with(&url, &extra).await;
-        // About 120 arrivals in the measured 300 ms (standard deviation 11); all answered.
-        assert!((80..=160).contains(&report.sent), "{report:?}");
-        assert_eq!(report.completed, report.sent);
-        assert_eq!((report.dropped_by_client, report.mode.as_str()), (0, "open"));
-        assert!(accounted(&report));
+        let mut sent = Vec::new();
+        for timer in ["sleep", "spin"] {
+            let extra = [
+                "--mode",
+                "open",
+                "--rate",
+                "400",
+                "--warmup",
+                "100ms",
+                "--duration",
+                "300ms",
+            ];
+            let report = run_with(&url, &[&extra[..], &["--timer", timer]].concat()).await;
+            // About 120 arrivals in the measured 300 ms (standard deviation 11); all answered.
+            assert!((80..=160).contains(&report.sent), "{report:?}");
+            assert_eq!(report.completed, report.sent);
+            assert_eq!((report.dropped_by_client, report.mode.as_str()), (0, "open"));
+            assert!(accounted(&report));
+            sent.push(report.sent);
+        }
+        // The schedule depends on the seed only, not on how the generator waits.
+        assert_eq!(sent[0], sent[1]);
     }
 
     #[tokio::test]
@@ -218,6 +231,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn connections_are_reused_and_reopened() {
+        let url = format!("http://{}", testserver::spawn(0).await);
+        let report = run_with(&url, &["-c", "4", "-n", "200"]).await;
+        assert_eq!((report.completed, report.connections), (200, 4), "{report:?}");
+        // A server closing every connection after one answer: each request opens its own.
+        let url = format!("http://{}", testserver::spawn_with(0, true).await);
+        let report = run_with(&url, &["-c", "4", "-n", "40"]).await;
+        assert_eq!((report.completed, report.connections), (40, 40), "{report:?}");
+        let extra = ["--mode", "open", "--rate", "2000", "-n", "100"];
+        let report = run_with(&url, &extra).await;
+        assert_eq!((report.completed, report.connections), (100, 100), "{report:?}");
+    }
+
+    #[tokio::test]
     async fn unreachable_and_silent_servers_count_as_errors() {
         // A port that was free a moment ago: connection refused.
         let closed = std::net::TcpListener::bind("127.0.0.1:0")
@@ -249,6 +276,25 @@ mod tests {
         assert!(err.contains("--allow-remote"), "{err}");
     }
 
+    /// User plus system CPU seconds of `/proc/<which>/stat` (`self`: the process,
+    /// `thread-self`: this thread); 0 where there is no such file.
+    fn cpu_seconds(which: &str) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{which}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .collect();
+        // After the command: state is field 3, utime 14 and stime 15 (1-based), in 1/100 s.
+        let ticks = |i: usize| {
+            fields
+                .get(i - 3)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (ticks(14) + ticks(15)) / 100.0
+    }
+
     /// The throughput benchmark: the trivial server on its own thread (one core), the load
     /// generator on a single-threaded runtime on this one (the other core), closed loop then open
     /// loop. `cargo test --release -p modelfleet-server --bin modelfleet-loadgen -- --ignored
@@ -268,6 +314,9 @@ mod tests {
         });
         for flags in runs.split(';') {
             let extra: Vec<&str> = flags.split_whitespace().collect();
+            let (cpu_before, total_before) = (cpu_seconds("thread-self"), cpu_seconds("self"));
+            let wall = Instant::now();
+            let accepted = testserver::ACCEPTED.load(std::sync::atomic::Ordering::Relaxed);
             let report = runtime.block_on(async {
                 let mut argv = extra.clone();
                 for (flag, default) in [("--warmup", "500ms"), ("--duration", "3s")] {
@@ -277,7 +326,19 @@ mod tests {
                 }
                 run_with(&url, &argv).await
             });
-            println!("{}\n{}\n", extra.join(" "), report.text());
+            // Cores busy over the whole run, warm-up included.
+            let wall = wall.elapsed().as_secs_f64();
+            let busy = |after: f64, before: f64| (after - before) / wall;
+            let loadgen = busy(cpu_seconds("thread-self"), cpu_before);
+            let server = busy(cpu_seconds("self"), total_before) - loadgen;
+            println!(
+                "{}\n{}\ncpu         loadgen {:.2} cores, server {:.2} cores; {} connections\n",
+                extra.join(" "),
+                report.text(),
+                loadgen,
+                server,
+                testserver::ACCEPTED.load(std::sync::atomic::Ordering::Relaxed) - accepted,
+            );
         }
     }
 }

@@ -19,8 +19,11 @@ pub struct Tally {
     pub sent: u64,
     /// HTTP answers by status.
     pub by_status: BTreeMap<u16, u64>,
+    /// Requests for which no connection could be made.
     pub connect_errors: u64,
+    /// Requests without a complete answer within `--timeout`.
     pub timeouts: u64,
+    /// Requests that failed otherwise (connection broken, malformed answer).
     pub other_errors: u64,
     /// Open loop: arrivals not sent because `--max-in-flight` requests were outstanding.
     pub dropped_by_client: u64,
@@ -83,18 +86,26 @@ pub fn percentile(sorted: &[u32], q: f64) -> u32 {
 /// Latency of successful requests in milliseconds.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct Latency {
+    /// Median.
     pub p50: f64,
+    /// 95th percentile.
     pub p95: f64,
+    /// 99th percentile.
     pub p99: f64,
+    /// Slowest.
     pub max: f64,
+    /// Arithmetic mean.
     pub mean: f64,
 }
 
 /// Requests that got no HTTP answer, by kind.
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorKinds {
+    /// No connection could be made.
     pub connect: u64,
+    /// No complete answer within `--timeout`.
     pub timeout: u64,
+    /// The connection broke or the answer was malformed.
     pub other: u64,
 }
 
@@ -107,20 +118,27 @@ pub struct Report {
     pub target: f64,
     /// The measured window in seconds: from the end of the warm-up to the last HTTP answer.
     pub duration_s: f64,
+    /// Requests sent in the window, answered or failed.
     pub sent: u64,
     /// 2xx answers.
     pub completed: u64,
+    /// `completed / duration_s`.
     pub throughput_rps: f64,
+    /// `completed * inputs per request / duration_s`.
     pub inputs_per_s: f64,
     /// `None` (JSON null) without a successful request.
     pub latency_ms: Option<Latency>,
     /// HTTP answers by status, keyed by the status as a string.
     pub status_counts: BTreeMap<String, u64>,
+    /// Requests that got no HTTP answer.
     pub errors: ErrorKinds,
+    /// Open loop: arrivals not sent because `--max-in-flight` requests were outstanding.
     pub dropped_by_client: u64,
     /// Open loop: the largest delay of a send behind its scheduled time in ms; more than a few
     /// ms means the generator could not keep up with the rate. 0 in the closed loop.
     pub max_send_lag_ms: f64,
+    /// TCP connections opened (warm-up included).
+    pub connections: u64,
     /// Ctrl-C ended the run early.
     pub interrupted: bool,
 }
@@ -128,11 +146,17 @@ pub struct Report {
 /// What a report describes besides the tally.
 #[derive(Debug, Clone, Copy)]
 pub struct RunInfo {
+    /// `closed` or `open`.
     pub mode: &'static str,
+    /// The concurrency or the offered rate.
     pub target: f64,
+    /// Inputs in each request, for `inputs_per_s`.
     pub inputs_per_request: usize,
     /// The measured window.
     pub window: Duration,
+    /// TCP connections opened.
+    pub connections: u64,
+    /// Ctrl-C ended the run early.
     pub interrupted: bool,
 }
 
@@ -168,6 +192,7 @@ impl Report {
             },
             dropped_by_client: t.dropped_by_client,
             max_send_lag_ms: t.max_send_lag.as_secs_f64() * 1000.0,
+            connections: info.connections,
             interrupted: info.interrupted,
         }
     }
@@ -205,7 +230,8 @@ impl Report {
              sent {}  completed {}  throughput {:.1} req/s  {:.1} inputs/s\n\
              {latency}\n\
              status      {statuses}\n\
-             errors      connect {}  timeout {}  other {}  dropped by client {}{}",
+             errors      connect {}  timeout {}  other {}  dropped by client {}\n\
+             connections {} opened{}",
             self.mode,
             self.duration_s,
             if self.interrupted { " (interrupted)" } else { "" },
@@ -217,6 +243,7 @@ impl Report {
             self.errors.timeout,
             self.errors.other,
             self.dropped_by_client,
+            self.connections,
             if self.mode == "open" {
                 format!("\nsend lag    max {:.3} ms behind schedule", self.max_send_lag_ms)
             } else {
@@ -265,6 +292,7 @@ mod tests {
             target: 2.0,
             inputs_per_request: 2,
             window: Duration::from_secs(1),
+            connections: 2,
             interrupted: false,
         };
         let r = Report::new(info, a);
@@ -299,6 +327,7 @@ mod tests {
             target: 50.0,
             inputs_per_request: 1,
             window: Duration::from_secs(2),
+            connections: 0,
             interrupted: true,
         };
         let r = Report::new(info, t);

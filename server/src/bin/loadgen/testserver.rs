@@ -20,15 +20,24 @@ const OK: &str = "{\"data\":[{\"embedding\":[0.25,-0.5,0.125],\"index\":0,\"obje
 const BUSY: &str = "{\"error\":{\"message\":\"the queue is full\",\"type\":\"rate_limit_exceeded\",\
 \"param\":null,\"code\":\"queue_full\"}}";
 
+/// Connections accepted by every server of this process (for the benchmark).
+pub static ACCEPTED: AtomicU64 = AtomicU64::new(0);
+
 /// Binds 127.0.0.1:0 and serves on the current runtime; every `nth` answer (counted over all
 /// connections) is a 429 with `Retry-After`, none if `nth` is 0.
 pub async fn spawn(nth: u64) -> SocketAddr {
+    spawn_with(nth, false).await
+}
+
+/// Like [`spawn`]; with `close`, each connection serves one request (`connection: close`).
+pub async fn spawn_with(nth: u64, close: bool) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("local address");
     let count = Arc::new(AtomicU64::new(0));
     tokio::spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {
-            tokio::spawn(connection(socket, count.clone(), nth));
+            ACCEPTED.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(connection(socket, count.clone(), nth, close));
         }
     });
     addr
@@ -53,13 +62,18 @@ pub fn spawn_on_own_thread(nth: u64) -> SocketAddr {
 
 /// Serves one connection: parses requests (head plus `content-length` body), answers each,
 /// writing the answers to all requests read at once in one write.
-async fn connection(mut socket: TcpStream, count: Arc<AtomicU64>, nth: u64) {
+async fn connection(mut socket: TcpStream, count: Arc<AtomicU64>, nth: u64, close: bool) {
     let _ = socket.set_nodelay(true);
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut output = Vec::with_capacity(4 * 1024);
+    let extra = if close { "connection: close\r\n" } else { "" };
     let (ok, busy) = (
-        response("200 OK", "", OK),
-        response("429 Too Many Requests", "retry-after: 1\r\n", BUSY),
+        response("200 OK", extra, OK),
+        response(
+            "429 Too Many Requests",
+            &format!("{extra}retry-after: 1\r\n"),
+            BUSY,
+        ),
     );
     loop {
         while let Some(len) = request_len(&input) {
@@ -76,6 +90,9 @@ async fn connection(mut socket: TcpStream, count: Arc<AtomicU64>, nth: u64) {
                 return;
             }
             output.clear();
+            if close {
+                return;
+            }
         }
         match socket.read_buf(&mut input).await {
             Ok(0) | Err(_) => return,

@@ -14,8 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use clap::Parser;
-use common::TestHub;
+use common::{TestHub, start_synthetic_server};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::PostParams};
 use modelfleet_e2e::{
@@ -23,12 +22,6 @@ use modelfleet_e2e::{
     startup_bench::{cpu_seconds, proc_status_mib},
 };
 use serde_json::json;
-
-#[derive(Parser)]
-struct ServerArgs {
-    #[command(flatten)]
-    config: modelfleet_server::ServerConfig,
-}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -59,17 +52,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     eprintln!("bench: {pod_count} servers and pods on {node}");
     let mut servers = Vec::new();
     for i in 0..pod_count {
-        let a = ServerArgs::parse_from([
-            "server",
-            "--backend=synthetic",
-            "--listen-address=127.0.0.1",
-            "--http-port=0",
-            "--grpc-port=0",
-            "--metrics-port=0",
-            "--tier=high:1s:1",
-            "--tier=low::0.5",
-        ]);
-        let server = modelfleet_server::start(a.config, std::future::pending()).await?;
+        let server = start_synthetic_server(&["--tier=high:1s:1", "--tier=low::0.5"]).await;
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": format!("server-{i}"), "namespace": "default",
                 "labels": BTreeMap::from([("modelfleet.dev/deployment", format!("d{}", i % 4)), ("modelfleet.dev/revision", "r1".to_owned())]),

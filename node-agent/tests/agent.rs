@@ -7,7 +7,6 @@ mod common;
 
 use std::{collections::BTreeMap, time::Duration};
 
-use clap::Parser;
 use common::*;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client, api::PostParams};
@@ -16,31 +15,11 @@ use modelfleet_e2e::{
     testing::{TestNamespace, shared_cluster},
 };
 use modelfleet_node_agent::run;
-use modelfleet_server::ServerConfig;
 use serde_json::json;
 
-#[derive(Parser)]
-struct ServerArgs {
-    #[command(flatten)]
-    config: ServerConfig,
-}
-
-/// An in-process modelfleet-server with the synthetic backend, one input per 40 ms batch so a
-/// modest load builds a queue.
+/// One input per 40 ms batch, so a modest load builds a queue.
 async fn start_server() -> modelfleet_server::Listening {
-    let args = ServerArgs::parse_from([
-        "server",
-        "--backend=synthetic",
-        "--listen-address=127.0.0.1",
-        "--http-port=0",
-        "--grpc-port=0",
-        "--metrics-port=0",
-        "--max-batch-size=1",
-        "--synthetic-batch-cost=40ms",
-    ]);
-    modelfleet_server::start(args.config, std::future::pending())
-        .await
-        .expect("the server starts")
+    start_synthetic_server(&["--max-batch-size=1", "--synthetic-batch-cost=40ms"]).await
 }
 
 async fn gpu_node(client: &Client, prefix: &str) -> String {

@@ -29,7 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let files = resolve_model(&format!("file://{dir}"), std::path::Path::new("/tmp"))?;
     let backend = CandleBackend::load(&files, device)?;
-    let encoder = TextEncoder::from_file(&files.tokenizer, backend.info().max_input_tokens)?;
+    let encoder = TextEncoder::from_file(&files.tokenizer)?;
     let inputs: Vec<Vec<u32>> = SENTENCES
         .lines()
         .filter(|l| !l.trim().is_empty())

@@ -181,6 +181,14 @@ pub struct InputLimits {
     pub max_request_bytes: usize,
 }
 
+impl InputLimits {
+    /// The input limit in force: `--max-input-tokens`, never above the model's `model_max`.
+    pub fn token_limit(&self, model_max: usize) -> usize {
+        self.max_input_tokens
+            .map_or(model_max, |m| (m as usize).min(model_max))
+    }
+}
+
 impl Default for InputLimits {
     fn default() -> Self {
         Self {

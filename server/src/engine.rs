@@ -115,11 +115,7 @@ pub struct EngineParts {
 impl Engine {
     /// Assembles the engine; the input limit is the flag's, never above the model's.
     pub fn new(p: EngineParts) -> Self {
-        let model_max = p.encoder.model_max_tokens().min(p.info.max_input_tokens);
-        let max_input_tokens = p
-            .limits
-            .max_input_tokens
-            .map_or(model_max, |m| (m as usize).min(model_max));
+        let max_input_tokens = p.limits.token_limit(p.info.max_input_tokens);
         Self {
             model_name: p.model_name,
             model_version: p.model_version,
@@ -144,7 +140,7 @@ impl Engine {
         let started = Instant::now();
         let api = request.api;
         let tier = self.batcher.tier_index(request.tier);
-        let tier_name = self.tier_label(request.tier);
+        let tier_name = self.tier_label(tier.as_ref().ok().copied());
         let result = match tier {
             Ok(tier) => self.embed_in_tier(request, tier, started).await,
             Err(e) => Err(e),
@@ -160,14 +156,14 @@ impl Engine {
     /// Counts a request refused before it reached [`Engine::embed`] (unparseable body) and
     /// returns its error.
     pub fn reject_early(&self, api: &'static str, tier: Option<&str>, error: InferError) -> InferError {
-        let tier_name = self.tier_label(tier);
+        let tier_name = self.tier_label(self.batcher.tier_index(tier).ok());
         self.count(api, tier_name, error.status().as_u16(), Instant::now());
         error
     }
 
-    fn tier_label(&self, header: Option<&str>) -> String {
-        self.batcher
-            .tier_index(header)
+    /// The `tier` metric label: the tier's name, `none` for an unknown one.
+    fn tier_label(&self, index: Option<usize>) -> String {
+        index
             .map_or("none", |t| self.batcher.tiers()[t].name.as_str())
             .to_owned()
     }

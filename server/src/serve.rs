@@ -62,10 +62,7 @@ pub async fn start(
         .await
         .map_err(|e| StartError::Config(format!("model loader: {e}")))??;
     let info = backend.info().clone();
-    let max_tokens = config
-        .limits
-        .max_input_tokens
-        .map_or(info.max_input_tokens, |m| (m as usize).min(info.max_input_tokens));
+    let max_tokens = config.limits.token_limit(info.max_input_tokens);
     warm_up(backend.clone(), &config, max_tokens).await?;
 
     let metrics = Metrics::default();

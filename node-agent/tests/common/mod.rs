@@ -152,3 +152,27 @@ pub fn free_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("address")
 }
+
+#[derive(clap::Parser)]
+struct ServerArgs {
+    #[command(flatten)]
+    config: modelfleet_server::ServerConfig,
+}
+
+/// An in-process modelfleet-server with the synthetic backend on loopback and free ports, plus
+/// `extra` flags.
+pub async fn start_synthetic_server(extra: &[&str]) -> modelfleet_server::Listening {
+    use clap::Parser;
+    let mut argv = vec![
+        "server",
+        "--backend=synthetic",
+        "--listen-address=127.0.0.1",
+        "--http-port=0",
+        "--grpc-port=0",
+        "--metrics-port=0",
+    ];
+    argv.extend_from_slice(extra);
+    modelfleet_server::start(ServerArgs::parse_from(argv).config, std::future::pending())
+        .await
+        .expect("the server starts")
+}

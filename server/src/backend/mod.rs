@@ -64,13 +64,13 @@ pub fn load(config: &ServerConfig) -> Result<(Arc<dyn Backend>, TextEncoder), Ba
                 BackendError::Files("the candle backend needs --model-uri (file:// or hf://)".into())
             })?;
             let backend = CandleBackend::load(&files, config.device)?;
-            let encoder = TextEncoder::from_file(&files.tokenizer, backend.info().max_input_tokens)?;
+            let encoder = TextEncoder::from_file(&files.tokenizer)?;
             Ok((Arc::new(backend), encoder))
         }
         BackendKind::Synthetic => {
             let encoder = match &files {
-                Some(f) => TextEncoder::from_file(&f.tokenizer, 512)?,
-                None => TextEncoder::approximate(512),
+                Some(f) => TextEncoder::from_file(&f.tokenizer)?,
+                None => TextEncoder::approximate(),
             };
             let s = &config.synthetic;
             let backend = SyntheticBackend::new(

@@ -18,7 +18,6 @@ pub struct Encoded {
 #[derive(Debug, Clone)]
 pub struct TextEncoder {
     tokenizer: Option<Box<Tokenizer>>,
-    model_max_tokens: usize,
 }
 
 const CLS: u32 = 101;
@@ -27,7 +26,7 @@ const SEP: u32 = 102;
 impl TextEncoder {
     /// The model's own tokenizer (`tokenizer.json`), without its padding or truncation settings:
     /// the batcher pads, and the server decides about over-long inputs.
-    pub fn from_file(path: &Path, model_max_tokens: usize) -> Result<Self, BackendError> {
+    pub fn from_file(path: &Path) -> Result<Self, BackendError> {
         let mut tokenizer = Tokenizer::from_file(path)
             .map_err(|e| BackendError::Tokenizer(format!("{}: {e}", path.display())))?;
         tokenizer.with_padding(None);
@@ -36,22 +35,13 @@ impl TextEncoder {
             .map_err(|e| BackendError::Tokenizer(e.to_string()))?;
         Ok(Self {
             tokenizer: Some(Box::new(tokenizer)),
-            model_max_tokens,
         })
     }
 
     /// Without a model (synthetic backend): one token per word or punctuation mark, plus [CLS]
     /// and [SEP]; ids are hashes, stable across runs.
-    pub fn approximate(model_max_tokens: usize) -> Self {
-        Self {
-            tokenizer: None,
-            model_max_tokens,
-        }
-    }
-
-    /// Longest input the model accepts.
-    pub fn model_max_tokens(&self) -> usize {
-        self.model_max_tokens
+    pub fn approximate() -> Self {
+        Self { tokenizer: None }
     }
 
     /// Token ids of `text`, special tokens included, never truncated.
@@ -96,7 +86,7 @@ mod tests {
 
     #[test]
     fn approximate_tokens_are_stable_and_framed() {
-        let e = TextEncoder::approximate(512);
+        let e = TextEncoder::approximate();
         let a = e.encode("Hello, world!").unwrap();
         assert_eq!(a.ids.len(), 4);
         assert_eq!((a.ids[0], a.ids[3]), (CLS, SEP));

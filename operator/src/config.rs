@@ -35,6 +35,15 @@ pub struct OperatorConfig {
     /// Reconciles run at once.
     #[arg(long, env = "MODELFLEET_CONCURRENCY", default_value_t = 8)]
     pub concurrency: u16,
+    /// Address of the telemetry hub (gRPC) that node agents stream to.
+    #[arg(long, env = "MODELFLEET_TELEMETRY_ADDR", default_value = "0.0.0.0:9091")]
+    pub telemetry_addr: SocketAddr,
+    /// Audience node-agent tokens must carry (checked by TokenReview).
+    #[arg(long, env = "MODELFLEET_TELEMETRY_AUDIENCE", default_value = modelfleet_crds::constants::TELEMETRY_TOKEN_AUDIENCE)]
+    pub telemetry_audience: String,
+    /// Tick of the autoscaler's decision loop.
+    #[arg(long, env = "MODELFLEET_AUTOSCALE_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub autoscale_interval: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -55,6 +64,9 @@ impl Default for OperatorConfig {
             lease_retry: Duration::from_secs(2),
             resync: Duration::from_secs(300),
             concurrency: 8,
+            telemetry_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            telemetry_audience: modelfleet_crds::constants::TELEMETRY_TOKEN_AUDIENCE.into(),
+            autoscale_interval: Duration::from_secs(2),
         }
     }
 }

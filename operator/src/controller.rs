@@ -28,10 +28,12 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     Error, OperatorConfig,
+    autoscaler::{Decisions, control},
     http::HttpState,
     leader::{LeaderElector, LeaseConfig},
     metrics::Metrics,
     reconcile::{self, fetch::Stores},
+    telemetry::{Authenticator, Hub, TelemetryStore},
 };
 
 /// What every reconcile shares.
@@ -46,6 +48,8 @@ pub struct Context {
     pub config: OperatorConfig,
     /// Watch caches of the children.
     pub stores: Stores,
+    /// The autoscaler's latest outcomes (the replica source with `spec.scaling`).
+    pub decisions: Decisions,
 }
 
 impl std::fmt::Debug for Context {
@@ -86,6 +90,7 @@ struct Base {
     recorder: Recorder,
     metrics: Metrics,
     config: OperatorConfig,
+    telemetry: TelemetryStore,
 }
 
 /// Runs the controller until `shutdown` completes.
@@ -121,12 +126,42 @@ async fn run_controller(base: Base, shutdown: impl Future<Output = ()> + Send + 
             Default::default(),
         );
 
+    let decisions = Decisions::default();
+    let (trigger, triggered) = tokio::sync::mpsc::channel(1024);
+    let autoscaler = control::LoopContext {
+        model_deployments: md_reader.clone(),
+        stores: stores.clone(),
+        telemetry: base.telemetry,
+        decisions: decisions.clone(),
+        trigger,
+        metrics: base.metrics.clone(),
+        interval: base.config.autoscale_interval,
+    };
     let ctx = Arc::new(Context {
         client: base.client,
         recorder: base.recorder,
         metrics: base.metrics,
         config: base.config,
         stores,
+        decisions,
+    });
+    // The loop starts once the caches are warm, and stops with the controller.
+    let (loop_stop_tx, loop_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let loop_stores = ctx.stores.clone();
+    let loop_models = md_reader.clone();
+    let autoscaler_loop = tokio::spawn(async move {
+        let stop = async move {
+            let _ = loop_stop_rx.await;
+        };
+        tokio::pin!(stop);
+        tokio::select! {
+            ready = async { (loop_stores.ready().await, loop_models.wait_until_ready().await) } => {
+                if let (Ok(()), Ok(())) = ready {
+                    control::run(autoscaler, stop).await;
+                }
+            }
+            () = &mut stop => {}
+        }
     });
     Controller::for_stream(md_events, md_reader)
         .owns_stream(deployment_events)
@@ -139,6 +174,8 @@ async fn run_controller(base: Base, shutdown: impl Future<Output = ()> + Send + 
             let name = pod.labels().get(labels::DEPLOYMENT)?.clone();
             Some(ObjectRef::<ModelDeployment>::new(&name).within(&pod.namespace()?))
         })
+        // The autoscaler asks for a reconcile when its outcome changed.
+        .reconcile_on(tokio_stream::wrappers::ReceiverStream::new(triggered))
         .with_config(ControllerConfig::default().concurrency(ctx.config.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, error_policy, ctx)
@@ -148,6 +185,8 @@ async fn run_controller(base: Base, shutdown: impl Future<Output = ()> + Send + 
             }
         })
         .await;
+    let _ = loop_stop_tx.send(());
+    let _ = autoscaler_loop.await;
 }
 
 /// Runs the operator: leader election, then the controller while leading. Returns when `stop`
@@ -173,11 +212,27 @@ pub async fn run(
         controller: "modelfleet-operator".into(),
         instance: Some(identity),
     };
+    // Every replica serves the telemetry hub; only the leader accepts streams.
+    let telemetry = TelemetryStore::default();
+    let (leading_tx, leading_rx) = tokio::sync::watch::channel(false);
+    let hub = Hub::new(
+        telemetry.clone(),
+        Authenticator::token_review(client.clone(), config.telemetry_audience.clone()),
+        leading_rx,
+        http.metrics.clone(),
+    );
+    let (telemetry_addr, hub_server) = hub
+        .serve(config.telemetry_addr)
+        .await
+        .map_err(|e| Error::Listen(config.telemetry_addr, e))?;
+    tracing::info!(addr = %telemetry_addr, "serving the telemetry hub (gRPC)");
+    let _hub = AbortOnDrop(tokio::spawn(hub_server));
     let base = Base {
         recorder: Recorder::new(client.clone(), reporter),
         client,
         metrics: http.metrics.clone(),
         config,
+        telemetry,
     };
     http.ready.store(true, Ordering::Relaxed);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -192,6 +247,7 @@ pub async fn run(
             _ = stopped.wait_for(|s| *s) => return Ok(()),
         }
         base.metrics.leader.set(1);
+        let _ = leading_tx.send(true);
         let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
         let mut stopped = stop_rx.clone();
         let controller = tokio::spawn(run_controller(base.clone(), async move {
@@ -205,6 +261,7 @@ pub async fn run(
             r = elector.hold() => r.map(|()| false),
             _ = stopped.wait_for(|s| *s) => Ok(true),
         };
+        let _ = leading_tx.send(false);
         let _ = lost_tx.send(());
         let _ = controller.await;
         base.metrics.leader.set(0);
@@ -216,6 +273,15 @@ pub async fn run(
             Ok(false) => tracing::warn!("lost the leader lease; waiting to reacquire it"),
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Stops a background task when the scope that started it ends, on every return path.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -35,6 +35,9 @@ pub enum Error {
     /// Leader election failed.
     #[error("leader election: {0}")]
     Lease(#[source] kube::Error),
+    /// A listening socket could not be opened.
+    #[error("cannot listen on {0}: {1}")]
+    Listen(std::net::SocketAddr, #[source] std::io::Error),
 }
 
 impl Error {
@@ -47,6 +50,7 @@ impl Error {
             Error::Status(_) => "status",
             Error::Lease(_) => "lease",
             Error::CacheClosed => "cache_closed",
+            Error::Listen(..) => "listen",
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;
+pub mod telemetry;
 
 pub use config::OperatorConfig;
 pub use error::{Error, Result};

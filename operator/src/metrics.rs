@@ -32,6 +32,19 @@ pub struct Metrics {
     duration: Histogram,
     /// 1 while this replica holds the leader Lease.
     pub leader: Gauge,
+    /// Node reports received by the telemetry hub.
+    pub telemetry_reports: Counter,
+    /// Open telemetry streams.
+    pub telemetry_streams: Gauge,
+    telemetry_rejected: Family<CategoryLabel, Counter>,
+    autoscaler_decisions: Family<ReasonLabel, Counter>,
+    /// Duration of one autoscaler tick over every ModelDeployment.
+    pub autoscaler_tick: Histogram,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
 }
 
 impl Default for Metrics {
@@ -44,6 +57,13 @@ impl Default for Metrics {
             0.001, 2.0, 13,
         ));
         let leader = Gauge::default();
+        let telemetry_reports = Counter::default();
+        let telemetry_streams = Gauge::default();
+        let telemetry_rejected = Family::<CategoryLabel, Counter>::default();
+        let autoscaler_decisions = Family::<ReasonLabel, Counter>::default();
+        let autoscaler_tick = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+            0.0001, 2.0, 14,
+        ));
         registry.register(
             "reconciles",
             "Reconciles by result (ok, error)",
@@ -65,12 +85,43 @@ impl Default for Metrics {
             "1 while this replica holds the leader Lease",
             leader.clone(),
         );
+        registry.register(
+            "telemetry_reports",
+            "Node reports received by the telemetry hub",
+            telemetry_reports.clone(),
+        );
+        registry.register(
+            "telemetry_streams",
+            "Open telemetry streams from node agents",
+            telemetry_streams.clone(),
+        );
+        registry.register(
+            "telemetry_rejected_streams",
+            "Telemetry streams refused, by category (missing, rejected, review_failed)",
+            telemetry_rejected.clone(),
+        );
+        registry.register(
+            "autoscaler_decisions",
+            "Autoscaler decisions that changed a replica count, by reason",
+            autoscaler_decisions.clone(),
+        );
+        registry.register_with_unit(
+            "autoscaler_tick_duration",
+            "Time of one autoscaler tick over every ModelDeployment",
+            Unit::Seconds,
+            autoscaler_tick.clone(),
+        );
         Self {
             registry: Arc::new(Mutex::new(registry)),
             reconciles,
             errors,
             duration,
             leader,
+            telemetry_reports,
+            telemetry_streams,
+            telemetry_rejected,
+            autoscaler_decisions,
+            autoscaler_tick,
         }
     }
 }
@@ -88,6 +139,20 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// Counts a refused telemetry stream.
+    pub fn telemetry_rejected(&self, category: &'static str) {
+        self.telemetry_rejected
+            .get_or_create(&CategoryLabel { category })
+            .inc();
+    }
+
+    /// Counts a scaling decision that changed the replica count.
+    pub fn autoscaler_decision(&self, reason: &'static str) {
+        self.autoscaler_decisions
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// The Prometheus text exposition.

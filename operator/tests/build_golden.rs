@@ -8,7 +8,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use modelfleet_crds::{ModelDeployment, manifest::model_deployments_from_yaml, revision::revision_hash};
 use modelfleet_operator::reconcile::{
     build::{DesiredObjects, build},
-    plan::plan,
+    plan::{desired_replicas, plan},
 };
 
 const IMAGE: &str = "ghcr.io/modelfleet/server:test";
@@ -29,7 +29,7 @@ fn example(file: &str) -> ModelDeployment {
 
 fn desired(md: &ModelDeployment) -> DesiredObjects {
     let current = revision_hash(&md.spec, IMAGE);
-    build(md, &plan(&md.spec, &current, None, &[]), IMAGE)
+    build(md, &plan(desired_replicas(md, None), &current, None, &[]), IMAGE)
 }
 
 fn server(d: &Deployment) -> k8s_openapi::api::core::v1::Container {

@@ -70,9 +70,21 @@ async fn examples_without_rollout_steps_become_available_with_their_children() {
             "{file}"
         );
         if file == "gpu-autoscaled.yaml" {
-            let (s, reason, message) = condition(&md, "ScalingLimited").expect("scaling is reported");
-            assert_eq!((s.as_str(), reason.as_str()), ("True", "AutoscalerNotActive"));
-            assert!(message.contains("minReplicas=1"), "{message}");
+            // No node agents run here: the autoscaler holds minReplicas and says why.
+            let md = wait_condition(
+                &client,
+                ns.name(),
+                &name,
+                "MetricsAvailable",
+                "False",
+                Some("NoTelemetry"),
+                MINUTE,
+            )
+            .await;
+            let (_, _, message) = condition(&md, "MetricsAvailable").expect("reported");
+            assert!(message.contains("holding 1 replicas"), "{message}");
+            let autoscaling = md.status.as_ref().and_then(|s| s.autoscaling.clone());
+            assert_eq!(autoscaling.map(|a| a.desired_replicas), Some(1));
         }
 
         assert_eq!(

@@ -79,6 +79,9 @@ pub struct Observation {
     pub current: u32,
     /// None when telemetry is missing or stale.
     pub signals: Option<Signals>,
+    /// False when some ready replicas have no fresh telemetry: the signals are extrapolated
+    /// from the others, good enough to scale up on, never to scale down on.
+    pub complete: bool,
     /// Replicas added earlier are Pending for lack of `nvidia.com/gpu`.
     pub capacity_exhausted: bool,
 }
@@ -98,10 +101,29 @@ pub enum Reason {
     Stabilizing,
     /// Telemetry is missing or stale: hold.
     MetricsUnavailable,
+    /// Some ready replicas have no fresh telemetry: no scale-down.
+    PartialMetrics,
     /// More replicas are wanted but the cluster has no GPUs for them.
     InsufficientGpu,
     /// Clamped to minReplicas or maxReplicas.
     Bounded,
+}
+
+impl Reason {
+    /// Stable label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Steady => "steady",
+            Reason::ScaleUp => "scale_up",
+            Reason::Panic => "panic",
+            Reason::ScaleDown => "scale_down",
+            Reason::Stabilizing => "stabilizing",
+            Reason::MetricsUnavailable => "metrics_unavailable",
+            Reason::PartialMetrics => "partial_metrics",
+            Reason::InsufficientGpu => "insufficient_gpu",
+            Reason::Bounded => "bounded",
+        }
+    }
 }
 
 /// One decision.
@@ -145,9 +167,9 @@ impl Autoscaler {
         {
             self.samples.pop_front();
         }
-        let stable = self.desired_over(p, now, p.stable_window);
-        let panic = self.desired_over(p, now, p.panic_window);
         let current = obs.current;
+        let stable = self.desired_over(p, now, p.stable_window, current);
+        let panic = self.desired_over(p, now, p.panic_window, current);
         if f64::from(panic) >= p.panic_threshold * f64::from(current.max(1)) && panic > current {
             self.last_panic_trigger = Some(now);
         }
@@ -197,6 +219,10 @@ impl Autoscaler {
         if bounded != want {
             (want, reason) = (bounded, Reason::Bounded);
         }
+        // Never shrink on a partial view of the fleet.
+        if !obs.complete && want < current {
+            (want, reason) = (current, Reason::PartialMetrics);
+        }
         // No GPUs for replicas already asked for: do not ask for more, and say so.
         if obs.capacity_exhausted && want >= current {
             (want, reason) = (current, Reason::InsufficientGpu);
@@ -218,8 +244,9 @@ impl Autoscaler {
             .is_some_and(|t| now.duration_since(t) < p.stable_window)
     }
 
-    /// The largest per-target demand over the samples of the last `window`.
-    fn desired_over(&self, p: &Params, now: Instant, window: Duration) -> u32 {
+    /// The largest per-target demand over the samples of the last `window`; within the
+    /// tolerance band of a target, that target asks for `current`.
+    fn desired_over(&self, p: &Params, now: Instant, window: Duration, current: u32) -> u32 {
         let recent: Vec<&(Instant, Signals, u32)> = self
             .samples
             .iter()
@@ -249,7 +276,7 @@ impl Autoscaler {
             .filter_map(|(target, observed)| target.filter(|t| *t > 0.0).map(|t| observed / t))
             .map(|ratio| {
                 if (ratio - 1.0).abs() <= TOLERANCE {
-                    ready.round() as u32
+                    current
                 } else {
                     (ready * ratio).ceil() as u32
                 }
@@ -303,6 +330,7 @@ mod tests {
                     ..Default::default()
                 }),
                 capacity_exhausted: current > room,
+                complete: true,
             };
             let d = a.decide(p, &obs);
             current = d.replicas;
@@ -434,6 +462,35 @@ mod tests {
                 .all(|(_, r, reason)| *r == first && *reason == Reason::InsufficientGpu),
             "{ticks:?}"
         );
+    }
+
+    #[test]
+    fn a_partial_view_scales_up_but_never_down() {
+        let p = params();
+        let t0 = Instant::now();
+        let mut a = Autoscaler::default();
+        let obs = |s: u64, q: f64, current: u32| Observation {
+            at: t0 + Duration::from_secs(s),
+            ready_replicas: current,
+            current,
+            signals: Some(Signals {
+                queue_depth: q,
+                ..Default::default()
+            }),
+            capacity_exhausted: false,
+            complete: false,
+        };
+        let up = a.decide(&p, &obs(0, 80.0, 4));
+        assert!(up.replicas > 4, "{up:?}");
+        let mut current = up.replicas;
+        for s in (2..900).step_by(2) {
+            let d = a.decide(&p, &obs(s, 0.0, current));
+            assert!(
+                d.replicas >= current,
+                "scaled down at {s} s on partial data: {d:?}"
+            );
+            current = d.replicas;
+        }
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! The built-in autoscaler (issue #6). So far: the decision algorithm, a pure function of
-//! observations and an injected clock. The telemetry hub and the decision loop that feed it and
-//! write the child Deployments come next.
+//! The built-in autoscaler: the decision [`algorithm`] (pure, injected clock) and the decision
+//! loop ([`control`]) that feeds it telemetry and publishes its outcomes for the reconcile,
+//! which writes them (one writer for replicas).
 
 pub mod algorithm;
+pub mod control;
 
 pub use algorithm::{Autoscaler, Decision, Observation, Params, Reason, Signals};
+pub use control::{Decisions, LoopContext, Outcome, resume_replicas};

@@ -12,6 +12,30 @@ pub struct Problem {
     pub message: String,
 }
 
+/// The scheduler's message of a pod it could not place.
+fn unschedulable_message(pod: &Pod) -> Option<&str> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| {
+            c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
+        })?
+        .message
+        .as_deref()
+}
+
+/// Pods (of any revision, not being deleted) that the scheduler cannot place for lack of
+/// `nvidia.com/gpu`: the autoscaler's sign that the cluster is out of GPUs.
+pub fn pods_short_of_gpu(pods: &[Pod]) -> usize {
+    pods.iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(unschedulable_message)
+        .filter(|m| m.contains(GPU_RESOURCE))
+        .count()
+}
+
 /// The most important problem among the pods of `revision`, if any.
 pub fn diagnose(pods: &[Pod], revision: &str, gpus_per_pod: i64) -> Option<Problem> {
     let pods: Vec<&Pod> = pods
@@ -28,14 +52,8 @@ pub fn diagnose(pods: &[Pod], revision: &str, gpus_per_pod: i64) -> Option<Probl
         .collect();
     let unschedulable: Vec<String> = pods
         .iter()
-        .filter_map(|p| {
-            p.status.as_ref()?.conditions.as_ref()?.iter().find(|c| {
-                c.type_ == "PodScheduled"
-                    && c.status == "False"
-                    && c.reason.as_deref() == Some("Unschedulable")
-            })
-        })
-        .filter_map(|c| c.message.clone())
+        .filter_map(|p| unschedulable_message(p))
+        .map(str::to_owned)
         .collect();
     let short_of_gpus = unschedulable.iter().filter(|m| m.contains(GPU_RESOURCE)).count();
     if short_of_gpus > 0 {

@@ -56,19 +56,22 @@ async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
         .as_ref()
         .and_then(|s| s.stable.as_ref())
         .map(|s| s.revision.as_str());
-    let plan = plan::plan(&md.spec, &current, recorded_stable, &observed.revisions);
+    let decided = ctx.decisions.get(&namespace, &name);
+    let desired_total = plan::desired_replicas(md, decided.as_ref().map(|o| o.replicas));
+    let plan = plan::plan(desired_total, &current, recorded_stable, &observed.revisions);
     let desired = build::build(md, &plan, &ctx.config.default_image);
 
     apply::apply(&client, &namespace, &desired, &observed).await?;
     apply::retire(&client, &namespace, &name, &plan.retire).await?;
     let events = plan::events(&observed.revisions, &plan);
     for event in events {
-        status::publish(&ctx.recorder, md, event).await;
+        let why = decided.as_ref().and_then(|o| o.last_reason());
+        status::publish(&ctx.recorder, md, event, why).await;
     }
 
     // Status describes what the caches show; the writes above come back as watch events and
     // trigger the next reconcile, which reports them.
-    let report = status::compute(md, &plan, &observed);
+    let report = status::compute(md, &plan, &observed, decided.as_ref());
     if md.status.as_ref() != Some(&report.status) {
         status::patch(&client, md, &report.status).await?;
     }

@@ -1,14 +1,16 @@
 //! Which revisions run, with how many replicas: a pure function of the spec, the current
 //! revision and what is observed.
 //!
-//! Replica source: [`desired_replicas`] (`spec.replicas`, or `spec.scaling.minReplicas` until the
-//! autoscaler owns it). Rollout hook: [`plan`] implements the step-less rollout (the new revision
+//! Replica source: [`desired_replicas`] (`spec.replicas`, or with `spec.scaling` the built-in
+//! autoscaler's decision). Rollout hook: [`plan`] implements the step-less rollout (the new revision
 //! scales up; only when all its replicas are ready is the old one retired). The rollout engine
 //! replaces the middle of [`plan`] with its steps.
 
 use std::collections::BTreeMap;
 
-use modelfleet_crds::ModelDeploymentSpec;
+use modelfleet_crds::ModelDeployment;
+
+use crate::autoscaler::resume_replicas;
 
 use crate::reconcile::fetch::ObservedRevision;
 
@@ -29,23 +31,24 @@ pub struct RevisionPlan {
     pub desired: i32,
 }
 
-/// The replica source: `spec.replicas` without `spec.scaling`; with it, `minReplicas` until the
-/// built-in autoscaler writes replicas.
-pub fn desired_replicas(spec: &ModelDeploymentSpec) -> i32 {
-    match &spec.scaling {
-        Some(scaling) => scaling.min_replicas,
-        None => spec.replicas,
+/// The replica source: `spec.replicas` without `spec.scaling`. With it, the autoscaler owns the
+/// count: its latest decision (`decided`), or before it has one (a new leader, a new object) the
+/// count recorded in `status.autoscaling`, else `minReplicas`.
+pub fn desired_replicas(md: &ModelDeployment, decided: Option<i32>) -> i32 {
+    match &md.spec.scaling {
+        Some(scaling) => decided.unwrap_or_else(|| resume_replicas(md, scaling)),
+        None => md.spec.replicas,
     }
 }
 
-/// Plans revisions. `recorded_stable` is the stable revision from the previous status.
+/// Plans revisions for `desired` replicas in all (from [`desired_replicas`]).
+/// `recorded_stable` is the stable revision from the previous status.
 pub fn plan(
-    spec: &ModelDeploymentSpec,
+    desired: i32,
     current: &str,
     recorded_stable: Option<&str>,
     observed: &[ObservedRevision],
 ) -> RevisionPlan {
-    let desired = desired_replicas(spec);
     let old_stable = recorded_stable
         .filter(|s| *s != current)
         .and_then(|s| observed.iter().find(|r| r.revision == s));
@@ -122,11 +125,11 @@ pub fn events(observed: &[ObservedRevision], plan: &RevisionPlan) -> Vec<PlanEve
 mod tests {
     use super::*;
 
-    fn spec(replicas: i32) -> ModelDeploymentSpec {
-        let mut s: ModelDeploymentSpec =
+    fn md(replicas: i32) -> ModelDeployment {
+        let mut s: modelfleet_crds::ModelDeploymentSpec =
             serde_yaml::from_str("model: {name: m, version: '1', uri: 'hf://o/m'}").expect("fixture");
         s.replicas = replicas;
-        s
+        ModelDeployment::new("m", s)
     }
 
     fn rev(name: &str, replicas: i32, ready: i32) -> ObservedRevision {
@@ -140,7 +143,7 @@ mod tests {
 
     #[test]
     fn first_revision_is_stable_at_once() {
-        let p = plan(&spec(2), "a", None, &[]);
+        let p = plan(2, "a", None, &[]);
         assert_eq!((p.stable.as_str(), p.candidate.as_deref()), ("a", None));
         assert_eq!(p.replicas, BTreeMap::from([("a".into(), 2)]));
         assert_eq!(
@@ -155,7 +158,7 @@ mod tests {
     #[test]
     fn old_revision_stays_until_the_new_one_is_fully_ready() {
         let observed = [rev("a", 2, 2), rev("b", 2, 1)];
-        let p = plan(&spec(2), "b", Some("a"), &observed);
+        let p = plan(2, "b", Some("a"), &observed);
         assert_eq!((p.stable.as_str(), p.candidate.as_deref()), ("a", Some("b")));
         assert_eq!(p.replicas, BTreeMap::from([("a".into(), 2), ("b".into(), 2)]));
         assert!(p.retire.is_empty());
@@ -164,7 +167,7 @@ mod tests {
     #[test]
     fn old_revision_is_retired_once_the_new_one_is_ready() {
         let observed = [rev("a", 2, 2), rev("b", 2, 2)];
-        let p = plan(&spec(2), "b", Some("a"), &observed);
+        let p = plan(2, "b", Some("a"), &observed);
         assert_eq!((p.stable.as_str(), p.candidate.as_deref()), ("b", None));
         assert_eq!(p.retire, vec!["a".to_string()]);
         assert!(events(&observed, &p).contains(&PlanEvent::RevisionReplaced {
@@ -176,28 +179,46 @@ mod tests {
     #[test]
     fn an_abandoned_candidate_is_retired_at_once() {
         let observed = [rev("a", 2, 2), rev("b", 2, 0)];
-        let p = plan(&spec(2), "c", Some("a"), &observed);
+        let p = plan(2, "c", Some("a"), &observed);
         assert_eq!((p.stable.as_str(), p.candidate.as_deref()), ("a", Some("c")));
         assert_eq!(p.retire, vec!["b".to_string()]);
     }
 
     #[test]
-    fn scaling_holds_min_replicas_until_the_autoscaler_lands() {
-        let mut s = spec(7);
-        s.scaling = Some(modelfleet_crds::v1alpha1::ScalingSpec::new(
+    fn with_scaling_the_autoscaler_decides_and_a_new_leader_resumes_from_status() {
+        let mut m = md(7);
+        m.spec.scaling = Some(modelfleet_crds::v1alpha1::ScalingSpec::new(
             3,
             9,
             Default::default(),
         ));
-        assert_eq!(desired_replicas(&s), 3);
-        let p = plan(&s, "a", None, &[rev("a", 1, 1)]);
+        assert_eq!(desired_replicas(&m, None), 3, "minReplicas before any decision");
+        assert_eq!(desired_replicas(&m, Some(6)), 6);
+        m.status = Some(modelfleet_crds::ModelDeploymentStatus {
+            autoscaling: Some(modelfleet_crds::v1alpha1::AutoscalingStatus {
+                desired_replicas: 5,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert_eq!(
+            desired_replicas(&m, None),
+            5,
+            "the recorded decision, not minReplicas"
+        );
+        let p = plan(desired_replicas(&m, Some(6)), "a", None, &[rev("a", 1, 1)]);
         assert_eq!(
             events(&[rev("a", 1, 1)], &p),
             vec![PlanEvent::Scaled {
                 revision: "a".into(),
                 from: 1,
-                to: 3
+                to: 6
             }]
         );
+    }
+
+    #[test]
+    fn without_scaling_spec_replicas_rule() {
+        assert_eq!(desired_replicas(&md(7), Some(2)), 7);
     }
 }

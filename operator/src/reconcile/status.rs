@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::{
     Error, Result,
+    autoscaler::Outcome,
     reconcile::{
         conditions::{self, Desired},
         diagnose,
@@ -51,8 +52,14 @@ fn inactive_fields(md: &ModelDeployment) -> Vec<&'static str> {
     fields
 }
 
-/// Computes the status from the plan and the children observed after apply.
-pub fn compute(md: &ModelDeployment, plan: &RevisionPlan, observed: &Observed) -> StatusReport {
+/// Computes the status from the plan, the children observed after apply and, with
+/// `spec.scaling`, the autoscaler's outcome.
+pub fn compute(
+    md: &ModelDeployment,
+    plan: &RevisionPlan,
+    observed: &Observed,
+    autoscaling: Option<&Outcome>,
+) -> StatusReport {
     let name = md.name_any();
     let ready = |rev: &str| observed.revision(rev).map_or(0, |r| r.ready_replicas);
     let running = |rev: &str| plan.replicas.get(rev).copied().unwrap_or(0);
@@ -111,11 +118,19 @@ pub fn compute(md: &ModelDeployment, plan: &RevisionPlan, observed: &Observed) -
         None => Desired::new(types::DEGRADED, false, "AsExpected", "no problem found"),
     };
     let mut desired = vec![available_cond, progressing, degraded];
-    if let Some(scaling) = &md.spec.scaling {
-        desired.push(Desired::new(types::SCALING_LIMITED, true, "AutoscalerNotActive", format!(
-            "spec.scaling is set but the built-in autoscaler is not active in this release: holding minReplicas={}",
-            scaling.min_replicas
-        )));
+    if md.spec.scaling.is_some() {
+        match autoscaling {
+            Some(o) => desired.extend([o.metrics_available.clone(), o.scaling_limited.clone()]),
+            None => desired.push(Desired::new(
+                types::METRICS_AVAILABLE,
+                false,
+                "AwaitingTelemetry",
+                format!(
+                    "the autoscaler has not evaluated this ModelDeployment yet; holding {} replicas",
+                    plan.desired
+                ),
+            )),
+        }
     }
     let inactive = inactive_fields(md);
     if !inactive.is_empty() {
@@ -187,7 +202,11 @@ pub fn compute(md: &ModelDeployment, plan: &RevisionPlan, observed: &Observed) -
         stable: Some(stable),
         candidate,
         analysis: None,
-        autoscaling: None,
+        autoscaling: md.spec.scaling.as_ref().and(
+            autoscaling
+                .map(|o| o.status.clone())
+                .or_else(|| md.status.as_ref().and_then(|s| s.autoscaling.clone())),
+        ),
         conditions,
     };
     StatusReport {
@@ -285,8 +304,14 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-/// Publishes one Event for a plan change. Event failures are logged, never fatal.
-pub async fn publish(recorder: &Recorder, md: &ModelDeployment, change: PlanEvent) {
+/// Publishes one Event for a plan change; `scale_reason` explains an autoscaler's change.
+/// Event failures are logged, never fatal.
+pub async fn publish(
+    recorder: &Recorder,
+    md: &ModelDeployment,
+    change: PlanEvent,
+    scale_reason: Option<&str>,
+) {
     let (reason, action, note) = match change {
         PlanEvent::RevisionCreated { revision, replicas } => (
             "RevisionCreated",
@@ -299,7 +324,10 @@ pub async fn publish(recorder: &Recorder, md: &ModelDeployment, change: PlanEven
         PlanEvent::Scaled { revision, from, to } => (
             "Scaled",
             "Scale",
-            format!("scaled revision {revision} from {from} to {to} replicas"),
+            match scale_reason {
+                Some(why) => format!("scaled revision {revision} from {from} to {to} replicas: {why}"),
+                None => format!("scaled revision {revision} from {from} to {to} replicas"),
+            },
         ),
         PlanEvent::RevisionReplaced { revision, retired } => (
             "RevisionReplaced",

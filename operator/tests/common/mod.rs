@@ -17,12 +17,20 @@ use modelfleet_e2e::{
 };
 use modelfleet_operator::{OperatorConfig, controller, http::HttpState};
 
-static OPERATOR: OnceLock<()> = OnceLock::new();
+static OPERATOR: OnceLock<std::net::SocketAddr> = OnceLock::new();
+
+/// The test operator's telemetry hub, for node agents (`http://127.0.0.1:PORT`).
+pub fn telemetry_url() -> String {
+    format!("http://{}", OPERATOR.get().expect("the test operator runs"))
+}
 
 /// Starts (once per test binary) an operator for `cluster` on its own thread and runtime.
 pub fn start_operator(cluster: &'static LocalCluster, lease: &str) {
     let lease = lease.to_string();
     OPERATOR.get_or_init(move || {
+        let telemetry_addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port");
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -36,6 +44,8 @@ pub fn start_operator(cluster: &'static LocalCluster, lease: &str) {
                     identity: Some("test-operator".into()),
                     lease_duration: Duration::from_secs(5),
                     lease_retry: Duration::from_secs(1),
+                    telemetry_addr,
+                    autoscale_interval: Duration::from_secs(1),
                     ..Default::default()
                 };
                 let result =
@@ -43,6 +53,7 @@ pub fn start_operator(cluster: &'static LocalCluster, lease: &str) {
                 panic!("the test operator stopped: {result:?}");
             });
         });
+        telemetry_addr
     });
 }
 

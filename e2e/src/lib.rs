@@ -9,6 +9,7 @@
 //! Network rule: every component listens on and is dialled at 127.0.0.1. Pod and Service IPs of
 //! the cluster are data only.
 
+pub mod agents;
 pub mod cluster;
 pub mod crds;
 mod error;

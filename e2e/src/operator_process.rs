@@ -1,4 +1,5 @@
 //! `up --with-operator`: build the operator from this workspace and run it against the cluster.
+//! [`build_binary`] builds any binary of the workspace (the node agent too, see [`crate::agents`]).
 
 use std::{
     path::PathBuf,
@@ -14,29 +15,28 @@ fn workspace_root() -> PathBuf {
 
 /// Builds `modelfleet-operator` (debug profile) with cargo and returns the binary's path.
 pub fn build_operator() -> Result<PathBuf> {
+    build_binary("modelfleet-operator", "modelfleet-operator")
+}
+
+/// Builds binary `bin` of workspace package `package` (debug profile) with cargo and returns its
+/// path. Blocking (it runs cargo): call it through `tokio::task::spawn_blocking` from async code.
+pub fn build_binary(package: &str, bin: &str) -> Result<PathBuf> {
     let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "modelfleet-operator",
-            "--bin",
-            "modelfleet-operator",
-        ])
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
         .current_dir(workspace_root())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .status()
-        .map_err(Error::io("run cargo build -p modelfleet-operator"))?;
+        .map_err(Error::io(format!("run cargo build -p {package}")))?;
     if !status.success() {
         return Err(Error::Toolchain(format!(
-            "cargo build -p modelfleet-operator failed ({status})"
+            "cargo build -p {package} --bin {bin} failed ({status})"
         )));
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
-    Ok(target.join("debug/modelfleet-operator"))
+    Ok(target.join("debug").join(bin))
 }
 
 /// Starts the operator against `cluster`, logging to `<cluster dir>/modelfleet-operator.log`.
@@ -50,6 +50,7 @@ pub fn start_operator(
         "--http-addr=127.0.0.1:0",
         "--log-format=text",
         "--lease-namespace=default",
+        "--telemetry-addr=127.0.0.1:0",
     ]
     .map(String::from);
     let kubeconfig = cluster.kubeconfig_path().as_os_str();

@@ -122,6 +122,7 @@ async fn main() {
         .args([
             "run",
             "--log-format=text",
+            "--telemetry-addr=127.0.0.1:0",
             &format!("--concurrency={concurrency}"),
         ])
         .arg(format!("--http-addr=127.0.0.1:{port}"))

@@ -39,6 +39,8 @@ fn help_lists_the_commands_and_flags() {
         "--lease-duration",
         "--http-addr",
         "--concurrency",
+        "--telemetry-addr",
+        "--autoscale-interval",
         "MODELFLEET_LEASE_NAME",
     ] {
         assert!(run.contains(flag), "{flag} missing from run --help");

@@ -31,6 +31,7 @@ fn operator(cluster: &LocalCluster, identity: &str) -> Operator {
         .args([
             "run",
             "--http-addr=127.0.0.1:0",
+            "--telemetry-addr=127.0.0.1:0",
             "--log-format=text",
             "--lease-duration=10s",
             "--lease-retry=2s",

@@ -1,0 +1,261 @@
+//! Autoscaler reaction benchmark: from a 5× load step, as the node agents report it, to the new
+//! replica count written on the child Deployment.
+//!
+//! ```sh
+//! cargo run --release -p modelfleet-operator --example autoscale_bench -- 40
+//! ```
+//! Argument: trials (40). Starts a local control plane with 4 GPU nodes and the operator (in
+//! process, default 2 s tick), creates one ModelDeployment per trial (2 replicas,
+//! `queueDepthPerReplica: 4`), and streams NodeReports for all their pods every second (a
+//! synthetic agent authenticated with a real projected token) at the target load. Each trial then
+//! steps one ModelDeployment to 5× its load at a random phase of the tick and measures until its
+//! Deployment's `spec.replicas` changes (a watch).
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+use kube::{
+    Api, ResourceExt,
+    api::{ListParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use modelfleet_crds::{ModelDeployment, constants::labels};
+use modelfleet_e2e::{ClusterConfig, GpuNodePool, LocalCluster, agents::request_agent_token, crds, nodes};
+use modelfleet_operator::{OperatorConfig, controller, http::HttpState};
+use modelfleet_proto::telemetry::{NodeReport, PodRef, ServerSample, telemetry_client::TelemetryClient};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+const NAMESPACE: &str = "default";
+const TARGET: f64 = 4.0;
+
+fn spec() -> &'static str {
+    "model: {name: m, version: '1', uri: 'hf://o/m'}
+runtime: {backend: synthetic, device: cpu}
+resources: {gpus: 1}
+scaling:
+  minReplicas: 2
+  maxReplicas: 20
+  targets: {queueDepthPerReplica: 4}
+  stableWindow: 60s
+  panicWindow: 6s
+  scaleDownStabilization: 300s"
+}
+
+#[tokio::main]
+async fn main() {
+    let trials: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(40);
+    let cluster: &'static LocalCluster = Box::leak(Box::new(
+        LocalCluster::start(ClusterConfig::default())
+            .await
+            .expect("cluster"),
+    ));
+    let client = cluster.client().await.expect("client");
+    crds::install_modelfleet_crds(&client).await.expect("CRDs");
+    nodes::add_gpu_pool(
+        &client,
+        &GpuNodePool {
+            count: 4,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("nodes");
+    let telemetry_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        runtime.block_on(async move {
+            let client = cluster.client().await.expect("client");
+            let config = OperatorConfig {
+                telemetry_addr,
+                ..Default::default()
+            };
+            let _ = controller::run(client, config, HttpState::default(), std::future::pending()).await;
+        });
+    });
+
+    let api: Api<ModelDeployment> = Api::namespaced(client.clone(), NAMESPACE);
+    for i in 0..trials {
+        let md = ModelDeployment::new(&format!("md-{i}"), serde_yaml::from_str(spec()).expect("spec"));
+        api.create(&PostParams::default(), &md).await.expect("create");
+    }
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+    let ready_at_two = |list: &[Deployment]| {
+        list.iter()
+            .filter(|d| d.status.as_ref().and_then(|s| s.ready_replicas) == Some(2))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let list = deployments
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .items;
+        if ready_at_two(&list) >= trials {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ModelDeployments did not become ready");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("{trials} ModelDeployments with 2 ready replicas each");
+
+    // The synthetic agent: one stream, every pod of every ModelDeployment, each second.
+    let token = request_agent_token(&client, NAMESPACE).await.expect("token");
+    let stepped: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
+    // When the first report carrying each step left the agent.
+    let reported: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
+    let (tx, rx) = mpsc::channel(4);
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("metadata"),
+    );
+    let mut hub = TelemetryClient::connect(format!("http://{telemetry_addr}"))
+        .await
+        .expect("connect to the hub");
+    let mut acks = hub
+        .report(request)
+        .await
+        .expect("the hub accepts the token")
+        .into_inner();
+    tokio::spawn(async move { while let Ok(Some(_)) = acks.message().await {} });
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let reporter = {
+        let (stepped, reported) = (stepped.clone(), reported.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            for sequence in 1.. {
+                tick.tick().await;
+                let list = pods
+                    .list(&ListParams::default().labels(labels::DEPLOYMENT))
+                    .await
+                    .map(|l| l.items)
+                    .unwrap_or_default();
+                let mut per_md: HashMap<String, usize> = HashMap::new();
+                for p in &list {
+                    *per_md.entry(p.labels()[labels::DEPLOYMENT].clone()).or_default() += 1;
+                }
+                let now = Instant::now();
+                let servers = list
+                    .iter()
+                    .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                    .map(|p| {
+                        let md = p.labels()[labels::DEPLOYMENT].clone();
+                        // The step is in the report sent after its instant.
+                        let factor = if stepped.lock().expect("lock").get(&md).is_some_and(|t| *t <= now) {
+                            5.0
+                        } else {
+                            1.0
+                        };
+                        ServerSample {
+                            pod: Some(PodRef {
+                                namespace: NAMESPACE.into(),
+                                name: p.name_any(),
+                                container: "server".into(),
+                            }),
+                            deployment: md.clone(),
+                            revision: p.labels().get(labels::REVISION).cloned().unwrap_or_default(),
+                            scraped: true,
+                            // The ModelDeployment's load is 2 × target, spread over its pods.
+                            queue_depth: factor * 2.0 * TARGET / per_md[&md] as f64,
+                            ..Default::default()
+                        }
+                    })
+                    .collect();
+                let sent = Instant::now();
+                for md in stepped
+                    .lock()
+                    .expect("lock")
+                    .iter()
+                    .filter(|(_, t)| **t <= now)
+                    .map(|(m, _)| m)
+                {
+                    reported.lock().expect("lock").entry(md.clone()).or_insert(sent);
+                }
+                let report = NodeReport {
+                    node: "bench-agent".into(),
+                    sequence,
+                    interval_ms: 1000,
+                    simulated: true,
+                    servers,
+                    ..Default::default()
+                };
+                if tx.send(report).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    // Let the autoscaler see steady data first.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+
+    let changed: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
+    {
+        let changed = changed.clone();
+        let watch = watcher(deployments.clone(), watcher::Config::default()).applied_objects();
+        tokio::spawn(async move {
+            let mut watch = std::pin::pin!(watch);
+            while let Some(Ok(d)) = watch.next().await {
+                if d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(2) != 2
+                    && let Some(md) = d.labels().get(labels::DEPLOYMENT)
+                {
+                    changed
+                        .lock()
+                        .expect("lock")
+                        .entry(md.clone())
+                        .or_insert_with(Instant::now);
+                }
+            }
+        });
+    }
+    let mut reactions = Vec::new();
+    let mut missed = HashSet::new();
+    for i in 0..trials {
+        let md = format!("md-{i}");
+        // A random phase against the agent's second and the autoscaler's tick.
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..2000))).await;
+        let at = Instant::now();
+        stepped.lock().expect("lock").insert(md.clone(), at);
+        let deadline = at + Duration::from_secs(15);
+        let done = loop {
+            if let Some(t) = changed.lock().expect("lock").get(&md) {
+                break Some(*t);
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let sent = reported.lock().expect("lock").get(&md).copied();
+        match done.zip(sent) {
+            Some((t, sent)) => reactions.push(t.saturating_duration_since(sent).as_secs_f64()),
+            None => {
+                missed.insert(md);
+            }
+        }
+    }
+    reporter.abort();
+    reactions.sort_by(f64::total_cmp);
+    let q = |p: f64| reactions[((reactions.len() as f64 - 1.0) * p).round() as usize];
+    println!(
+        "trials: {trials}, missed (no change within 15 s): {}",
+        missed.len()
+    );
+    if !reactions.is_empty() {
+        println!(
+            "reaction from the 5x step to the new replica count on the Deployment: p50 {:.2} s, p90 {:.2} s, p99 {:.2} s, max {:.2} s",
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            reactions[reactions.len() - 1]
+        );
+    }
+}

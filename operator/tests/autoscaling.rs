@@ -1,0 +1,269 @@
+//! The built-in autoscaler end to end: the real operator (telemetry hub with TokenReview, decision
+//! loop), real `modelfleet-node-agent` processes in simulated mode on the fake GPU nodes, and a
+//! load simulator serving each pod's `/metrics` on loopback.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use k8s_openapi::api::{apps::v1::Deployment, events::v1::Event};
+use kube::{Api, Client, api::ListParams};
+use modelfleet_crds::ModelDeployment;
+use modelfleet_e2e::{
+    agents::{AgentsConfig, LoadSimulator, NodeAgents, PodLoad},
+    testing::shared_cluster,
+    wait::poll_until,
+};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn queued(total: f64) -> PodLoad {
+    PodLoad {
+        queued: total,
+        running: 1.0,
+        request_rate: 20.0,
+        latency_seconds: 0.05,
+        busy_ratio: 0.5,
+        batch_size: 4.0,
+        ..Default::default()
+    }
+}
+
+/// Total replicas over the revision Deployments of `name`.
+async fn replicas(client: &Client, namespace: &str, name: &str) -> i32 {
+    revision_deployments(client, namespace, name)
+        .await
+        .iter()
+        .map(|d: &Deployment| d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0))
+        .sum()
+}
+
+async fn wait_replicas(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    ok: impl Fn(i32) -> bool,
+) -> i32 {
+    poll_until(timeout, what, || async {
+        let n = replicas(client, namespace, name).await;
+        if ok(n) {
+            Ok(Some(n))
+        } else {
+            Err(format!("{n} replicas"))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn get(client: &Client, namespace: &str, name: &str) -> ModelDeployment {
+    Api::<ModelDeployment>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+        .expect("get ModelDeployment")
+}
+
+#[tokio::test]
+async fn load_scales_replicas_up_and_down_holds_without_telemetry_and_stops_at_the_gpus() {
+    let (client, ns) = setup("autoscale").await;
+    let ns = ns.name().to_string();
+    let simulator = LoadSimulator::start(client.clone(), Some(ns.clone()))
+        .await
+        .expect("load simulator");
+    let mut agents = NodeAgents::start(
+        shared_cluster(),
+        AgentsConfig {
+            interval: Duration::from_millis(500),
+            ..AgentsConfig::new(["gpu-node-0", "gpu-node-1"], telemetry_url())
+        },
+    )
+    .await
+    .expect("node agents");
+
+    // 1. Idle at minReplicas, with fresh telemetry.
+    let md = model_deployment(
+        "web",
+        &ns,
+        "model: {name: m, version: '1', uri: 'hf://o/m'}
+runtime: {backend: synthetic, device: cpu}
+resources: {gpus: 1}
+scaling:
+  minReplicas: 1
+  maxReplicas: 8
+  targets: {queueDepthPerReplica: 4}
+  stableWindow: 10s
+  panicWindow: 4s
+  panicThreshold: 2.0
+  scaleDownStabilization: 15s",
+    );
+    create(&client, &md).await;
+    simulator.set_deployment_total_load(&ns, "web", queued(2.0));
+    wait_condition(&client, &ns, "web", "Available", "True", None, MINUTE).await;
+    let fresh = wait_condition(
+        &client,
+        &ns,
+        "web",
+        "MetricsAvailable",
+        "True",
+        Some("TelemetryFresh"),
+        MINUTE,
+    )
+    .await;
+    assert_eq!(
+        fresh
+            .status
+            .as_ref()
+            .and_then(|s| s.autoscaling.as_ref())
+            .map(|a| a.desired_replicas),
+        Some(1)
+    );
+
+    // 2. A 10x step: 20 queued against 4 per replica panics up to 5 replicas within seconds.
+    let stepped = Instant::now();
+    simulator.set_deployment_total_load(&ns, "web", queued(20.0));
+    wait_replicas(
+        &client,
+        &ns,
+        "web",
+        "5 replicas after the step",
+        Duration::from_secs(30),
+        |n| n == 5,
+    )
+    .await;
+    let up_took = stepped.elapsed();
+    let md = wait_condition(&client, &ns, "web", "Available", "True", None, MINUTE).await;
+    let autoscaling = md
+        .status
+        .clone()
+        .and_then(|s| s.autoscaling)
+        .expect("status.autoscaling");
+    let last = autoscaling.history.last().expect("a decision in the history");
+    assert_eq!(last.to, 5, "{:?}", autoscaling.history);
+    assert!(last.reason.contains("queueDepthPerReplica"), "{}", last.reason);
+    assert!(autoscaling.last_scale_time.is_some());
+    assert!(
+        autoscaling
+            .current_metrics
+            .iter()
+            .any(|m| m.name == "queueDepthPerReplica" && m.target == 4.0),
+        "{:?}",
+        autoscaling.current_metrics
+    );
+    let spec_replicas = get(&client, &ns, "web").await.spec.replicas;
+    assert_eq!(
+        spec_replicas, md.spec.replicas,
+        "the autoscaler never writes the spec"
+    );
+    let events: Vec<Event> = Api::<Event>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items;
+    assert!(
+        events.iter().any(|e| e.reason.as_deref() == Some("Scaled")
+            && e.note
+                .as_deref()
+                .is_some_and(|n| n.contains("queueDepthPerReplica"))),
+        "no Scaled Event with the reason: {:?}",
+        events.iter().map(|e| (&e.reason, &e.note)).collect::<Vec<_>>()
+    );
+
+    // 3. The load falls: nothing moves at once, then it scales down after the stabilization.
+    simulator.set_deployment_total_load(&ns, "web", queued(4.0));
+    let fell = Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        replicas(&client, &ns, "web").await,
+        5,
+        "scaled down before the window"
+    );
+    let down = wait_replicas(&client, &ns, "web", "a scale-down", MINUTE, |n| n < 5).await;
+    assert!(down >= 3, "at most halving per step: {down}");
+    let down_took = fell.elapsed();
+    assert!(
+        down_took >= Duration::from_secs(10),
+        "scaled down after {down_took:?}"
+    );
+    let md = get(&client, &ns, "web").await;
+    let history = md
+        .status
+        .and_then(|s| s.autoscaling)
+        .map(|a| a.history)
+        .unwrap_or_default();
+    assert!(
+        history
+            .last()
+            .is_some_and(|e| e.from == 5 && e.to == down && e.reason.contains("queueDepthPerReplica")),
+        "{history:?}"
+    );
+
+    // 4. No GPUs left: 4 GPUs per replica on two 8-GPU nodes that "web" also uses, with demand
+    // for 4 replicas: at most 3 fit.
+    let big = model_deployment(
+        "big",
+        &ns,
+        "model: {name: m, version: '1', uri: 'hf://o/m'}
+runtime: {backend: synthetic, device: cpu}
+resources: {gpus: 4}
+scaling:
+  minReplicas: 1
+  maxReplicas: 4
+  targets: {queueDepthPerReplica: 4}
+  stableWindow: 10s
+  panicWindow: 4s",
+    );
+    create(&client, &big).await;
+    simulator.set_deployment_total_load(&ns, "big", queued(2.0));
+    wait_condition(&client, &ns, "big", "Available", "True", None, MINUTE).await;
+    simulator.set_deployment_total_load(&ns, "big", queued(16.0));
+    let limited = wait_condition(
+        &client,
+        &ns,
+        "big",
+        "ScalingLimited",
+        "True",
+        Some("InsufficientGPU"),
+        MINUTE,
+    )
+    .await;
+    let (_, _, message) = condition(&limited, "ScalingLimited").expect("condition");
+    assert!(message.contains("nvidia.com/gpu"), "{message}");
+    let held = replicas(&client, &ns, "big").await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        replicas(&client, &ns, "big").await,
+        held,
+        "raised the target without GPUs"
+    );
+
+    // 5. The agents stop: telemetry goes stale, replicas hold, MetricsAvailable says so. First
+    // the load is put on target, so no scale-down is due when they stop.
+    let current = replicas(&client, &ns, "web").await;
+    simulator.set_deployment_total_load(&ns, "web", queued(4.0 * f64::from(current)));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = replicas(&client, &ns, "web").await;
+    agents.stop();
+    let stale = wait_condition(
+        &client,
+        &ns,
+        "web",
+        "MetricsAvailable",
+        "False",
+        Some("TelemetryStale"),
+        MINUTE,
+    )
+    .await;
+    let (_, _, message) = condition(&stale, "MetricsAvailable").expect("condition");
+    assert!(message.contains("holding"), "{message}");
+    simulator.set_deployment_total_load(&ns, "web", PodLoad::idle());
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(
+        replicas(&client, &ns, "web").await,
+        before,
+        "scaled on missing data"
+    );
+    eprintln!("scale-up took {up_took:?}, first scale-down {down_took:?}");
+}

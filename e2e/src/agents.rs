@@ -18,10 +18,12 @@
 //! # Ok(()) }
 //! ```
 
+mod annotated_load;
 mod load;
 mod node_agents;
 mod simulator;
 
+pub use annotated_load::{SIMULATED_LOAD_ANNOTATION, follow_annotations, parse_load};
 pub use load::{BATCH_BUCKETS, DURATION_BUCKETS, PodLoad, TIER};
 pub use node_agents::{
     AGENT_SERVICE_ACCOUNT, AgentToken, AgentsConfig, NODE_AGENT_BIN, NodeAgents, TOKEN_EXPIRATION,

@@ -8,7 +8,7 @@ use std::{
 
 use clap::{Parser, Subcommand};
 use modelfleet_e2e::{
-    ClusterConfig, GpuNodePool, LocalCluster, Toolchain, crds, nodes, operator_process, process,
+    ClusterConfig, GpuNodePool, LocalCluster, Toolchain, agents, crds, nodes, operator_process, process,
     startup_bench,
 };
 use serde::{Deserialize, Serialize};
@@ -71,6 +71,12 @@ struct UpArgs {
     /// Operator binary to run instead of building one (with --with-operator).
     #[arg(long, requires = "with_operator")]
     operator_binary: Option<PathBuf>,
+    /// Also run a simulated node agent per GPU node and a load simulator, apply
+    /// examples/gpu-autoscaled.yaml, and take each ModelDeployment's load from its
+    /// `modelfleet.dev/simulated-load` annotation (watch the autoscaler react). Not with --keep:
+    /// the simulator lives in this process.
+    #[arg(long, requires = "with_operator", conflicts_with = "keep")]
+    with_agents: bool,
 }
 
 /// What `up --keep` leaves for `down`.
@@ -104,7 +110,11 @@ async fn up(args: UpArgs) -> Result<(), String> {
         ));
     }
     let t0 = Instant::now();
-    let total = if args.with_operator { 6 } else { 4 };
+    let total = match (args.with_operator, args.with_agents) {
+        (true, true) => 7,
+        (true, false) => 6,
+        _ => 4,
+    };
     step(
         1,
         total,
@@ -157,9 +167,12 @@ async fn up(args: UpArgs) -> Result<(), String> {
         gpu_memory_mib: args.gpu_memory_mib,
         ..Default::default()
     };
-    nodes::add_gpu_pool(&client, &pool)
+    let gpu_nodes: Vec<String> = nodes::add_gpu_pool(&client, &pool)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .iter()
+        .filter_map(|n| n.metadata.name.clone())
+        .collect();
     nodes::add_cpu_nodes(&client, args.cpu_nodes)
         .await
         .map_err(|e| e.to_string())?;
@@ -172,14 +185,38 @@ async fn up(args: UpArgs) -> Result<(), String> {
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?,
         };
-        let process =
-            operator_process::start_operator(&binary, &cluster, !args.keep).map_err(|e| e.to_string())?;
+        let telemetry_addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free loopback port for the telemetry hub: {e}"))?;
+        let process = operator_process::start_operator(&binary, &cluster, telemetry_addr, !args.keep)
+            .map_err(|e| e.to_string())?;
         step(6, total, "applying examples/minimal.yaml", t0);
-        apply_minimal(&client).await?;
-        Some(process)
+        apply_example(&client, "minimal.yaml").await?;
+        Some((process, telemetry_addr))
     } else {
         None
     };
+    let simulated = match &operator {
+        Some((_, telemetry_addr)) if args.with_agents => {
+            step(7, total, "starting simulated node agents and load", t0);
+            let simulator = std::sync::Arc::new(
+                agents::LoadSimulator::start(client.clone(), None)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+            let follower = agents::follow_annotations(client.clone(), simulator.clone());
+            let node_agents = agents::NodeAgents::start(
+                &cluster,
+                agents::AgentsConfig::new(gpu_nodes, format!("http://{telemetry_addr}")),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            apply_example(&client, "gpu-autoscaled.yaml").await?;
+            Some((simulator, follower, node_agents))
+        }
+        _ => None,
+    };
+    let operator = operator.map(|(process, _)| process);
     print_ready(&cluster, t0.elapsed());
     if operator.is_some() {
         println!(
@@ -187,6 +224,14 @@ async fn up(args: UpArgs) -> Result<(), String> {
             cluster.dir().display()
         );
         println!("  kubectl get mdep -A -w");
+    }
+    if simulated.is_some() {
+        println!("\nSimulated node agents stream to the operator. Put load on the autoscaled example:");
+        println!(
+            "  kubectl annotate mdep embedder {}=queued=80,rps=400,p95=0.1 --overwrite",
+            agents::SIMULATED_LOAD_ANNOTATION
+        );
+        println!("  kubectl get mdep embedder -o jsonpath='{{.status.autoscaling}}'; kubectl get deploy -w");
     }
 
     if args.keep {
@@ -207,6 +252,10 @@ async fn up(args: UpArgs) -> Result<(), String> {
     eprintln!("running; press Ctrl-C to stop and delete it");
     signals.wait().await;
     eprintln!("stopping…");
+    if let Some((_, follower, mut node_agents)) = simulated {
+        follower.abort();
+        node_agents.stop();
+    }
     if let Some(mut operator) = operator {
         operator.stop(process::STOP_GRACE);
     }
@@ -239,9 +288,10 @@ impl StopSignals {
     }
 }
 
-async fn apply_minimal(client: &kube::Client) -> Result<(), String> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/minimal.yaml");
-    let text = std::fs::read_to_string(path).map_err(|e| format!("read {path}: {e}"))?;
+/// Creates `examples/<file>` in namespace `default`.
+async fn apply_example(client: &kube::Client, file: &str) -> Result<(), String> {
+    let path = format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("read {path}: {e}"))?;
     let mut md = modelfleet_crds::manifest::model_deployments_from_yaml(&text)
         .map_err(|e| format!("{path}: {e}"))?
         .remove(0);
@@ -249,7 +299,7 @@ async fn apply_minimal(client: &kube::Client) -> Result<(), String> {
     let api: kube::Api<modelfleet_crds::ModelDeployment> = kube::Api::namespaced(client.clone(), "default");
     api.create(&Default::default(), &md)
         .await
-        .map_err(|e| format!("create minilm: {e}"))?;
+        .map_err(|e| format!("create {path}: {e}"))?;
     Ok(())
 }
 

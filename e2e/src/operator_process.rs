@@ -39,20 +39,21 @@ pub fn build_binary(package: &str, bin: &str) -> Result<PathBuf> {
     Ok(target.join("debug").join(bin))
 }
 
-/// Starts the operator against `cluster`, logging to `<cluster dir>/modelfleet-operator.log`.
+/// Starts the operator against `cluster`, with its telemetry hub on `telemetry_addr` (loopback),
+/// logging to `<cluster dir>/modelfleet-operator.log`.
 pub fn start_operator(
     binary: &std::path::Path,
     cluster: &LocalCluster,
+    telemetry_addr: std::net::SocketAddr,
     guarded: bool,
 ) -> Result<ManagedProcess> {
     let args = [
-        "run",
-        "--http-addr=127.0.0.1:0",
-        "--log-format=text",
-        "--lease-namespace=default",
-        "--telemetry-addr=127.0.0.1:0",
-    ]
-    .map(String::from);
+        "run".to_string(),
+        "--http-addr=127.0.0.1:0".into(),
+        "--log-format=text".into(),
+        "--lease-namespace=default".into(),
+        format!("--telemetry-addr={telemetry_addr}"),
+    ];
     let kubeconfig = cluster.kubeconfig_path().as_os_str();
     ManagedProcess::spawn_with_env(
         "modelfleet-operator",

@@ -204,3 +204,104 @@ async fn up_with_operator_serves_the_minimal_example() {
     let survivors = processes_mentioning(Path::new(&kubeconfig).parent().unwrap().to_str().unwrap());
     assert!(survivors.is_empty(), "{survivors:#?}");
 }
+
+#[test]
+fn up_with_agents_autoscales_on_the_annotated_load_and_stops_everything_on_ctrl_c() {
+    let home = tempfile::tempdir().unwrap();
+    let mut child = cli(home.path())
+        .args(["up", "--with-operator", "--with-agents", "--gpu-nodes", "2", "--cpu-nodes", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (prompted_tx, prompted_rx) = std::sync::mpsc::channel();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.contains("press Ctrl-C") {
+                let _ = prompted_tx.send(());
+            }
+            seen.push(line);
+        }
+        seen
+    });
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (stdout_tx, stdout_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = stdout_tx.send(line);
+        }
+    });
+    let stop = |child: &mut std::process::Child| {
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGINT);
+        child.wait().unwrap()
+    };
+    if prompted_rx.recv_timeout(std::time::Duration::from_secs(300)).is_err() {
+        stop(&mut child);
+        panic!("`up --with-agents` did not start: {:#?}", reader.join().unwrap());
+    }
+    let printed: Vec<String> = stdout_rx.try_iter().collect();
+    let kubeconfig = printed
+        .iter()
+        .find_map(|l| l.strip_prefix("export KUBECONFIG="))
+        .unwrap()
+        .to_string();
+    assert!(
+        printed.iter().any(|l| l.contains("kubectl annotate mdep embedder modelfleet.dev/simulated-load=")),
+        "{printed:#?}"
+    );
+
+    let scaled = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+        let client = kube::Client::try_from(config).unwrap();
+        let api: kube::Api<modelfleet_crds::ModelDeployment> = kube::Api::namespaced(client.clone(), "default");
+        // Telemetry flows before the load is put on: MetricsAvailable turns True.
+        modelfleet_e2e::wait::wait_for(
+            &api,
+            "embedder",
+            std::time::Duration::from_secs(90),
+            "MetricsAvailable=True",
+            |md: &modelfleet_crds::ModelDeployment| {
+                md.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "MetricsAvailable" && c.status == "True")
+                })
+            },
+        )
+        .await
+        .unwrap();
+        let patch = serde_json::json!({"metadata": {"annotations": {"modelfleet.dev/simulated-load": "queued=80"}}});
+        api.patch("embedder", &Default::default(), &kube::api::Patch::Merge(&patch))
+            .await
+            .unwrap();
+        // 80 queued against queueDepthPerReplica 16: 5 replicas.
+        modelfleet_e2e::wait::wait_for(
+            &api,
+            "embedder",
+            std::time::Duration::from_secs(60),
+            "5 replicas",
+            |md: &modelfleet_crds::ModelDeployment| {
+                md.status
+                    .as_ref()
+                    .and_then(|s| s.autoscaling.as_ref())
+                    .is_some_and(|a| a.desired_replicas == 5)
+            },
+        )
+        .await
+    });
+    let status = stop(&mut child);
+    let seen = reader.join().unwrap();
+    scaled.unwrap_or_else(|e| panic!("{e}\n{seen:#?}"));
+    assert!(status.success(), "{status}: {seen:#?}");
+    assert_eq!(seen.last().map(String::as_str), Some("stopped"), "{seen:#?}");
+    let dir = Path::new(&kubeconfig).parent().unwrap();
+    let survivors = processes_mentioning(&dir.display().to_string());
+    assert!(survivors.is_empty(), "still running after Ctrl-C: {survivors:#?}");
+}

@@ -172,7 +172,10 @@ impl Agent {
                     let seconds = previous.map_or(self.config.interval.as_secs_f64(), |h| {
                         now.duration_since(h.at).as_secs_f64()
                     });
-                    let load = scrape::load_between(previous.map(|h| &h.counters), &c, seconds);
+                    // The first scrape of a pod is a baseline: its counters hold the server's
+                    // whole life, not one interval, so its rates read zero until the next one.
+                    let base = previous.map_or(&c, |h| &h.counters);
+                    let load = scrape::load_between(Some(base), &c, seconds);
                     self.history
                         .insert(pod.pod.clone(), ServerHistory { counters: c, at: now });
                     Some(load)

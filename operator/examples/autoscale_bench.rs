@@ -4,12 +4,13 @@
 //! ```sh
 //! cargo run --release -p modelfleet-operator --example autoscale_bench -- 40
 //! ```
-//! Argument: trials (40). Starts a local control plane with 4 GPU nodes and the operator (in
-//! process, default 2 s tick), creates one ModelDeployment per trial (2 replicas,
+//! Argument: trials (40). Starts a local control plane with enough 8-GPU nodes for every
+//! ModelDeployment and one stepped one, and the operator (in process, default 2 s tick), creates
+//! one ModelDeployment per trial (2 replicas,
 //! `queueDepthPerReplica: 4`), and streams NodeReports for all their pods every second (a
 //! synthetic agent authenticated with a real projected token) at the target load. Each trial then
 //! steps one ModelDeployment to 5× its load at a random phase of the tick and measures until its
-//! Deployment's `spec.replicas` changes (a watch).
+//! Deployment's `spec.replicas` changes (a watch), then deletes it to free its GPUs.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -57,10 +58,12 @@ async fn main() {
     ));
     let client = cluster.client().await.expect("client");
     crds::install_modelfleet_crds(&client).await.expect("CRDs");
+    // 2 GPUs per ModelDeployment, plus 8 for the stepped one's new replicas.
+    let node_count = (2 * trials + 8).div_ceil(8);
     nodes::add_gpu_pool(
         &client,
         &GpuNodePool {
-            count: 4,
+            count: node_count,
             ..Default::default()
         },
     )
@@ -92,7 +95,7 @@ async fn main() {
             .filter(|d| d.status.as_ref().and_then(|s| s.ready_replicas) == Some(2))
             .count()
     };
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let list = deployments
             .list(&ListParams::default())
@@ -102,7 +105,27 @@ async fn main() {
         if ready_at_two(&list) >= trials {
             break;
         }
-        assert!(Instant::now() < deadline, "ModelDeployments did not become ready");
+        if Instant::now() > deadline {
+            let mut phases: HashMap<String, usize> = HashMap::new();
+            for p in Api::<Pod>::namespaced(client.clone(), NAMESPACE)
+                .list(&ListParams::default())
+                .await
+                .expect("pods")
+                .items
+            {
+                *phases
+                    .entry(format!("{:?}", p.status.and_then(|s| s.phase)))
+                    .or_default() += 1;
+            }
+            let replicas: Vec<_> = list
+                .iter()
+                .map(|d| (d.spec.as_ref().and_then(|s| s.replicas), d.status.as_ref().and_then(|s| s.ready_replicas)))
+                .collect();
+            panic!(
+                "{} of {trials} ModelDeployments have 2 ready replicas after 300 s; pods by phase {phases:?}; deployments (replicas, ready) {replicas:?}",
+                ready_at_two(&list),
+            );
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     eprintln!("{trials} ModelDeployments with 2 ready replicas each");
@@ -238,11 +261,21 @@ async fn main() {
         match done.zip(sent) {
             Some((t, sent)) => reactions.push(t.saturating_duration_since(sent).as_secs_f64()),
             None => {
-                missed.insert(md);
+                missed.insert(md.clone());
             }
         }
+        api.delete(&md, &Default::default()).await.expect("delete");
     }
     reporter.abort();
+    let mut histogram: std::collections::BTreeMap<u64, usize> = Default::default();
+    for r in &reactions {
+        *histogram.entry((r * 10.0).floor() as u64).or_default() += 1;
+    }
+    let histogram: Vec<String> = histogram
+        .iter()
+        .map(|(tenths, n)| format!("{:.1}-{:.1} s: {n}", *tenths as f64 / 10.0, (*tenths + 1) as f64 / 10.0))
+        .collect();
+    println!("distribution: {}", histogram.join(", "));
     reactions.sort_by(f64::total_cmp);
     let q = |p: f64| reactions[((reactions.len() as f64 - 1.0) * p).round() as usize];
     println!(

@@ -71,23 +71,23 @@ where
     Ok(true)
 }
 
-/// Applies every changed desired object: the routing ConfigMap (the pods mount it), Services and
-/// the PDB concurrently, then the Deployments concurrently. Returns how many were written.
+/// Applies every changed desired object, all at once. Returns how many were written. A pod
+/// created before its routing ConfigMap exists waits for the kubelet to retry the mount, which
+/// never happens in practice: the ConfigMap lands within the same round trip.
 pub async fn apply(
     client: &Client,
     namespace: &str,
     desired: &DesiredObjects,
     observed: &Observed,
 ) -> Result<usize> {
-    let mut first: Vec<Pin<Box<dyn Future<Output = Result<bool>> + Send + '_>>> = vec![
+    let mut writes: Vec<Pin<Box<dyn Future<Output = Result<bool>> + Send + '_>>> = vec![
         Box::pin(apply_one(client, namespace, &desired.routing, observed, false)),
         Box::pin(apply_one(client, namespace, &desired.pdb, observed, false)),
     ];
     for service in &desired.services {
-        first.push(Box::pin(apply_one(client, namespace, service, observed, false)));
+        writes.push(Box::pin(apply_one(client, namespace, service, observed, false)));
     }
-    let mut written = try_join_all(first).await?.into_iter().filter(|w| *w).count();
-    let deployments = desired.deployments.iter().map(|deployment| {
+    for deployment in &desired.deployments {
         let revision = deployment
             .labels()
             .get(labels::REVISION)
@@ -97,14 +97,9 @@ pub async fn apply(
         let drift = observed
             .revision(&revision)
             .is_some_and(|r| Some(r.replicas) != want);
-        apply_one(client, namespace, deployment, observed, drift)
-    });
-    written += try_join_all(deployments)
-        .await?
-        .into_iter()
-        .filter(|w| *w)
-        .count();
-    Ok(written)
+        writes.push(Box::pin(apply_one(client, namespace, deployment, observed, drift)));
+    }
+    Ok(try_join_all(writes).await?.into_iter().filter(|w| *w).count())
 }
 
 /// Deletes the Deployments of retired revisions, selected by label.

@@ -61,19 +61,28 @@ async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
     let plan = plan::plan(desired_total, &current, recorded_stable, &observed.revisions);
     let desired = build::build(md, &plan, &ctx.config.default_image);
 
-    apply::apply(&client, &namespace, &desired, &observed).await?;
-    apply::retire(&client, &namespace, &name, &plan.retire).await?;
-    let events = plan::events(&observed.revisions, &plan);
-    for event in events {
-        let why = decided.as_ref().and_then(|o| o.last_reason());
-        status::publish(&ctx.recorder, md, event, why).await;
-    }
-
-    // Status describes what the caches show; the writes above come back as watch events and
-    // trigger the next reconcile, which reports them.
+    // The writes, the retirement of dead revisions and the status write go out together: status
+    // describes what the caches show (the writes come back as watch events and trigger the next
+    // reconcile, which reports them), so it need not wait for them. One round trip to the API
+    // server instead of four keeps reconciles short while it is busy.
+    let writes = async {
+        apply::apply(&client, &namespace, &desired, &observed).await?;
+        apply::retire(&client, &namespace, &name, &plan.retire).await
+    };
     let report = status::compute(md, &plan, &observed, decided.as_ref());
-    if md.status.as_ref() != Some(&report.status) {
-        status::patch(&client, md, &report.status).await?;
+    let status_write = async {
+        if md.status.as_ref() != Some(&report.status) {
+            status::patch(&client, md, &report.status).await?;
+        }
+        Ok(())
+    };
+    tokio::try_join!(writes, status_write)?;
+
+    // Events are best effort and published in the background, as client-go's recorder does.
+    let why = decided.as_ref().and_then(|o| o.last_reason()).map(str::to_owned);
+    for event in plan::events(&observed.revisions, &plan) {
+        let (recorder, md, why) = (ctx.recorder.clone(), md.clone(), why.clone());
+        tokio::spawn(async move { status::publish(&recorder, &md, event, why.as_deref()).await });
     }
     Ok(if report.settled {
         Action::requeue(ctx.config.resync)

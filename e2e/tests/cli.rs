@@ -209,7 +209,15 @@ async fn up_with_operator_serves_the_minimal_example() {
 fn up_with_agents_autoscales_on_the_annotated_load_and_stops_everything_on_ctrl_c() {
     let home = tempfile::tempdir().unwrap();
     let mut child = cli(home.path())
-        .args(["up", "--with-operator", "--with-agents", "--gpu-nodes", "2", "--cpu-nodes", "1"])
+        .args([
+            "up",
+            "--with-operator",
+            "--with-agents",
+            "--gpu-nodes",
+            "2",
+            "--cpu-nodes",
+            "1",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -237,20 +245,37 @@ fn up_with_agents_autoscales_on_the_annotated_load_and_stops_everything_on_ctrl_
         let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGINT);
         child.wait().unwrap()
     };
-    if prompted_rx.recv_timeout(std::time::Duration::from_secs(300)).is_err() {
+    if prompted_rx
+        .recv_timeout(std::time::Duration::from_secs(300))
+        .is_err()
+    {
         stop(&mut child);
         panic!("`up --with-agents` did not start: {:#?}", reader.join().unwrap());
     }
-    let printed: Vec<String> = stdout_rx.try_iter().collect();
-    let kubeconfig = printed
+    // stdout is read on its own thread: take lines until the hint, which comes last.
+    let mut printed = Vec::new();
+    while let Ok(line) = stdout_rx.recv_timeout(std::time::Duration::from_secs(30)) {
+        let hint = line.contains("kubectl annotate mdep embedder modelfleet.dev/simulated-load=");
+        printed.push(line);
+        if hint {
+            break;
+        }
+    }
+    let Some(kubeconfig) = printed
         .iter()
         .find_map(|l| l.strip_prefix("export KUBECONFIG="))
-        .unwrap()
-        .to_string();
-    assert!(
-        printed.iter().any(|l| l.contains("kubectl annotate mdep embedder modelfleet.dev/simulated-load=")),
-        "{printed:#?}"
-    );
+        .map(str::to_owned)
+    else {
+        stop(&mut child);
+        panic!("no KUBECONFIG line: {printed:#?}");
+    };
+    if !printed
+        .iter()
+        .any(|l| l.contains("kubectl annotate mdep embedder"))
+    {
+        stop(&mut child);
+        panic!("no hint to annotate the load: {printed:#?}");
+    }
 
     let scaled = tokio::runtime::Runtime::new().unwrap().block_on(async {
         let config = kube::Config::from_custom_kubeconfig(
@@ -260,12 +285,14 @@ fn up_with_agents_autoscales_on_the_annotated_load_and_stops_everything_on_ctrl_
         .await
         .unwrap();
         let client = kube::Client::try_from(config).unwrap();
-        let api: kube::Api<modelfleet_crds::ModelDeployment> = kube::Api::namespaced(client.clone(), "default");
+        let api: kube::Api<modelfleet_crds::ModelDeployment> =
+            kube::Api::namespaced(client.clone(), "default");
         // Telemetry flows before the load is put on: MetricsAvailable turns True.
         modelfleet_e2e::wait::wait_for(
             &api,
             "embedder",
-            std::time::Duration::from_secs(90),
+            // Generous: the other tests of this binary run clusters of their own at the same time.
+            std::time::Duration::from_secs(240),
             "MetricsAvailable=True",
             |md: &modelfleet_crds::ModelDeployment| {
                 md.status.as_ref().is_some_and(|s| {
@@ -275,17 +302,16 @@ fn up_with_agents_autoscales_on_the_annotated_load_and_stops_everything_on_ctrl_
                 })
             },
         )
-        .await
-        .unwrap();
-        let patch = serde_json::json!({"metadata": {"annotations": {"modelfleet.dev/simulated-load": "queued=80"}}});
+        .await?;
+        let patch =
+            serde_json::json!({"metadata": {"annotations": {"modelfleet.dev/simulated-load": "queued=80"}}});
         api.patch("embedder", &Default::default(), &kube::api::Patch::Merge(&patch))
-            .await
-            .unwrap();
+            .await?;
         // 80 queued against queueDepthPerReplica 16: 5 replicas.
         modelfleet_e2e::wait::wait_for(
             &api,
             "embedder",
-            std::time::Duration::from_secs(60),
+            std::time::Duration::from_secs(120),
             "5 replicas",
             |md: &modelfleet_crds::ModelDeployment| {
                 md.status

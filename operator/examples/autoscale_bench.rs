@@ -119,7 +119,12 @@ async fn main() {
             }
             let replicas: Vec<_> = list
                 .iter()
-                .map(|d| (d.spec.as_ref().and_then(|s| s.replicas), d.status.as_ref().and_then(|s| s.ready_replicas)))
+                .map(|d| {
+                    (
+                        d.spec.as_ref().and_then(|s| s.replicas),
+                        d.status.as_ref().and_then(|s| s.ready_replicas),
+                    )
+                })
                 .collect();
             panic!(
                 "{} of {trials} ModelDeployments have 2 ready replicas after 300 s; pods by phase {phases:?}; deployments (replicas, ready) {replicas:?}",
@@ -273,7 +278,13 @@ async fn main() {
     }
     let histogram: Vec<String> = histogram
         .iter()
-        .map(|(tenths, n)| format!("{:.1}-{:.1} s: {n}", *tenths as f64 / 10.0, (*tenths + 1) as f64 / 10.0))
+        .map(|(tenths, n)| {
+            format!(
+                "{:.1}-{:.1} s: {n}",
+                *tenths as f64 / 10.0,
+                (*tenths + 1) as f64 / 10.0
+            )
+        })
         .collect();
     println!("distribution: {}", histogram.join(", "));
     reactions.sort_by(f64::total_cmp);

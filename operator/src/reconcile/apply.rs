@@ -97,7 +97,9 @@ pub async fn apply(
         let drift = observed
             .revision(&revision)
             .is_some_and(|r| Some(r.replicas) != want);
-        writes.push(Box::pin(apply_one(client, namespace, deployment, observed, drift)));
+        writes.push(Box::pin(apply_one(
+            client, namespace, deployment, observed, drift,
+        )));
     }
     Ok(try_join_all(writes).await?.into_iter().filter(|w| *w).count())
 }

@@ -208,22 +208,24 @@ async fn up_with_operator_serves_the_minimal_example() {
 #[test]
 fn up_with_agents_autoscales_on_the_annotated_load_and_stops_everything_on_ctrl_c() {
     let home = tempfile::tempdir().unwrap();
-    let mut child = cli(home.path())
-        .args([
-            "up",
-            "--with-operator",
-            "--with-agents",
-            "--gpu-nodes",
-            "2",
-            "--cpu-nodes",
-            "1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = InterruptOnDrop(
+        cli(home.path())
+            .args([
+                "up",
+                "--with-operator",
+                "--with-agents",
+                "--gpu-nodes",
+                "2",
+                "--cpu-nodes",
+                "1",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let (prompted_tx, prompted_rx) = std::sync::mpsc::channel();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let stderr = BufReader::new(child.0.stderr.take().unwrap());
     let reader = std::thread::spawn(move || {
         let mut seen = Vec::new();
         for line in stderr.lines().map_while(Result::ok) {
@@ -234,22 +236,18 @@ fn up_with_agents_autoscales_on_the_annotated_load_and_stops_everything_on_ctrl_
         }
         seen
     });
-    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let stdout = BufReader::new(child.0.stdout.take().unwrap());
     let (stdout_tx, stdout_rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
         for line in stdout.lines().map_while(Result::ok) {
             let _ = stdout_tx.send(line);
         }
     });
-    let stop = |child: &mut std::process::Child| {
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGINT);
-        child.wait().unwrap()
-    };
     if prompted_rx
         .recv_timeout(std::time::Duration::from_secs(300))
         .is_err()
     {
-        stop(&mut child);
+        child.interrupt();
         panic!("`up --with-agents` did not start: {:#?}", reader.join().unwrap());
     }
     // stdout is read on its own thread: take lines until the hint, which comes last.
@@ -266,16 +264,14 @@ fn up_with_agents_autoscales_on_the_annotated_load_and_stops_everything_on_ctrl_
         .find_map(|l| l.strip_prefix("export KUBECONFIG="))
         .map(str::to_owned)
     else {
-        stop(&mut child);
         panic!("no KUBECONFIG line: {printed:#?}");
     };
-    if !printed
-        .iter()
-        .any(|l| l.contains("kubectl annotate mdep embedder"))
-    {
-        stop(&mut child);
-        panic!("no hint to annotate the load: {printed:#?}");
-    }
+    assert!(
+        printed
+            .iter()
+            .any(|l| l.contains("kubectl annotate mdep embedder")),
+        "no hint to annotate the load: {printed:#?}"
+    );
 
     let scaled = tokio::runtime::Runtime::new().unwrap().block_on(async {
         let config = kube::Config::from_custom_kubeconfig(
@@ -322,7 +318,7 @@ fn up_with_agents_autoscales_on_the_annotated_load_and_stops_everything_on_ctrl_
         )
         .await
     });
-    let status = stop(&mut child);
+    let status = child.interrupt();
     let seen = reader.join().unwrap();
     scaled.unwrap_or_else(|e| panic!("{e}\n{seen:#?}"));
     assert!(status.success(), "{status}: {seen:#?}");
@@ -330,4 +326,23 @@ fn up_with_agents_autoscales_on_the_annotated_load_and_stops_everything_on_ctrl_
     let dir = Path::new(&kubeconfig).parent().unwrap();
     let survivors = processes_mentioning(&dir.display().to_string());
     assert!(survivors.is_empty(), "still running after Ctrl-C: {survivors:#?}");
+}
+
+/// Interrupts (Ctrl-C) a foreground `up` when the test ends, also when it fails midway, so its
+/// cluster, operator and agents never outlive the test.
+struct InterruptOnDrop(std::process::Child);
+
+impl InterruptOnDrop {
+    fn interrupt(&mut self) -> std::process::ExitStatus {
+        let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGINT);
+        self.0.wait().expect("wait for `up`")
+    }
+}
+
+impl Drop for InterruptOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            self.interrupt();
+        }
+    }
 }

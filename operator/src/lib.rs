@@ -13,6 +13,7 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;
+pub mod rollout;
 pub mod telemetry;
 
 pub use config::OperatorConfig;

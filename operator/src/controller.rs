@@ -145,18 +145,20 @@ async fn run_controller(base: Base, shutdown: impl Future<Output = ()> + Send + 
         stores,
         decisions,
     });
-    // The loop starts once the caches are warm, and stops with the controller.
+    // The loop starts once the children's caches are warm, and stops with the controller. It
+    // does not wait on the ModelDeployment cache: kube-runtime 5.0's `Store::wait_until_ready`
+    // wakes only one of several waiters and the controller waits on that store too (a lost
+    // wake-up left the loop idle for good). A cold ModelDeployment cache only means no work yet.
     let (loop_stop_tx, loop_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let loop_stores = ctx.stores.clone();
-    let loop_models = md_reader.clone();
     let autoscaler_loop = tokio::spawn(async move {
         let stop = async move {
             let _ = loop_stop_rx.await;
         };
         tokio::pin!(stop);
         tokio::select! {
-            ready = async { (loop_stores.ready().await, loop_models.wait_until_ready().await) } => {
-                if let (Ok(()), Ok(())) = ready {
+            ready = loop_stores.ready() => {
+                if ready.is_ok() {
                     control::run(autoscaler, stop).await;
                 }
             }

@@ -175,7 +175,7 @@ fn tick(
     wall: Timestamp,
 ) -> Vec<ObjectRef<ModelDeployment>> {
     let mut due = Vec::new();
-    let mut seen = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for md in ctx.model_deployments.state() {
         let (Some(namespace), Some(scaling)) = (md.namespace(), md.spec.scaling.as_ref()) else {
             continue;
@@ -186,7 +186,7 @@ fn tick(
         }
         let name = md.name_any();
         let key = (namespace.clone(), name.clone());
-        seen.push(key.clone());
+        seen.insert(key.clone());
         let entry = tracked.entry(key.clone()).or_insert_with(|| Tracked {
             autoscaler: Autoscaler::default(),
             current: resume_replicas(&md, scaling).max(0) as u32,

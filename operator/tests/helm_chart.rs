@@ -1,6 +1,6 @@
 //! The Helm chart installs into a real API server, and its least-privilege RBAC is enough: the
 //! operator, running as the chart's ServiceAccount, reconciles a ModelDeployment to Available and
-//! records Events.
+//! records Events, and it may check node agents' tokens with a TokenReview.
 
 use std::time::Duration;
 
@@ -11,7 +11,11 @@ use kube::{
 };
 use modelfleet_crds::ModelDeployment;
 use modelfleet_e2e::{ClusterConfig, LocalCluster, nodes, testing::helm_install_chart, wait::wait_for};
-use modelfleet_operator::{OperatorConfig, controller, http::HttpState};
+use modelfleet_operator::{
+    OperatorConfig, controller,
+    http::HttpState,
+    telemetry::{AuthError, Authenticator},
+};
 
 #[tokio::test]
 async fn the_chart_installs_and_its_rbac_suffices() {
@@ -35,6 +39,7 @@ async fn the_chart_installs_and_its_rbac_suffices() {
     .unwrap();
     config.auth_info.impersonate = Some("system:serviceaccount:modelfleet-system:modelfleet".into());
     let as_operator = Client::try_from(config).unwrap();
+    let as_operator_for_auth = as_operator.clone();
     let operator_config = OperatorConfig {
         lease_namespace: "modelfleet-system".into(),
         lease_name: "modelfleet".into(),
@@ -69,7 +74,7 @@ async fn the_chart_installs_and_its_rbac_suffices() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\nmetrics:\n{}", http.metrics.render()));
-    let events = Api::<Event>::namespaced(admin, "default")
+    let events = Api::<Event>::namespaced(admin.clone(), "default")
         .list(&ListParams::default())
         .await
         .unwrap();
@@ -85,6 +90,18 @@ async fn the_chart_installs_and_its_rbac_suffices() {
         !metrics.contains("modelfleet_operator_reconcile_errors_total{"),
         "no forbidden errors:\n{metrics}"
     );
+    // Node agents' tokens: the chart lets the operator ask for TokenReviews.
+    let token = modelfleet_e2e::agents::request_agent_token(&admin, "default")
+        .await
+        .unwrap();
+    let auth = Authenticator::token_review(as_operator_for_auth, "modelfleet-operator");
+    let user = auth
+        .authenticate(Some(&format!("Bearer {token}")))
+        .await
+        .unwrap_or_else(|e| panic!("TokenReview as the chart's ServiceAccount: {e}"));
+    assert_eq!(user, "system:serviceaccount:default:modelfleet-node-agent");
+    let refused = auth.authenticate(Some("Bearer not-a-token")).await;
+    assert!(matches!(refused, Err(AuthError::Rejected(_))), "{refused:?}");
     operator.abort();
     cluster.stop();
 }

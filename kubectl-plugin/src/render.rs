@@ -1,0 +1,257 @@
+//! What `kubectl modelfleet status` prints, pure: a ModelDeployment (as read from the API
+//! server) and the time now in, the tree out.
+
+use std::fmt::Write;
+
+use k8s_openapi::jiff::Timestamp;
+use modelfleet_crds::{ModelDeployment, v1alpha1::StepKind};
+
+/// "3m12s ago"-style age of `then`.
+fn ago(then: Timestamp, now: Timestamp) -> String {
+    let s = now.as_second().saturating_sub(then.as_second()).max(0);
+    match s {
+        0..60 => format!("{s}s ago"),
+        60..3600 => format!("{}m{}s ago", s / 60, s % 60),
+        _ => format!("{}h{}m ago", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// The `list` table: one row per ModelDeployment, columns padded to their widest cell.
+pub fn list_table(items: &[ModelDeployment], with_namespace: bool) -> String {
+    let mut rows = vec![
+        [
+            "NAMESPACE",
+            "NAME",
+            "READY",
+            "STABLE",
+            "CANARY",
+            "WEIGHT",
+            "PHASE",
+            "AUTOSCALER",
+        ]
+        .map(String::from),
+    ];
+    for md in items {
+        let s = md.status.clone().unwrap_or_default();
+        rows.push([
+            md.metadata.namespace.clone().unwrap_or_default(),
+            md.metadata.name.clone().unwrap_or_default(),
+            format!("{}/{}", s.ready_replicas, s.replicas),
+            s.stable
+                .as_ref()
+                .map_or_else(|| "-".into(), |r| r.version.clone()),
+            s.candidate
+                .as_ref()
+                .map_or_else(|| "-".into(), |c| c.version.clone()),
+            format!("{}%", s.candidate.as_ref().map_or(0, |c| c.traffic_weight)),
+            s.phase.map_or_else(|| "-".into(), |p| format!("{p:?}")),
+            match (&md.spec.scaling, &s.autoscaling) {
+                (Some(_), Some(a)) => format!("desired {}", a.desired_replicas),
+                (Some(_), None) => "starting".into(),
+                (None, _) => "off".into(),
+            },
+        ]);
+    }
+    let skip = usize::from(!with_namespace);
+    let widths: Vec<usize> = (0..8)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let cells: Vec<String> = (skip..8)
+            .map(|c| format!("{:<w$}", row[c], w = widths[c]))
+            .collect();
+        let _ = writeln!(out, "{}", cells.join("   ").trim_end());
+    }
+    out
+}
+
+/// The status tree of `md`.
+pub fn status_tree(md: &ModelDeployment, now: Timestamp) -> String {
+    let mut out = String::new();
+    let name = md.metadata.name.clone().unwrap_or_default();
+    let namespace = md.metadata.namespace.clone().unwrap_or_default();
+    let status = md.status.clone().unwrap_or_default();
+    let phase = status
+        .phase
+        .map_or_else(|| "Unknown".to_owned(), |p| format!("{p:?}"));
+    let generation = md.metadata.generation.unwrap_or(0);
+    let observed = status.observed_generation.unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "ModelDeployment {namespace}/{name}: {phase}, {}/{} ready (model {} version {})",
+        status.ready_replicas, status.replicas, md.spec.model.name, md.spec.model.version
+    );
+    if observed < generation {
+        let _ = writeln!(
+            out,
+            "  (generation {generation} not yet observed: status is of generation {observed})"
+        );
+    }
+    let mut sections: Vec<(String, Vec<String>)> = Vec::new();
+    if let Some(s) = &status.stable {
+        sections.push((
+            format!(
+                "stable    {}  version {}  {}/{} ready",
+                s.revision, s.version, s.ready_replicas, s.replicas
+            ),
+            Vec::new(),
+        ));
+    }
+    if let Some(c) = &status.candidate {
+        let steps = md.spec.rollout.as_ref().map_or(0, |r| r.steps.len());
+        let step = md
+            .spec
+            .rollout
+            .as_ref()
+            .and_then(|r| r.steps.get(c.step.max(0) as usize))
+            .and_then(|s| s.kind())
+            .map(|k| match k {
+                StepKind::Shadow(s) => format!(", step {}/{steps}: shadow {}%", c.step + 1, s.percent),
+                StepKind::Canary(k) => format!(", step {}/{steps}: canary {}%", c.step + 1, k.weight),
+            })
+            .unwrap_or_default();
+        let started = c
+            .step_started_at
+            .as_ref()
+            .map(|t| format!(", step started {}", ago(t.0, now)))
+            .unwrap_or_default();
+        sections.push((
+            format!(
+                "candidate {}  version {}  {}/{} ready  weight {}%  mirror {}%{step}{started}",
+                c.revision, c.version, c.ready_replicas, c.replicas, c.traffic_weight, c.mirror_percent
+            ),
+            Vec::new(),
+        ));
+    }
+    if let Some(a) = &status.analysis {
+        let last = a.last_run_at.as_ref().map_or_else(
+            || "never run".to_owned(),
+            |t| format!("last run {}", ago(t.0, now)),
+        );
+        let results = a
+            .results
+            .iter()
+            .map(|r| {
+                let value = r.value.map_or_else(|| "no data".to_owned(), |v| format!("{v}"));
+                let mark = if r.passed { "passed" } else { "FAILED" };
+                let why = r.message.as_ref().map(|m| format!(": {m}")).unwrap_or_default();
+                format!("{} {value} {mark}{why}", r.check)
+            })
+            .collect();
+        sections.push((format!("analysis  {last}, {} failures", a.failures), results));
+    }
+    if let Some(a) = &status.autoscaling {
+        let last = a
+            .last_scale_time
+            .as_ref()
+            .map(|t| format!(", last scaled {}", ago(t.0, now)))
+            .unwrap_or_default();
+        let mut lines: Vec<String> = a
+            .current_metrics
+            .iter()
+            .map(|m| format!("{} {} (target {})", m.name, m.value, m.target))
+            .collect();
+        lines.extend(
+            a.history
+                .iter()
+                .rev()
+                .map(|e| format!("{} {} → {}: {}", ago(e.time.0, now), e.from, e.to, e.reason)),
+        );
+        sections.push((format!("autoscaler desired {}{last}", a.desired_replicas), lines));
+    }
+    sections.push((
+        "conditions".into(),
+        status
+            .conditions
+            .iter()
+            .map(|c| format!("{} {} {}: {}", c.type_, c.status, c.reason, c.message))
+            .collect(),
+    ));
+    let count = sections.len();
+    for (i, (head, lines)) in sections.into_iter().enumerate() {
+        let last = i + 1 == count;
+        let _ = writeln!(out, "{} {head}", if last { "└─" } else { "├─" });
+        let indent = if last { "   " } else { "│  " };
+        let n = lines.len();
+        for (j, line) in lines.into_iter().enumerate() {
+            let _ = writeln!(out, "{indent}{} {line}", if j + 1 == n { "└─" } else { "├─" });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURE: &str = r#"
+apiVersion: modelfleet.dev/v1alpha1
+kind: ModelDeployment
+metadata: {name: minilm, namespace: search, generation: 7}
+spec:
+  model: {name: all-MiniLM-L6-v2, version: "2", uri: "hf://o/m"}
+  scaling: {minReplicas: 1, maxReplicas: 20, targets: {queueDepthPerReplica: 16}}
+  rollout:
+    steps:
+      - shadow: {percent: 20, duration: 10m}
+      - canary: {weight: 10, duration: 5m}
+status:
+  observedGeneration: 7
+  phase: Progressing
+  replicas: 5
+  readyReplicas: 5
+  stable: {revision: 7f9c2a1, version: "1", replicas: 4, readyReplicas: 4}
+  candidate: {revision: a1b2c3d, version: "2", step: 1, stepStartedAt: "2026-12-01T10:40:00Z", trafficWeight: 10, mirrorPercent: 0, replicas: 1, readyReplicas: 1}
+  analysis: {lastRunAt: "2026-12-01T10:41:50Z", failures: 0, results: [{check: errorRate, value: 0.002, passed: true}]}
+  autoscaling:
+    desiredReplicas: 5
+    lastScaleTime: "2026-12-01T10:41:00Z"
+    currentMetrics: [{name: queueDepthPerReplica, value: 15.2, target: 16}]
+    history:
+      - {time: "2026-12-01T10:39:00Z", from: 2, to: 4, reason: "queueDepthPerReplica 31.2 > 16"}
+      - {time: "2026-12-01T10:41:00Z", from: 4, to: 5, reason: "queueDepthPerReplica 19 > 16"}
+  conditions:
+    - {type: Available, status: "False", reason: RevisionRollingOut, message: "revision a1b2c3d is rolling out", lastTransitionTime: "2026-12-01T10:38:00Z"}
+"#;
+
+    #[test]
+    fn the_tree_shows_revisions_step_analysis_decisions_and_conditions() {
+        let md: ModelDeployment = serde_yaml::from_str(FIXTURE).expect("fixture");
+        let now: Timestamp = "2026-12-01T10:42:00Z".parse().expect("time");
+        let tree = status_tree(&md, now);
+        let expected = "\
+ModelDeployment search/minilm: Progressing, 5/5 ready (model all-MiniLM-L6-v2 version 2)
+├─ stable    7f9c2a1  version 1  4/4 ready
+├─ candidate a1b2c3d  version 2  1/1 ready  weight 10%  mirror 0%, step 2/2: canary 10%, step started 2m0s ago
+├─ analysis  last run 10s ago, 0 failures
+│  └─ errorRate 0.002 passed
+├─ autoscaler desired 5, last scaled 1m0s ago
+│  ├─ queueDepthPerReplica 15.2 (target 16)
+│  ├─ 1m0s ago 4 → 5: queueDepthPerReplica 19 > 16
+│  └─ 3m0s ago 2 → 4: queueDepthPerReplica 31.2 > 16
+└─ conditions
+   └─ Available False RevisionRollingOut: revision a1b2c3d is rolling out
+";
+        assert_eq!(tree, expected, "\n{tree}");
+    }
+
+    #[test]
+    fn the_list_pads_columns_and_says_who_owns_replicas() {
+        let md: ModelDeployment = serde_yaml::from_str(FIXTURE).expect("fixture");
+        let table = list_table(&[md], false);
+        assert_eq!(
+            table,
+            "NAME     READY   STABLE   CANARY   WEIGHT   PHASE         AUTOSCALER\n\
+             minilm   5/5     1        2        10%      Progressing   desired 5\n"
+        );
+    }
+
+    #[test]
+    fn an_unobserved_generation_is_said() {
+        let mut md: ModelDeployment = serde_yaml::from_str(FIXTURE).expect("fixture");
+        md.metadata.generation = Some(8);
+        let tree = status_tree(&md, Timestamp::UNIX_EPOCH);
+        assert!(tree.contains("generation 8 not yet observed"), "{tree}");
+    }
+}

@@ -84,35 +84,16 @@ fn up_keep_then_down_stops_every_component() {
 #[test]
 fn up_tears_down_on_ctrl_c() {
     let home = tempfile::tempdir().unwrap();
-    let mut child = cli(home.path())
-        .args(["up", "--gpu-nodes", "1", "--cpu-nodes", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Read stderr on a thread to the end: `up` keeps reporting while it tears down.
-    let (prompted_tx, prompted_rx) = std::sync::mpsc::channel();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let reader = std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        for line in stderr.lines().map_while(Result::ok) {
-            if line.contains("press Ctrl-C") {
-                let _ = prompted_tx.send(());
-            }
-            seen.push(line);
-        }
-        seen
-    });
+    let (mut child, prompted_rx, reader) = start_up(home.path(), &["--gpu-nodes", "1", "--cpu-nodes", "0"]);
     prompted_rx
         .recv_timeout(std::time::Duration::from_secs(120))
         .expect("`up` prompts for Ctrl-C");
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
-    let status = child.wait().unwrap();
+    let status = child.interrupt();
     let seen = reader.join().unwrap();
     assert!(status.success(), "{status}: {seen:#?}");
     assert_eq!(seen.last().map(String::as_str), Some("stopped"), "{seen:#?}");
 
-    let stdout = std::io::read_to_string(child.stdout.take().unwrap()).unwrap();
+    let stdout = std::io::read_to_string(child.0.stdout.take().unwrap()).unwrap();
     let kubeconfig = stdout
         .lines()
         .find_map(|l| l.strip_prefix("export KUBECONFIG="))
@@ -208,34 +189,17 @@ async fn up_with_operator_serves_the_minimal_example() {
 #[test]
 fn up_with_agents_autoscales_on_the_annotated_load_and_stops_everything_on_ctrl_c() {
     let home = tempfile::tempdir().unwrap();
-    let mut child = InterruptOnDrop(
-        cli(home.path())
-            .args([
-                "up",
-                "--with-operator",
-                "--with-agents",
-                "--gpu-nodes",
-                "2",
-                "--cpu-nodes",
-                "1",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+    let (mut child, prompted_rx, reader) = start_up(
+        home.path(),
+        &[
+            "--with-operator",
+            "--with-agents",
+            "--gpu-nodes",
+            "2",
+            "--cpu-nodes",
+            "1",
+        ],
     );
-    let (prompted_tx, prompted_rx) = std::sync::mpsc::channel();
-    let stderr = BufReader::new(child.0.stderr.take().unwrap());
-    let reader = std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        for line in stderr.lines().map_while(Result::ok) {
-            if line.contains("press Ctrl-C") {
-                let _ = prompted_tx.send(());
-            }
-            seen.push(line);
-        }
-        seen
-    });
     let stdout = BufReader::new(child.0.stdout.take().unwrap());
     let (stdout_tx, stdout_rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
@@ -345,4 +309,38 @@ impl Drop for InterruptOnDrop {
             self.interrupt();
         }
     }
+}
+
+/// A foreground `up`: the process (interrupted when dropped), a signal when it prompts for Ctrl-C,
+/// and its stderr read on a thread to the end (it keeps reporting while it tears down).
+fn start_up(
+    home: &Path,
+    args: &[&str],
+) -> (
+    InterruptOnDrop,
+    std::sync::mpsc::Receiver<()>,
+    std::thread::JoinHandle<Vec<String>>,
+) {
+    let mut child = InterruptOnDrop(
+        cli(home)
+            .arg("up")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("`modelfleet-e2e up` starts"),
+    );
+    let (prompted_tx, prompted_rx) = std::sync::mpsc::channel();
+    let stderr = BufReader::new(child.0.stderr.take().expect("piped stderr"));
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.contains("press Ctrl-C") {
+                let _ = prompted_tx.send(());
+            }
+            seen.push(line);
+        }
+        seen
+    });
+    (child, prompted_rx, reader)
 }

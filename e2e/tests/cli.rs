@@ -154,14 +154,7 @@ async fn up_with_operator_serves_the_minimal_example() {
         .unwrap()
         .to_string();
 
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
-    let client = kube::Client::try_from(config).unwrap();
-    let api: kube::Api<modelfleet_crds::ModelDeployment> = kube::Api::namespaced(client, "default");
+    let api = default_model_deployments(&kubeconfig).await;
     modelfleet_e2e::wait::wait_for(
         &api,
         "minilm",
@@ -238,15 +231,7 @@ fn up_with_agents_autoscales_on_the_annotated_load_and_stops_everything_on_ctrl_
     );
 
     let scaled = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let config = kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
-            &Default::default(),
-        )
-        .await
-        .unwrap();
-        let client = kube::Client::try_from(config).unwrap();
-        let api: kube::Api<modelfleet_crds::ModelDeployment> =
-            kube::Api::namespaced(client.clone(), "default");
+        let api = default_model_deployments(&kubeconfig).await;
         // Telemetry flows before the load is put on: MetricsAvailable turns True.
         modelfleet_e2e::wait::wait_for(
             &api,
@@ -343,4 +328,16 @@ fn start_up(
         seen
     });
     (child, prompted_rx, reader)
+}
+
+/// ModelDeployments in namespace `default` of the cluster whose kubeconfig `up` printed.
+async fn default_model_deployments(kubeconfig: &str) -> kube::Api<modelfleet_crds::ModelDeployment> {
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(kubeconfig).expect("the printed kubeconfig"),
+        &Default::default(),
+    )
+    .await
+    .expect("a client config");
+    let client = kube::Client::try_from(config).expect("a client");
+    kube::Api::namespaced(client, "default")
 }

@@ -25,9 +25,23 @@ if degraded ~= nil and degraded.status == "True" then
   hs.message = (degraded.reason or "Degraded") .. ": " .. (degraded.message or "")
   return hs
 end
+-- A rollout that waits (spec.rollout.paused, or analysis without an answer) is Suspended.
+local paused = conditions["Paused"]
+if paused ~= nil and paused.status == "True" then
+  hs.status = "Suspended"
+  hs.message = (paused.reason or "Paused") .. ": " .. (paused.message or "")
+  return hs
+end
+-- A rollout step in progress (shadow, canary, growing for promotion) is Progressing.
+local progressing = conditions["Progressing"]
+if progressing ~= nil and progressing.status == "True" and progressing.reason ~= nil
+    and (progressing.reason == "RolloutStep" or progressing.reason == "CandidateStarting") then
+  hs.status = "Progressing"
+  hs.message = progressing.reason .. ": " .. (progressing.message or "")
+  return hs
+end
 local available = conditions["Available"]
 if available ~= nil and available.status == "True" then
-  local progressing = conditions["Progressing"]
   if progressing ~= nil and progressing.status == "True" then
     hs.status = "Progressing"
     hs.message = progressing.message or "Rolling out"

@@ -6,8 +6,11 @@ use std::{fs, io::Read, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use k8s_openapi::jiff::Timestamp;
-use kube::{Api, api::ListParams};
-use modelfleet_crds::{ModelDeployment, manifest::model_deployments_from_yaml};
+use kube::{
+    Api,
+    api::{ListParams, Patch, PatchParams},
+};
+use modelfleet_crds::{ModelDeployment, constants::annotations, manifest::model_deployments_from_yaml};
 
 /// kubectl plugin for modelfleet ModelDeployments.
 ///
@@ -47,7 +50,40 @@ enum Command {
         /// Namespace (default: the kubeconfig context's).
         #[arg(short = 'n', long)]
         namespace: Option<String>,
+        /// Watch: print the tree again whenever it changes (every 2 s at most), until Ctrl-C.
+        #[arg(short = 'w', long)]
+        watch: bool,
     },
+    /// Skip the remaining rollout steps: the candidate grows to full size and becomes stable
+    /// (sets the `modelfleet.dev/promote` annotation, which the operator consumes).
+    Promote(Target),
+    /// Roll the candidate back now: weight 0, mirror off, candidate scaled to 0 (sets the
+    /// `modelfleet.dev/abort` annotation, which the operator consumes).
+    Abort(Target),
+    /// Freeze the rollout at its current step (sets `spec.rollout.paused: true`; a failing check
+    /// still rolls back).
+    Pause(Target),
+    /// Let a paused rollout continue (sets `spec.rollout.paused: false`).
+    Resume(Target),
+}
+
+/// The ModelDeployment a rollout command acts on.
+#[derive(clap::Args, Debug)]
+struct Target {
+    /// The ModelDeployment.
+    name: String,
+    /// Namespace (default: the kubeconfig context's).
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+}
+
+/// What a rollout command changes.
+#[derive(Debug, Clone, Copy)]
+enum Control {
+    Promote,
+    Abort,
+    Pause,
+    Resume,
 }
 
 /// A client from the kubeconfig, as kubectl finds it, and the namespace to use.
@@ -75,18 +111,72 @@ async fn list(namespace: Option<String>, all: bool) -> Result<String, String> {
     Ok(render::list_table(&items, all))
 }
 
-async fn status(name: &str, namespace: Option<String>) -> Result<String, String> {
+async fn get(api: &Api<ModelDeployment>, name: &str, namespace: &str) -> Result<ModelDeployment, String> {
+    api.get(name).await.map_err(|e| match e {
+        kube::Error::Api(s) if s.code == 404 => {
+            format!("modeldeployment {name} not found in namespace {namespace}")
+        }
+        e => format!("cannot read modeldeployment {namespace}/{name}: {e}"),
+    })
+}
+
+async fn status(name: &str, namespace: Option<String>, watch: bool) -> Result<String, String> {
     let (client, namespace) = client(namespace).await?;
-    let md = Api::<ModelDeployment>::namespaced(client, &namespace)
-        .get(name)
+    let api = Api::<ModelDeployment>::namespaced(client, &namespace);
+    if !watch {
+        return Ok(render::status_tree(&get(&api, name, &namespace).await?, Timestamp::now()));
+    }
+    let mut last = None;
+    loop {
+        let md = get(&api, name, &namespace).await?;
+        // Print again when the operator wrote something new (or the spec changed).
+        let seen = (md.metadata.generation, md.status.clone());
+        if last.as_ref() != Some(&seen) {
+            println!("--- {}", Timestamp::now().strftime("%H:%M:%S"));
+            print!("{}", render::status_tree(&md, Timestamp::now()));
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            last = Some(seen);
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(String::new()),
+            () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+async fn control(target: Target, control: Control) -> Result<String, String> {
+    let (client, namespace) = client(target.namespace).await?;
+    let api = Api::<ModelDeployment>::namespaced(client, &namespace);
+    let name = target.name;
+    let md = get(&api, &name, &namespace).await?;
+    if md.spec.rollout.is_none() {
+        return Err(format!(
+            "modeldeployment {namespace}/{name} has no spec.rollout: there is no rollout to steer"
+        ));
+    }
+    let (patch, done) = match control {
+        Control::Promote => (
+            serde_json::json!({"metadata": {"annotations": {annotations::PROMOTE: "true"}}}),
+            "promotion requested: the candidate skips its remaining steps",
+        ),
+        Control::Abort => (
+            serde_json::json!({"metadata": {"annotations": {annotations::ABORT: "true"}}}),
+            "abort requested: the candidate is rolled back",
+        ),
+        Control::Pause => (
+            serde_json::json!({"spec": {"rollout": {"paused": true}}}),
+            "rollout paused",
+        ),
+        Control::Resume => (
+            serde_json::json!({"spec": {"rollout": {"paused": false}}}),
+            "rollout resumed",
+        ),
+    };
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
-        .map_err(|e| match e {
-            kube::Error::Api(s) if s.code == 404 => {
-                format!("modeldeployment {name} not found in namespace {namespace}")
-            }
-            e => format!("cannot read modeldeployment {namespace}/{name}: {e}"),
-        })?;
-    Ok(render::status_tree(&md, Timestamp::now()))
+        .map_err(|e| format!("cannot update modeldeployment {namespace}/{name}: {e}"))?;
+    Ok(format!("modeldeployment.modelfleet.dev/{name}: {done}\n"))
 }
 
 /// Runs an API command and prints its output or its error.
@@ -151,6 +241,14 @@ fn main() -> ExitCode {
             namespace,
             all_namespaces,
         } => run_api(list(namespace, all_namespaces)),
-        Command::Status { name, namespace } => run_api(status(&name, namespace)),
+        Command::Status {
+            name,
+            namespace,
+            watch,
+        } => run_api(status(&name, namespace, watch)),
+        Command::Promote(t) => run_api(control(t, Control::Promote)),
+        Command::Abort(t) => run_api(control(t, Control::Abort)),
+        Command::Pause(t) => run_api(control(t, Control::Pause)),
+        Command::Resume(t) => run_api(control(t, Control::Resume)),
     }
 }

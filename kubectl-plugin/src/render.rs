@@ -116,6 +116,12 @@ pub fn status_tree(md: &ModelDeployment, now: Timestamp) -> String {
             .as_ref()
             .map(|t| format!(", step started {}", ago(t.0, now)))
             .unwrap_or_default();
+        let left = match c.step_remaining_seconds {
+            Some(s) => format!(", {s}s left"),
+            None if c.step_started_at.is_some() => ", holding".to_owned(),
+            None => ", waiting for ready replicas".to_owned(),
+        };
+        let started = format!("{started}{left}");
         sections.push((
             format!(
                 "candidate {}  version {}  {}/{} ready  weight {}%  mirror {}%{step}{started}",
@@ -134,12 +140,31 @@ pub fn status_tree(md: &ModelDeployment, now: Timestamp) -> String {
             .iter()
             .map(|r| {
                 let value = r.value.map_or_else(|| "no data".to_owned(), |v| format!("{v}"));
-                let mark = if r.passed { "passed" } else { "FAILED" };
+                let mark = if r.passed {
+                    "passed".to_owned()
+                } else if r.inconclusive {
+                    "inconclusive".to_owned()
+                } else {
+                    format!("FAILED ({} in a row)", r.failures)
+                };
                 let why = r.message.as_ref().map(|m| format!(": {m}")).unwrap_or_default();
                 format!("{} {value} {mark}{why}", r.check)
             })
             .collect();
         sections.push((format!("analysis  {last}, {} failures", a.failures), results));
+    }
+    if let Some(r) = &status.last_rollout {
+        sections.push((
+            format!(
+                "last rollout  version {} (revision {}) {:?} {}: {}",
+                r.version,
+                r.revision,
+                r.result,
+                ago(r.finished_at.0, now),
+                r.message
+            ),
+            Vec::new(),
+        ));
     }
     if let Some(a) = &status.autoscaling {
         let last = a

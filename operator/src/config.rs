@@ -44,6 +44,9 @@ pub struct OperatorConfig {
     /// Tick of the autoscaler's decision loop.
     #[arg(long, env = "MODELFLEET_AUTOSCALE_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub autoscale_interval: Duration,
+    /// Prometheus base URL (plain HTTP) for `prometheus` analysis checks without an `address`.
+    #[arg(long, env = "MODELFLEET_PROMETHEUS_URL")]
+    pub prometheus_url: Option<String>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -67,6 +70,7 @@ impl Default for OperatorConfig {
             telemetry_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             telemetry_audience: modelfleet_crds::constants::TELEMETRY_TOKEN_AUDIENCE.into(),
             autoscale_interval: Duration::from_secs(2),
+            prometheus_url: None,
         }
     }
 }

@@ -32,7 +32,7 @@ use crate::{
     http::HttpState,
     leader::{LeaderElector, LeaseConfig},
     metrics::Metrics,
-    reconcile::{self, fetch::Stores},
+    reconcile::{self, fetch::Stores, memory::Written},
     telemetry::{Authenticator, Hub, TelemetryStore},
 };
 
@@ -50,6 +50,10 @@ pub struct Context {
     pub stores: Stores,
     /// The autoscaler's latest outcomes (the replica source with `spec.scaling`).
     pub decisions: Decisions,
+    /// Node-agent telemetry (the built-in analysis checks read it).
+    pub telemetry: TelemetryStore,
+    /// What this process last wrote (its own status, the HTTPRoute).
+    pub written: Written,
 }
 
 impl std::fmt::Debug for Context {
@@ -131,7 +135,7 @@ async fn run_controller(base: Base, shutdown: impl Future<Output = ()> + Send + 
     let autoscaler = control::LoopContext {
         model_deployments: md_reader.clone(),
         stores: stores.clone(),
-        telemetry: base.telemetry,
+        telemetry: base.telemetry.clone(),
         decisions: decisions.clone(),
         trigger,
         metrics: base.metrics.clone(),
@@ -144,6 +148,8 @@ async fn run_controller(base: Base, shutdown: impl Future<Output = ()> + Send + 
         config: base.config,
         stores,
         decisions,
+        telemetry: base.telemetry,
+        written: Written::default(),
     });
     // The loop starts once the children's caches are warm, and stops with the controller. It
     // does not wait on the ModelDeployment cache: kube-runtime 5.0's `Store::wait_until_ready`

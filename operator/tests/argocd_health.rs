@@ -121,3 +121,50 @@ fn a_rollout_in_flight_is_progressing_and_a_paused_one_suspended() {
     paused["spec"]["rollout"]["paused"] = json!(true);
     assert_eq!(health(paused).0, "Suspended");
 }
+
+#[test]
+fn rollout_phases_map_to_progressing_suspended_and_degraded() {
+    let step = md(
+        5,
+        Some(5),
+        json!([
+            cond("Available", "False", "RolloutInProgress", "version 2 is at step 2/3"),
+            cond("Progressing", "True", "RolloutStep", "version 2 is at step 2/3: weight 10%"),
+            cond("Degraded", "False", "AsExpected", ""),
+            cond("Paused", "False", "Running", "the rollout advances")
+        ]),
+    );
+    let (status, message) = health(step);
+    assert_eq!(status, "Progressing");
+    assert!(message.contains("step 2/3"), "{message}");
+
+    for reason in ["AnalysisInconclusive", "RolloutPaused"] {
+        let held = md(
+            5,
+            Some(5),
+            json!([
+                cond("Available", "False", "RolloutInProgress", ""),
+                cond("Progressing", "True", reason, ""),
+                cond("Degraded", "False", "AsExpected", ""),
+                cond("Paused", "True", reason, "prometheus: did not answer")
+            ]),
+        );
+        let (status, message) = health(held);
+        assert_eq!(status, "Suspended", "{reason}");
+        assert!(message.starts_with(reason), "{message}");
+    }
+
+    let rolled_back = md(
+        5,
+        Some(5),
+        json!([
+            cond("Available", "False", "RolledBack", ""),
+            cond("Progressing", "False", "RolledBack", ""),
+            cond("Degraded", "True", "AnalysisFailed", "check errorRate failed 2 times in a row: value 0.2 against max 0.01"),
+            cond("Paused", "False", "Running", "")
+        ]),
+    );
+    let (status, message) = health(rolled_back);
+    assert_eq!(status, "Degraded");
+    assert!(message.contains("AnalysisFailed") && message.contains("errorRate"), "{message}");
+}

@@ -43,6 +43,10 @@ pub struct ModelDeploymentStatus {
     /// The latest rollout analysis.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisStatus>,
+    /// How the latest rollout ended. A rolled-back revision is not tried again until the spec
+    /// asks for another one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rollout: Option<RolloutResultStatus>,
     /// What the built-in autoscaler sees and decided (only with `spec.scaling`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingStatus>,
@@ -90,9 +94,16 @@ pub struct CandidateStatus {
     pub revision: String,
     /// `spec.model.version` of this revision.
     pub version: String,
+    /// When this revision became the candidate (its `progressDeadline` counts from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
     /// Index of the current step in `spec.rollout.steps` (0-based).
     #[serde(default)]
     pub step: i32,
+    /// Seconds left in the current step; empty while the step waits (candidate starting,
+    /// paused, inconclusive analysis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_remaining_seconds: Option<i64>,
     /// When the current step started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_started_at: Option<Time>,
@@ -136,9 +147,46 @@ pub struct CheckResult {
     pub value: Option<f64>,
     /// Whether the value is within the thresholds.
     pub passed: bool,
+    /// Failed runs of this check in a row; `failureLimit` of them roll the candidate back.
+    #[serde(default)]
+    pub failures: i32,
+    /// No answer (Prometheus unreachable, no data yet): neither a pass nor a failure.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inconclusive: bool,
     /// Why it failed or was inconclusive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// How a rollout ended.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutResultStatus {
+    /// The candidate revision.
+    pub revision: String,
+    /// `spec.model.version` of the candidate.
+    pub version: String,
+    /// Promoted or RolledBack.
+    pub result: RolloutResult,
+    /// PascalCase reason: `Promoted`, `AnalysisFailed`, `ProgressDeadlineExceeded`, `Aborted`.
+    pub reason: String,
+    /// What happened, naming the check, its value and its threshold on a failed analysis.
+    pub message: String,
+    /// The revision that was stable before; after a promotion it keeps running for
+    /// `scaleDownDelay`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_stable: Option<String>,
+    /// When the rollout ended.
+    pub finished_at: Time,
+}
+
+/// The end of a rollout.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RolloutResult {
+    /// The candidate became stable.
+    Promoted,
+    /// The candidate was scaled to zero and its traffic returned to the stable revision.
+    RolledBack,
 }
 
 /// The autoscaler's view.

@@ -11,16 +11,23 @@ use futures::future::try_join_all;
 use k8s_openapi::NamespaceResourceScope;
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams},
 };
-use modelfleet_crds::constants::{FIELD_MANAGER, labels};
+use modelfleet_crds::{
+    ModelDeployment,
+    constants::{FIELD_MANAGER, labels},
+};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
     Error, Result,
     reconcile::{
-        build::DesiredObjects,
+        build::{
+            DesiredObjects,
+            route::{self, HttpRoute},
+        },
         fetch::{Observed, SPEC_HASH_ANNOTATION},
+        memory::Written,
     },
 };
 
@@ -120,4 +127,41 @@ pub async fn retire(client: &Client, namespace: &str, md_name: &str, revisions: 
         })?;
     }
     Ok(())
+}
+
+/// Applies the HTTPRoute unless this process last wrote the same one.
+pub async fn apply_route(
+    client: &Client,
+    md: &ModelDeployment,
+    route: &HttpRoute,
+    written: &Written,
+) -> Result<()> {
+    let hash = spec_hash(route);
+    if written.route_is(md, &hash) {
+        return Ok(());
+    }
+    let namespace = md.namespace().unwrap_or_default();
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &route::api_resource());
+    let name = route.metadata.name.clone().unwrap_or_default();
+    let result = api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(route),
+        )
+        .await;
+    match result {
+        Ok(_) => {
+            written.remember_route(md, Some(hash));
+            Ok(())
+        }
+        Err(source) => {
+            written.remember_route(md, None);
+            Err(Error::Apply {
+                kind: "HTTPRoute (is the Gateway API installed?)".into(),
+                name,
+                source,
+            })
+        }
+    }
 }

@@ -5,15 +5,36 @@ pub mod build;
 pub mod conditions;
 pub mod diagnose;
 pub mod fetch;
+pub mod memory;
 pub mod plan;
 pub mod status;
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use kube::{ResourceExt, runtime::controller::Action};
-use modelfleet_crds::{ModelDeployment, revision::revision_hash, validate};
+use k8s_openapi::jiff::Timestamp;
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::controller::Action,
+};
+use modelfleet_crds::{
+    ModelDeployment, ModelDeploymentStatus, constants::annotations, revision::revision_hash,
+    v1alpha1::RolloutResult, validate,
+};
 
-use crate::{Error, Result, controller::Context};
+use crate::{
+    Error, Result,
+    controller::Context,
+    reconcile::{fetch::Observed, plan::RevisionPlan},
+    rollout::{
+        engine::{self, EngineInput, RolloutDecision},
+        prometheus::Placeholders,
+        run::{self, AnalysisEnv},
+    },
+};
 
 /// Reconciles one ModelDeployment.
 #[tracing::instrument(skip_all, fields(namespace = md.namespace().unwrap_or_default(), name = md.name_any()))]
@@ -49,16 +70,25 @@ async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
     }
 
     ctx.stores.ready().await?;
+    // Build on our own last status while the cache has not caught up with it.
+    let mut md = md.clone();
+    md.status = ctx.written.status_of(&md);
+    let md = &md;
+    let recorded = md.status.clone().unwrap_or_default();
     let observed = fetch::observe(&ctx.stores, &namespace, &name);
     let current = revision_hash(&md.spec, &ctx.config.default_image);
-    let recorded_stable = md
-        .status
-        .as_ref()
-        .and_then(|s| s.stable.as_ref())
-        .map(|s| s.revision.as_str());
+    let recorded_stable = recorded.stable.as_ref().map(|s| s.revision.as_str());
     let decided = ctx.decisions.get(&namespace, &name);
     let desired_total = plan::desired_replicas(md, decided.as_ref().map(|o| o.replicas));
-    let plan = plan::plan(desired_total, &current, recorded_stable, &observed.revisions);
+    let now = Timestamp::now();
+    let controls = Controls::of(md);
+
+    let rollout = progressive(md, ctx, &observed, &current, desired_total, &recorded, now, controls).await;
+    let mut plan = match &rollout {
+        Some(decision) => decision.plan.clone(),
+        None => plan::plan(desired_total, &current, recorded_stable, &observed.revisions),
+    };
+    let drain_left = drain_after_promotion(md, &recorded, &observed, &mut plan, now);
     let desired = build::build(md, &plan, &ctx.config.default_image);
 
     // The writes, the retirement of dead revisions and the status write go out together: status
@@ -67,16 +97,32 @@ async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
     // server instead of four keeps reconciles short while it is busy.
     let writes = async {
         apply::apply(&client, &namespace, &desired, &observed).await?;
+        if let Some(route) = &desired.route {
+            apply::apply_route(&client, md, route, &ctx.written).await?;
+        }
         apply::retire(&client, &namespace, &name, &plan.retire).await
     };
-    let report = status::compute(md, &plan, &observed, decided.as_ref());
+    let report = status::compute(
+        md,
+        &plan,
+        &observed,
+        decided.as_ref(),
+        rollout.as_ref().map(|d| &d.report),
+    );
     let status_write = async {
         if md.status.as_ref() != Some(&report.status) {
             status::patch(&client, md, &report.status).await?;
+            ctx.written.remember_status(md, &report.status);
         }
         Ok(())
     };
-    tokio::try_join!(writes, status_write)?;
+    let consume = async {
+        if controls.any() {
+            controls.consume(&client, md).await?;
+        }
+        Ok(())
+    };
+    tokio::try_join!(writes, status_write, consume)?;
 
     // Events are best effort and published in the background, as client-go's recorder does.
     let why = decided.as_ref().and_then(|o| o.last_reason()).map(str::to_owned);
@@ -84,9 +130,142 @@ async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
         let (recorder, md, why) = (ctx.recorder.clone(), md.clone(), why.clone());
         tokio::spawn(async move { status::publish(&recorder, &md, event, why.as_deref()).await });
     }
-    Ok(if report.settled {
-        Action::requeue(ctx.config.resync)
-    } else {
-        Action::requeue(std::time::Duration::from_secs(5))
+    for event in rollout.iter().flat_map(|d| d.events.clone()) {
+        let (recorder, md) = (ctx.recorder.clone(), md.clone());
+        tokio::spawn(async move { status::publish_rollout(&recorder, &md, event).await });
+    }
+    let soon = Duration::from_secs(5);
+    let next = [
+        rollout.as_ref().and_then(|d| d.next_check_seconds),
+        drain_left,
+    ]
+    .into_iter()
+    .flatten()
+    .map(|s| Duration::from_secs(s.max(1) as u64))
+    .min();
+    Ok(match next {
+        Some(next) => Action::requeue(next.min(soon)),
+        None if report.settled => Action::requeue(ctx.config.resync),
+        None => Action::requeue(soon),
     })
+}
+
+/// The promote and abort annotations.
+#[derive(Debug, Clone, Copy)]
+struct Controls {
+    promote: bool,
+    abort: bool,
+}
+
+impl Controls {
+    fn of(md: &ModelDeployment) -> Self {
+        let set = |key: &str| md.annotations().contains_key(key);
+        Self {
+            promote: set(annotations::PROMOTE),
+            abort: set(annotations::ABORT),
+        }
+    }
+
+    fn any(self) -> bool {
+        self.promote || self.abort
+    }
+
+    /// Removes the annotations once acted on, so they fire once.
+    async fn consume(self, client: &kube::Client, md: &ModelDeployment) -> Result<()> {
+        let api: Api<ModelDeployment> = Api::namespaced(client.clone(), &md.namespace().unwrap_or_default());
+        let patch = serde_json::json!({"metadata": {"annotations": {
+            annotations::PROMOTE: serde_json::Value::Null,
+            annotations::ABORT: serde_json::Value::Null,
+        }}});
+        api.patch(&md.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(Error::Status)?;
+        Ok(())
+    }
+}
+
+/// With rollout steps and a stable revision to protect, the rollout engine plans the revisions
+/// (running an analysis first when one is due). None: the step-less plan applies.
+#[allow(clippy::too_many_arguments)]
+async fn progressive(
+    md: &ModelDeployment,
+    ctx: &Context,
+    observed: &Observed,
+    current: &str,
+    desired: i32,
+    recorded: &ModelDeploymentStatus,
+    now: Timestamp,
+    controls: Controls,
+) -> Option<RolloutDecision> {
+    let rollout = md.spec.rollout.as_ref().filter(|r| !r.steps.is_empty())?;
+    let stable = recorded
+        .stable
+        .as_ref()
+        .filter(|s| s.revision != current)
+        .and_then(|s| observed.revision(&s.revision))?;
+    let mut input = EngineInput {
+        now,
+        rollout,
+        current,
+        version: &md.spec.model.version,
+        stable,
+        desired,
+        observed: &observed.revisions,
+        recorded,
+        analysis: None,
+        promote: controls.promote,
+        abort: controls.abort,
+        gateway: md.spec.traffic.as_ref().is_some_and(|t| t.gateway.is_some()),
+    };
+    let outcomes = match rollout.analysis.as_ref() {
+        Some(spec) if engine::analysis_due(&input) => {
+            let namespace = md.namespace().unwrap_or_default();
+            let name = md.name_any();
+            let step = engine::restore(recorded, current, now.as_second()).step;
+            let env = AnalysisEnv {
+                telemetry: &ctx.telemetry,
+                prometheus_url: ctx.config.prometheus_url.as_deref(),
+                placeholders: Placeholders {
+                    namespace: &namespace,
+                    deployment: &name,
+                    revision: current,
+                    stable_revision: &stable.revision,
+                },
+                shadow_step: engine::is_shadow_step(rollout, step),
+            };
+            Some(run::run(&spec.checks, &env).await)
+        }
+        _ => None,
+    };
+    input.analysis = outcomes.as_deref();
+    Some(engine::decide(&input))
+}
+
+/// After a promotion the previous stable revision drains for `scaleDownDelay`; returns the
+/// seconds left when it still runs.
+fn drain_after_promotion(
+    md: &ModelDeployment,
+    recorded: &ModelDeploymentStatus,
+    observed: &Observed,
+    plan: &mut RevisionPlan,
+    now: Timestamp,
+) -> Option<i64> {
+    let last = recorded
+        .last_rollout
+        .as_ref()
+        .filter(|r| r.result == RolloutResult::Promoted && r.revision == plan.stable)?;
+    let previous = observed.revision(last.previous_stable.as_deref()?)?;
+    let delay = md
+        .spec
+        .rollout
+        .as_ref()
+        .map_or(0, |r| std::time::Duration::from(r.scale_down_delay).as_secs() as i64);
+    let left = last.finished_at.0.as_second() + delay - now.as_second();
+    let stable_ready = observed
+        .revision(&plan.stable)
+        .is_some_and(|r| r.ready_replicas >= plan.desired);
+    plan::drain(plan, previous, left <= 0, stable_ready);
+    plan.replicas
+        .contains_key(&previous.revision)
+        .then_some(left.max(1))
 }

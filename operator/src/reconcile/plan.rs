@@ -29,6 +29,31 @@ pub struct RevisionPlan {
     pub retire: Vec<String>,
     /// Total replicas the spec asks for.
     pub desired: i32,
+    /// How live and mirrored traffic reach the candidate.
+    pub traffic: Traffic,
+}
+
+/// How traffic reaches the candidate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Percent of live traffic on the candidate through the HTTPRoute.
+    pub weight: i32,
+    /// Percent of the stable revision's requests mirrored to the candidate.
+    pub mirror: i32,
+    /// The entry Service `<name>` selects only the stable revision: no live traffic reaches a
+    /// candidate at weight 0, or a revision draining after promotion.
+    pub entry_stable_only: bool,
+}
+
+/// After a promotion the previous stable revision keeps its replicas for `scaleDownDelay` (and
+/// until the new stable revision is fully ready), receiving no new traffic.
+pub fn drain(plan: &mut RevisionPlan, previous: &ObservedRevision, delay_over: bool, stable_ready: bool) {
+    if plan.candidate.is_some() || previous.revision == plan.stable || (delay_over && stable_ready) {
+        return;
+    }
+    plan.retire.retain(|r| r != &previous.revision);
+    plan.replicas.insert(previous.revision.clone(), previous.replicas);
+    plan.traffic.entry_stable_only = true;
 }
 
 /// The replica source: `spec.replicas` without `spec.scaling`. With it, the autoscaler owns the
@@ -78,6 +103,7 @@ pub fn plan(
         replicas,
         retire,
         desired,
+        traffic: Traffic::default(),
     }
 }
 

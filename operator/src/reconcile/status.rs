@@ -22,6 +22,10 @@ use crate::{
         fetch::Observed,
         plan::{PlanEvent, RevisionPlan},
     },
+    rollout::{
+        engine::{RolloutEvent, RolloutPhase, RolloutReport},
+        machine::HoldReason,
+    },
 };
 
 /// The computed status and whether the object has settled (no faster requeue needed).
@@ -33,32 +37,14 @@ pub struct StatusReport {
     pub settled: bool,
 }
 
-/// Fields that are accepted but not acted on yet, with what happens instead.
-fn inactive_fields(md: &ModelDeployment) -> Vec<&'static str> {
-    let mut fields = Vec::new();
-    if let Some(r) = &md.spec.rollout {
-        if !r.steps.is_empty() {
-            fields.push(
-                "spec.rollout.steps (a new revision replaces the stable one once all its replicas are ready)",
-            );
-        }
-        if r.analysis.is_some() {
-            fields.push("spec.rollout.analysis (no checks run)");
-        }
-    }
-    if md.spec.traffic.as_ref().is_some_and(|t| t.gateway.is_some()) {
-        fields.push("spec.traffic.gateway (no HTTPRoute is created; traffic splits by replica share)");
-    }
-    fields
-}
-
-/// Computes the status from the plan, the children observed after apply and, with
-/// `spec.scaling`, the autoscaler's outcome.
+/// Computes the status from the plan, the children observed, with `spec.scaling` the
+/// autoscaler's outcome, and during a rollout with steps the engine's report.
 pub fn compute(
     md: &ModelDeployment,
     plan: &RevisionPlan,
     observed: &Observed,
     autoscaling: Option<&Outcome>,
+    rollout: Option<&RolloutReport>,
 ) -> StatusReport {
     let name = md.name_any();
     let ready = |rev: &str| observed.revision(rev).map_or(0, |r| r.ready_replicas);
@@ -132,14 +118,10 @@ pub fn compute(
             )),
         }
     }
-    let inactive = inactive_fields(md);
-    if !inactive.is_empty() {
-        desired.push(Desired::new(
-            FIELDS_NOT_ACTIVE,
-            true,
-            "NotActiveYet",
-            format!("accepted but not active in this release: {}", inactive.join("; ")),
-        ));
+    let mut rolled_back = false;
+    if let Some(report) = rollout {
+        rolled_back = matches!(report.phase, RolloutPhase::RolledBack { .. });
+        rollout_conditions(&mut desired, report, plan, &version, &stable_version);
     }
     let existing = md
         .status
@@ -150,7 +132,7 @@ pub fn compute(
 
     let phase = if available && problem.is_none() {
         Phase::Available
-    } else if problem.is_some() {
+    } else if problem.is_some() || rolled_back {
         Phase::Degraded
     } else if ready_replicas == 0 {
         Phase::Pending
@@ -167,7 +149,8 @@ pub fn compute(
         replicas: running(&plan.stable),
         ready_replicas: ready(&plan.stable),
     };
-    let candidate = plan.candidate.as_ref().map(|c| {
+    let step_less = plan.candidate.as_ref().filter(|_| rollout.is_none());
+    let candidate = rollout.map_or_else(|| step_less.map(|c| {
         let stable_ready = ready(&plan.stable);
         // Without a gateway, the entry Service splits traffic by ready replicas.
         let weight = if current_ready + stable_ready > 0 {
@@ -178,14 +161,16 @@ pub fn compute(
         CandidateStatus {
             revision: c.clone(),
             version: version.clone(),
+            started_at: None,
             step: 0,
             step_started_at: None,
+            step_remaining_seconds: None,
             traffic_weight: weight,
             mirror_percent: 0,
             replicas: running(c),
             ready_replicas: current_ready,
         }
-    });
+    }), |r| r.candidate.clone());
     let status = ModelDeploymentStatus {
         observed_generation: md.metadata.generation,
         phase: Some(phase),
@@ -201,7 +186,11 @@ pub fn compute(
         canary_weight: Some(candidate.as_ref().map_or(0, |c| c.traffic_weight)),
         stable: Some(stable),
         candidate,
-        analysis: None,
+        analysis: rollout.and_then(|r| r.analysis.clone()),
+        last_rollout: match rollout {
+            Some(r) => r.last_rollout.clone(),
+            None => md.status.as_ref().and_then(|s| s.last_rollout.clone()),
+        },
         autoscaling: md.spec.scaling.as_ref().and(
             autoscaling
                 .map(|o| o.status.clone())
@@ -215,8 +204,84 @@ pub fn compute(
     }
 }
 
-/// Condition listing accepted fields that later releases act on.
-pub const FIELDS_NOT_ACTIVE: &str = "FieldsNotActive";
+/// Condition type: the rollout waits (paused by the spec, or analysis without an answer).
+pub const PAUSED: &str = "Paused";
+
+/// Replaces Available, Progressing and Degraded with what the rollout says, and adds Paused.
+fn rollout_conditions(
+    desired: &mut Vec<Desired>,
+    report: &RolloutReport,
+    plan: &RevisionPlan,
+    version: &str,
+    stable_version: &str,
+) {
+    let mut set = |d: Desired| match desired.iter_mut().find(|x| x.type_ == d.type_) {
+        Some(x) => *x = d,
+        None => desired.push(d),
+    };
+    let stable = &plan.stable;
+    match &report.phase {
+        RolloutPhase::Running { step, steps, hold } => {
+            let c = report.candidate.as_ref();
+            let weight = c.map_or(0, |c| c.traffic_weight);
+            let mirror = c.map_or(0, |c| c.mirror_percent);
+            let at = if step < steps {
+                format!("step {}/{steps}", step + 1)
+            } else {
+                "growing to full size for promotion".into()
+            };
+            let summary = format!(
+                "version {version} (revision {}) is at {at}: weight {weight}%, mirror {mirror}%; version {stable_version} (revision {stable}) serves the rest",
+                plan.current
+            );
+            set(Desired::new(types::AVAILABLE, false, "RolloutInProgress", summary.clone()));
+            let (reason, paused, detail) = match hold {
+                None => ("RolloutStep", None, summary),
+                Some(HoldReason::CandidateNotReady) => (
+                    "CandidateStarting",
+                    None,
+                    format!(
+                        "{summary}; waiting for {}/{} candidate replicas to be ready",
+                        c.map_or(0, |c| c.ready_replicas),
+                        c.map_or(0, |c| c.replicas)
+                    ),
+                ),
+                Some(HoldReason::Paused) => (
+                    "RolloutPaused",
+                    Some("spec.rollout.paused is true; the step does not advance (a failing check still rolls back)".to_string()),
+                    summary,
+                ),
+                Some(HoldReason::Inconclusive(checks)) => {
+                    let why = checks
+                        .iter()
+                        .map(|(check, reason)| format!("{check}: {reason}"))
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    (
+                        "AnalysisInconclusive",
+                        Some(format!("analysis has no answer, so the rollout waits and never promotes: {why}")),
+                        summary,
+                    )
+                }
+            };
+            set(Desired::new(types::PROGRESSING, true, reason, detail));
+            set(match paused {
+                Some(message) => Desired::new(PAUSED, true, reason, message),
+                None => Desired::new(PAUSED, false, "Running", "the rollout advances"),
+            });
+        }
+        RolloutPhase::RolledBack { reason, message } => {
+            let msg = format!(
+                "version {version} (revision {}) was rolled back: {message}; version {stable_version} (revision {stable}) serves all traffic; change the spec to roll out again",
+                plan.current
+            );
+            set(Desired::new(types::AVAILABLE, false, "RolledBack", msg.clone()));
+            set(Desired::new(types::PROGRESSING, false, "RolledBack", msg));
+            set(Desired::new(types::DEGRADED, true, reason.clone(), message.clone()));
+        }
+        RolloutPhase::Promoted => {}
+    }
+}
 
 /// Writes the status with server-side apply on the status subresource.
 pub async fn patch(client: &Client, md: &ModelDeployment, status: &ModelDeploymentStatus) -> Result<()> {
@@ -339,6 +404,50 @@ pub async fn publish(
         type_: EventType::Normal,
         reason: reason.into(),
         note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &md.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "cannot publish event");
+    }
+}
+
+/// Publishes one Event for a rollout change. Event failures are logged, never fatal.
+pub async fn publish_rollout(recorder: &Recorder, md: &ModelDeployment, change: RolloutEvent) {
+    let (type_, reason, action, note) = match change {
+        RolloutEvent::StepStarted {
+            number,
+            steps,
+            description,
+        } => (
+            EventType::Normal,
+            "RolloutStep",
+            "Rollout",
+            format!(
+                "version {}: step {number}/{steps} started: {description}",
+                md.spec.model.version
+            ),
+        ),
+        RolloutEvent::Promoted { revision, version } => (
+            EventType::Normal,
+            "Promoted",
+            "Promote",
+            format!("version {version} (revision {revision}) passed every step and is now stable"),
+        ),
+        RolloutEvent::RolledBack { reason, message } => (
+            EventType::Warning,
+            "RolledBack",
+            "Rollback",
+            format!(
+                "version {} rolled back ({reason}): {message}",
+                md.spec.model.version
+            ),
+        ),
+    };
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(truncate(&note, 1000)),
         action: action.into(),
         secondary: None,
     };

@@ -23,7 +23,8 @@ pub struct RolloutState {
     pub step: usize,
     /// When the current step started (seconds), None while the candidate is not yet ready.
     pub step_started_at: Option<i64>,
-    /// When the candidate revision first appeared (seconds), for `progressDeadline`.
+    /// When the candidate revision first appeared (seconds): `progressDeadline` counts from here
+    /// until the first step starts, then from the start of the step.
     pub created_at: i64,
     /// Consecutive failed runs per check.
     pub failures: BTreeMap<String, u32>,
@@ -148,7 +149,7 @@ pub enum Verdict {
 }
 
 /// The traffic of step `index`: (weight, mirror).
-fn traffic(rollout: &RolloutSpec, index: usize) -> (i32, i32) {
+pub fn traffic(rollout: &RolloutSpec, index: usize) -> (i32, i32) {
     match rollout.steps.get(index).and_then(|s| s.kind()) {
         Some(StepKind::Canary(c)) => (c.weight, 0),
         Some(StepKind::Shadow(s)) => {
@@ -218,13 +219,19 @@ pub fn step(state: &mut RolloutState, inputs: &Inputs<'_>) -> Verdict {
     }
     if !inputs.candidate_ready {
         let deadline = std::time::Duration::from(rollout.progress_deadline).as_secs() as i64;
-        if state.step_started_at.is_none() && inputs.now - state.created_at >= deadline {
+        let since = state.step_started_at.unwrap_or(state.created_at);
+        if inputs.now - since >= deadline {
             return Verdict::Rollback(RollbackReason::ProgressDeadlineExceeded { seconds: deadline });
         }
-        // Never route weight to pods that are not Ready.
+        // Never route weight to pods that are not Ready: before the first step none; while the
+        // candidate grows for a later step, the previous step's share, which its Ready pods carry.
+        let (weight, mirror) = match state.step {
+            0 => (0, 0),
+            n => traffic(rollout, n - 1),
+        };
         return Verdict::Run {
-            weight: 0,
-            mirror: 0,
+            weight,
+            mirror,
             remaining: None,
             hold: Some(HoldReason::CandidateNotReady),
         };

@@ -1,7 +1,12 @@
-//! Progressive delivery (issue #7), so far its pure core: the rollout state machine
-//! ([`machine`]) and the built-in analysis checks from telemetry ([`analysis`]). It is not wired into the reconcile yet, so `spec.rollout.steps` and
-//! `spec.rollout.analysis` are still reported as `FieldsNotActive`. A spec change mid-rollout is
-//! the caller's to handle: a new candidate revision starts from a fresh [`machine::RolloutState`].
+//! Progressive delivery: shadow and canary steps, analysis, promotion and rollback.
+//!
+//! - [`machine`]: the pure state machine of one candidate (steps, failure limits, holds).
+//! - [`engine`]: pure too; wraps the machine with sizing, traffic, status and Events, reading its
+//!   state from the status the previous reconcile wrote.
+//! - [`analysis`] (pure) and [`prometheus`] + [`run`] (I/O): the checks.
 
 pub mod analysis;
+pub mod engine;
 pub mod machine;
+pub mod prometheus;
+pub mod run;

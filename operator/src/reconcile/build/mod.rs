@@ -1,6 +1,7 @@
 //! The desired objects of a ModelDeployment: a pure function of the object and the revision plan.
 
 mod pod;
+pub mod route;
 
 use std::collections::BTreeMap;
 
@@ -32,6 +33,8 @@ pub struct DesiredObjects {
     pub routing: ConfigMap,
     /// `<name>`.
     pub pdb: PodDisruptionBudget,
+    /// `<name>`, only with `spec.traffic.gateway`.
+    pub route: Option<route::HttpRoute>,
 }
 
 /// Name of a revision's Deployment.
@@ -42,6 +45,11 @@ pub fn deployment_name(md_name: &str, revision: &str) -> String {
 /// Name of the routing ConfigMap.
 pub fn routing_name(md_name: &str) -> String {
     format!("{md_name}-routing")
+}
+
+/// The routing ConfigMap's key a revision's pods read.
+pub fn routing_key(revision: &str) -> String {
+    format!("{revision}.json")
 }
 
 /// Labels every child carries.
@@ -71,8 +79,10 @@ pub fn build(md: &ModelDeployment, plan: &RevisionPlan, default_image: &str) -> 
         })
         .collect();
     let canary = plan.candidate.as_deref().unwrap_or("");
+    let shadow = if plan.traffic.mirror > 0 { canary } else { "" };
+    let entry = plan.traffic.entry_stable_only.then_some(plan.stable.as_str());
     let services = vec![
-        service(md, &name, "server", None),
+        service(md, &name, "server", entry),
         service(
             md,
             &format!("{name}-stable"),
@@ -80,14 +90,15 @@ pub fn build(md: &ModelDeployment, plan: &RevisionPlan, default_image: &str) -> 
             Some(&plan.stable),
         ),
         service(md, &format!("{name}-canary"), labels::ROLE_CANARY, Some(canary)),
-        // The shadow Service receives mirrored traffic only during shadow steps (rollout issue).
-        service(md, &format!("{name}-shadow"), labels::ROLE_SHADOW, Some("")),
+        // The shadow Service selects the candidate only while a shadow step mirrors to it.
+        service(md, &format!("{name}-shadow"), labels::ROLE_SHADOW, Some(shadow)),
     ];
     DesiredObjects {
         deployments,
         services,
-        routing: routing_config_map(md),
+        routing: routing_config_map(md, plan),
         pdb: pdb(md),
+        route: route::http_route(md, plan),
     }
 }
 
@@ -174,15 +185,32 @@ fn service(md: &ModelDeployment, name: &str, component: &str, revision: Option<&
     }
 }
 
-fn routing_config_map(md: &ModelDeployment) -> ConfigMap {
+/// The routing file of each running revision, `{"mirror": {url, percent}}`: during a shadow
+/// step the stable revision mirrors `percent` of its requests to the `<name>-shadow` Service;
+/// every other revision (the candidate included) mirrors nothing. Servers reload the file.
+fn routing_config_map(md: &ModelDeployment, plan: &RevisionPlan) -> ConfigMap {
     let name = md.name_any();
+    let namespace = md.namespace().unwrap_or_default();
+    let data = plan
+        .replicas
+        .keys()
+        .map(|revision| {
+            let mirror = (plan.candidate.is_some() && plan.traffic.mirror > 0 && *revision == plan.stable)
+                .then(|| {
+                    serde_json::json!({
+                        "url": format!("http://{name}-shadow.{namespace}.svc:{HTTP_PORT}"),
+                        "percent": plan.traffic.mirror,
+                    })
+                });
+            (
+                routing_key(revision),
+                serde_json::json!({ "mirror": mirror }).to_string(),
+            )
+        })
+        .collect();
     ConfigMap {
         metadata: meta(md, &routing_name(&name), common_labels(&name, "routing")),
-        // No mirror until a shadow step runs (rollout issue); servers reload this file.
-        data: Some(BTreeMap::from([(
-            "routing.json".to_string(),
-            r#"{"mirror":null}"#.to_string(),
-        )])),
+        data: Some(data),
         ..Default::default()
     }
 }

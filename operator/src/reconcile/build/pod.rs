@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::core::v1::{
-        Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+        Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, KeyToPath,
         EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler, NodeAffinity, NodeSelector,
         NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, PersistentVolumeClaimVolumeSource,
         PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
@@ -308,8 +308,15 @@ pub fn pod_template(md: &ModelDeployment, revision: &str, default_image: &str) -
                 model_volume,
                 Volume {
                     name: "routing".into(),
+                    // Each revision reads its own key: only the stable revision mirrors.
                     config_map: Some(ConfigMapVolumeSource {
                         name: super::routing_name(&name),
+                        items: Some(vec![KeyToPath {
+                            key: super::routing_key(revision),
+                            path: "routing.json".into(),
+                            mode: None,
+                        }]),
+                        optional: Some(true),
                         ..Default::default()
                     }),
                     ..Default::default()

@@ -27,11 +27,35 @@ pub struct Prometheus {
     process: ManagedProcess,
     port: u16,
     targets_file: PathBuf,
+    dir: PathBuf,
 }
 
 impl Prometheus {
     /// Starts Prometheus in `dir` scraping every `scrape_interval`, and waits until it is ready.
     pub async fn start(dir: &Path, scrape_interval: Duration) -> Result<Self> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(Error::io("pick a port for Prometheus"))?
+            .port();
+        Self::start_on(dir, scrape_interval, port).await
+    }
+
+    /// Stops it and starts it again on the same port with the same data and targets (for tests
+    /// of a Prometheus outage).
+    pub async fn restart(mut self, scrape_interval: Duration) -> Result<Self> {
+        self.process.stop(crate::process::STOP_GRACE);
+        let targets = std::fs::read_to_string(&self.targets_file).map_err(Error::io("read targets.json"))?;
+        let next = Self::start_on(&self.dir, scrape_interval, self.port).await?;
+        std::fs::write(&next.targets_file, targets).map_err(Error::io("write targets.json"))?;
+        Ok(next)
+    }
+
+    /// Stops the process but keeps its port and data, for [`Prometheus::restart`].
+    pub fn pause(&mut self) {
+        self.process.stop(crate::process::STOP_GRACE);
+    }
+
+    async fn start_on(dir: &Path, scrape_interval: Duration, port: u16) -> Result<Self> {
         let binary = std::env::var_os("MODELFLEET_PROMETHEUS")
             .map(PathBuf::from)
             .unwrap_or(DEFAULT_BINARY.into());
@@ -52,10 +76,6 @@ impl Prometheus {
         );
         let config_file = dir.join("prometheus.yml");
         std::fs::write(&config_file, config).map_err(Error::io("write prometheus.yml"))?;
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(Error::io("pick a port for Prometheus"))?
-            .port();
         let args = vec![
             format!("--config.file={}", config_file.display()),
             format!("--web.listen-address=127.0.0.1:{port}"),
@@ -74,6 +94,7 @@ impl Prometheus {
             process,
             port,
             targets_file,
+            dir: dir.to_path_buf(),
         })
     }
 

@@ -124,7 +124,10 @@ async fn status(name: &str, namespace: Option<String>, watch: bool) -> Result<St
     let (client, namespace) = client(namespace).await?;
     let api = Api::<ModelDeployment>::namespaced(client, &namespace);
     if !watch {
-        return Ok(render::status_tree(&get(&api, name, &namespace).await?, Timestamp::now()));
+        return Ok(render::status_tree(
+            &get(&api, name, &namespace).await?,
+            Timestamp::now(),
+        ));
     }
     let mut last = None;
     loop {

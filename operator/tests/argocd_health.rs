@@ -128,8 +128,18 @@ fn rollout_phases_map_to_progressing_suspended_and_degraded() {
         5,
         Some(5),
         json!([
-            cond("Available", "False", "RolloutInProgress", "version 2 is at step 2/3"),
-            cond("Progressing", "True", "RolloutStep", "version 2 is at step 2/3: weight 10%"),
+            cond(
+                "Available",
+                "False",
+                "RolloutInProgress",
+                "version 2 is at step 2/3"
+            ),
+            cond(
+                "Progressing",
+                "True",
+                "RolloutStep",
+                "version 2 is at step 2/3: weight 10%"
+            ),
             cond("Degraded", "False", "AsExpected", ""),
             cond("Paused", "False", "Running", "the rollout advances")
         ]),
@@ -160,11 +170,19 @@ fn rollout_phases_map_to_progressing_suspended_and_degraded() {
         json!([
             cond("Available", "False", "RolledBack", ""),
             cond("Progressing", "False", "RolledBack", ""),
-            cond("Degraded", "True", "AnalysisFailed", "check errorRate failed 2 times in a row: value 0.2 against max 0.01"),
+            cond(
+                "Degraded",
+                "True",
+                "AnalysisFailed",
+                "check errorRate failed 2 times in a row: value 0.2 against max 0.01"
+            ),
             cond("Paused", "False", "Running", "")
         ]),
     );
     let (status, message) = health(rolled_back);
     assert_eq!(status, "Degraded");
-    assert!(message.contains("AnalysisFailed") && message.contains("errorRate"), "{message}");
+    assert!(
+        message.contains("AnalysisFailed") && message.contains("errorRate"),
+        "{message}"
+    );
 }

@@ -29,7 +29,12 @@ fn example(file: &str) -> ModelDeployment {
 
 fn desired(md: &ModelDeployment) -> DesiredObjects {
     let current = revision_hash(&md.spec, IMAGE);
-    build(md, &plan(desired_replicas(md, None), &current, None, &[]), IMAGE)
+    build(
+        md,
+        &plan(desired_replicas(md, None), &current, None, &[]),
+        &[],
+        IMAGE,
+    )
 }
 
 fn server(d: &Deployment) -> k8s_openapi::api::core::v1::Container {
@@ -250,4 +255,76 @@ fn children_are_named_labelled_and_owned() {
         .and_then(|s| s.selector.clone())
         .expect("selector");
     assert_eq!(stable_selector["modelfleet.dev/revision"], rev);
+}
+
+#[test]
+fn during_a_rollout_the_stable_revision_keeps_its_own_template_and_the_shadow_mirror_is_on_stable_only() {
+    use modelfleet_operator::reconcile::{fetch::ObservedRevision, plan::Traffic};
+    let old = example("minimal.yaml");
+    let old_rev = revision_hash(&old.spec, IMAGE);
+    let old_template = desired(&old).deployments[0]
+        .spec
+        .as_ref()
+        .expect("spec")
+        .template
+        .clone();
+    let mut new = old.clone();
+    new.spec.model.version = "99".into();
+    let new_rev = revision_hash(&new.spec, IMAGE);
+    let observed = [ObservedRevision {
+        revision: old_rev.clone(),
+        version: old.spec.model.version.clone(),
+        replicas: 2,
+        ready_replicas: 2,
+        template: Some(Box::new(old_template.clone())),
+    }];
+    let mut p = plan(2, &new_rev, Some(&old_rev), &observed);
+    p.traffic = Traffic {
+        weight: 0,
+        mirror: 20,
+        entry_stable_only: true,
+    };
+    let d = build(&new, &p, &observed, IMAGE);
+    let stable = d
+        .deployments
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some(&format!("minilm-{old_rev}")))
+        .expect("the stable Deployment");
+    assert_eq!(stable.spec.as_ref().map(|s| &s.template), Some(&old_template));
+    assert_eq!(
+        stable
+            .metadata
+            .annotations
+            .as_ref()
+            .map(|a| a["modelfleet.dev/model-version"].as_str()),
+        Some(old.spec.model.version.as_str()),
+        "the stable revision keeps its version"
+    );
+    let data = d.routing.data.expect("routing data");
+    let mirror: serde_json::Value = serde_json::from_str(&data[&format!("{old_rev}.json")]).expect("json");
+    assert_eq!(mirror["mirror"]["percent"], 20);
+    assert!(
+        mirror["mirror"]["url"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("http://minilm-shadow."))
+    );
+    assert_eq!(
+        data[&format!("{new_rev}.json")],
+        r#"{"mirror":null}"#,
+        "the candidate mirrors nothing"
+    );
+    let entry = d
+        .services
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some("minilm"))
+        .expect("entry");
+    assert_eq!(
+        entry
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.as_ref())
+            .and_then(|s| s.get("modelfleet.dev/revision")),
+        Some(&old_rev),
+        "at weight 0 the entry Service selects only the stable revision"
+    );
 }

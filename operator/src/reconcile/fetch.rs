@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use k8s_openapi::api::{
     apps::v1::Deployment,
-    core::v1::{ConfigMap, Pod, Service},
+    core::v1::{ConfigMap, Pod, PodTemplateSpec, Service},
     policy::v1::PodDisruptionBudget,
 };
 use kube::{Resource, ResourceExt, runtime::reflector::Store};
@@ -28,6 +28,9 @@ pub struct ObservedRevision {
     pub replicas: i32,
     /// Ready replicas.
     pub ready_replicas: i32,
+    /// The pod template it runs: a revision other than the current one keeps its own, never the
+    /// current spec's.
+    pub template: Option<Box<PodTemplateSpec>>,
 }
 
 /// Everything a reconcile reads.
@@ -152,5 +155,6 @@ fn observe_revision(d: &Deployment) -> Option<ObservedRevision> {
             .unwrap_or_default(),
         replicas: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
         ready_replicas: d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0),
+        template: d.spec.as_ref().map(|s| Box::new(s.template.clone())),
     })
 }

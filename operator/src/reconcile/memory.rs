@@ -101,7 +101,15 @@ mod tests {
             ..Default::default()
         };
         w.remember_status(&md("10", 1), &ours);
-        assert_eq!(w.status_of(&md("10", 1)).map(|s| s.replicas), Some(9), "stale cache");
-        assert_eq!(w.status_of(&md("11", 3)).map(|s| s.replicas), Some(3), "newer object");
+        assert_eq!(
+            w.status_of(&md("10", 1)).map(|s| s.replicas),
+            Some(9),
+            "stale cache"
+        );
+        assert_eq!(
+            w.status_of(&md("11", 3)).map(|s| s.replicas),
+            Some(3),
+            "newer object"
+        );
     }
 }

@@ -83,13 +83,23 @@ async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
     let now = Timestamp::now();
     let controls = Controls::of(md);
 
-    let rollout = progressive(md, ctx, &observed, &current, desired_total, &recorded, now, controls).await;
+    let rollout = progressive(
+        md,
+        ctx,
+        &observed,
+        &current,
+        desired_total,
+        &recorded,
+        now,
+        controls,
+    )
+    .await;
     let mut plan = match &rollout {
         Some(decision) => decision.plan.clone(),
         None => plan::plan(desired_total, &current, recorded_stable, &observed.revisions),
     };
     let drain_left = drain_after_promotion(md, &recorded, &observed, &mut plan, now);
-    let desired = build::build(md, &plan, &ctx.config.default_image);
+    let desired = build::build(md, &plan, &observed.revisions, &ctx.config.default_image);
 
     // The writes, the retirement of dead revisions and the status write go out together: status
     // describes what the caches show (the writes come back as watch events and trigger the next
@@ -135,14 +145,11 @@ async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
         tokio::spawn(async move { status::publish_rollout(&recorder, &md, event).await });
     }
     let soon = Duration::from_secs(5);
-    let next = [
-        rollout.as_ref().and_then(|d| d.next_check_seconds),
-        drain_left,
-    ]
-    .into_iter()
-    .flatten()
-    .map(|s| Duration::from_secs(s.max(1) as u64))
-    .min();
+    let next = [rollout.as_ref().and_then(|d| d.next_check_seconds), drain_left]
+        .into_iter()
+        .flatten()
+        .map(|s| Duration::from_secs(s.max(1) as u64))
+        .min();
     Ok(match next {
         Some(next) => Action::requeue(next.min(soon)),
         None if report.settled => Action::requeue(ctx.config.resync),
@@ -255,11 +262,9 @@ fn drain_after_promotion(
         .as_ref()
         .filter(|r| r.result == RolloutResult::Promoted && r.revision == plan.stable)?;
     let previous = observed.revision(last.previous_stable.as_deref()?)?;
-    let delay = md
-        .spec
-        .rollout
-        .as_ref()
-        .map_or(0, |r| std::time::Duration::from(r.scale_down_delay).as_secs() as i64);
+    let delay = md.spec.rollout.as_ref().map_or(0, |r| {
+        std::time::Duration::from(r.scale_down_delay).as_secs() as i64
+    });
     let left = last.finished_at.0.as_second() + delay - now.as_second();
     let stable_ready = observed
         .revision(&plan.stable)

@@ -164,6 +164,7 @@ mod tests {
             version: "1".into(),
             replicas,
             ready_replicas: ready,
+            template: None,
         }
     }
 

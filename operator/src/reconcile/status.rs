@@ -150,27 +150,32 @@ pub fn compute(
         ready_replicas: ready(&plan.stable),
     };
     let step_less = plan.candidate.as_ref().filter(|_| rollout.is_none());
-    let candidate = rollout.map_or_else(|| step_less.map(|c| {
-        let stable_ready = ready(&plan.stable);
-        // Without a gateway, the entry Service splits traffic by ready replicas.
-        let weight = if current_ready + stable_ready > 0 {
-            100 * current_ready / (current_ready + stable_ready)
-        } else {
-            0
-        };
-        CandidateStatus {
-            revision: c.clone(),
-            version: version.clone(),
-            started_at: None,
-            step: 0,
-            step_started_at: None,
-            step_remaining_seconds: None,
-            traffic_weight: weight,
-            mirror_percent: 0,
-            replicas: running(c),
-            ready_replicas: current_ready,
-        }
-    }), |r| r.candidate.clone());
+    let candidate = rollout.map_or_else(
+        || {
+            step_less.map(|c| {
+                let stable_ready = ready(&plan.stable);
+                // Without a gateway, the entry Service splits traffic by ready replicas.
+                let weight = if current_ready + stable_ready > 0 {
+                    100 * current_ready / (current_ready + stable_ready)
+                } else {
+                    0
+                };
+                CandidateStatus {
+                    revision: c.clone(),
+                    version: version.clone(),
+                    started_at: None,
+                    step: 0,
+                    step_started_at: None,
+                    step_remaining_seconds: None,
+                    traffic_weight: weight,
+                    mirror_percent: 0,
+                    replicas: running(c),
+                    ready_replicas: current_ready,
+                }
+            })
+        },
+        |r| r.candidate.clone(),
+    );
     let status = ModelDeploymentStatus {
         observed_generation: md.metadata.generation,
         phase: Some(phase),
@@ -234,7 +239,12 @@ fn rollout_conditions(
                 "version {version} (revision {}) is at {at}: weight {weight}%, mirror {mirror}%; version {stable_version} (revision {stable}) serves the rest",
                 plan.current
             );
-            set(Desired::new(types::AVAILABLE, false, "RolloutInProgress", summary.clone()));
+            set(Desired::new(
+                types::AVAILABLE,
+                false,
+                "RolloutInProgress",
+                summary.clone(),
+            ));
             let (reason, paused, detail) = match hold {
                 None => ("RolloutStep", None, summary),
                 Some(HoldReason::CandidateNotReady) => (
@@ -277,7 +287,12 @@ fn rollout_conditions(
             );
             set(Desired::new(types::AVAILABLE, false, "RolledBack", msg.clone()));
             set(Desired::new(types::PROGRESSING, false, "RolledBack", msg));
-            set(Desired::new(types::DEGRADED, true, reason.clone(), message.clone()));
+            set(Desired::new(
+                types::DEGRADED,
+                true,
+                reason.clone(),
+                message.clone(),
+            ));
         }
         RolloutPhase::Promoted => {}
     }

@@ -141,7 +141,10 @@ fn time(s: i64) -> Time {
 
 /// Whether the spec asks for a revision that was rolled back: it is not tried again until the
 /// spec changes.
-pub fn rolled_back<'a>(recorded: &'a ModelDeploymentStatus, current: &str) -> Option<&'a RolloutResultStatus> {
+pub fn rolled_back<'a>(
+    recorded: &'a ModelDeploymentStatus,
+    current: &str,
+) -> Option<&'a RolloutResultStatus> {
     recorded
         .last_rollout
         .as_ref()
@@ -158,7 +161,11 @@ pub fn restore(recorded: &ModelDeploymentStatus, current: &str, now: i64) -> Rol
             ..Default::default()
         };
     };
-    let results = recorded.analysis.as_ref().map(|a| a.results.as_slice()).unwrap_or_default();
+    let results = recorded
+        .analysis
+        .as_ref()
+        .map(|a| a.results.as_slice())
+        .unwrap_or_default();
     RolloutState {
         step: usize::try_from(c.step).unwrap_or(0),
         step_started_at: c.step_started_at.as_ref().map(seconds),
@@ -201,7 +208,13 @@ pub fn analysis_due(input: &EngineInput<'_>) -> bool {
         .recorded
         .analysis
         .as_ref()
-        .filter(|_| input.recorded.candidate.as_ref().is_some_and(|c| c.revision == input.current))
+        .filter(|_| {
+            input
+                .recorded
+                .candidate
+                .as_ref()
+                .is_some_and(|c| c.revision == input.current)
+        })
         .and_then(|a| a.last_run_at.as_ref())
         .map(seconds);
     last.is_none_or(|t| input.now.as_second() - t >= interval)
@@ -209,7 +222,10 @@ pub fn analysis_due(input: &EngineInput<'_>) -> bool {
 
 /// Whether `step` is a shadow step (output agreement is measured only then).
 pub fn is_shadow_step(rollout: &RolloutSpec, step: usize) -> bool {
-    matches!(rollout.steps.get(step).and_then(|s| s.kind()), Some(StepKind::Shadow(_)))
+    matches!(
+        rollout.steps.get(step).and_then(|s| s.kind()),
+        Some(StepKind::Shadow(_))
+    )
 }
 
 fn observed<'a>(input: &EngineInput<'a>, revision: &str) -> Option<&'a ObservedRevision> {
@@ -238,9 +254,15 @@ pub fn decide(input: &EngineInput<'_>) -> RolloutDecision {
     }
     let mut state = restore(input.recorded, input.current, now);
     // A step "starts" (an Event) when it first runs with its replicas Ready.
-    let recorded = input.recorded.candidate.as_ref().filter(|c| c.revision == input.current);
+    let recorded = input
+        .recorded
+        .candidate
+        .as_ref()
+        .filter(|c| c.revision == input.current);
     let was_running = |step: usize| {
-        recorded.is_some_and(|c| c.step == step as i32 && (c.step_remaining_seconds.is_some() || c.ready_replicas >= c.replicas))
+        recorded.is_some_and(|c| {
+            c.step == step as i32 && (c.step_remaining_seconds.is_some() || c.ready_replicas >= c.replicas)
+        })
     };
     let mut events = Vec::new();
 
@@ -275,7 +297,9 @@ pub fn decide(input: &EngineInput<'_>) -> RolloutDecision {
         );
         match verdict {
             // The next step needs more candidate replicas: its weight waits until they are Ready.
-            Verdict::Run { hold: None, .. } if state.step != before && !candidate_ready(input, state.step) => {
+            Verdict::Run { hold: None, .. }
+                if state.step != before && !candidate_ready(input, state.step) =>
+            {
                 let (weight, mirror) = machine::traffic(input.rollout, before);
                 Verdict::Run {
                     weight,
@@ -338,11 +362,13 @@ pub fn decide(input: &EngineInput<'_>) -> RolloutDecision {
 }
 
 fn analysis_status(input: &EngineInput<'_>, state: &RolloutState) -> Option<AnalysisStatus> {
-    let recorded = input
-        .recorded
-        .analysis
-        .clone()
-        .filter(|_| input.recorded.candidate.as_ref().is_some_and(|c| c.revision == input.current));
+    let recorded = input.recorded.analysis.clone().filter(|_| {
+        input
+            .recorded
+            .candidate
+            .as_ref()
+            .is_some_and(|c| c.revision == input.current)
+    });
     let Some(outcomes) = input.analysis else {
         return recorded;
     };
@@ -536,9 +562,7 @@ fn promoted(input: &EngineInput<'_>, analysis: Option<AnalysisStatus>) -> Rollou
             revision: input.current.to_string(),
             version: input.version.to_string(),
         }],
-        next_check_seconds: Some(
-            std::time::Duration::from(input.rollout.scale_down_delay).as_secs() as i64,
-        ),
+        next_check_seconds: Some(std::time::Duration::from(input.rollout.scale_down_delay).as_secs() as i64),
     }
 }
 
@@ -564,6 +588,7 @@ scaleDownDelay: 30s",
             version: name.into(),
             replicas,
             ready_replicas: ready,
+            template: None,
         }
     }
 
@@ -587,7 +612,12 @@ scaleDownDelay: 30s",
         }
 
         fn decide(&mut self, t: i64, current: &str, analysis: Option<Vec<CheckOutcome>>) -> RolloutDecision {
-            let stable = self.observed.iter().find(|r| r.revision == "a").cloned().expect("stable");
+            let stable = self
+                .observed
+                .iter()
+                .find(|r| r.revision == "a")
+                .cloned()
+                .expect("stable");
             let d = decide(&EngineInput {
                 now: Timestamp::from_second(1_000_000 + t).expect("time"),
                 rollout: &self.rollout,
@@ -605,12 +635,7 @@ scaleDownDelay: 30s",
             self.status.candidate = d.report.candidate.clone();
             self.status.analysis = d.report.analysis.clone();
             self.status.last_rollout = d.report.last_rollout.clone();
-            self.observed = d
-                .plan
-                .replicas
-                .iter()
-                .map(|(r, &n)| rev(r, n, n))
-                .collect();
+            self.observed = d.plan.replicas.iter().map(|(r, &n)| rev(r, n, n)).collect();
             d
         }
     }
@@ -630,11 +655,22 @@ scaleDownDelay: 30s",
         for t in (0..400).step_by(10) {
             let d = sim.decide(t, "b", Some(pass()));
             let c = d.plan.replicas.get("b").copied();
-            seen.push((d.plan.traffic.weight, d.plan.traffic.mirror, c, d.plan.replicas.get("a").copied()));
+            seen.push((
+                d.plan.traffic.weight,
+                d.plan.traffic.mirror,
+                c,
+                d.plan.replicas.get("a").copied(),
+            ));
             if d.report.phase == RolloutPhase::Promoted {
                 promoted_at = Some(t);
                 assert_eq!(d.plan.stable, "b");
-                assert_eq!(d.events.last(), Some(&RolloutEvent::Promoted { revision: "b".into(), version: "b".into() }));
+                assert_eq!(
+                    d.events.last(),
+                    Some(&RolloutEvent::Promoted {
+                        revision: "b".into(),
+                        version: "b".into()
+                    })
+                );
                 break;
             }
         }
@@ -651,7 +687,11 @@ scaleDownDelay: 30s",
                 (0, 0, Some(10), Some(10)),  // promoted: the old revision drains
             ],
         );
-        assert_eq!(promoted_at, Some(200), "ready at 10 s, three 60 s steps, 10 s to grow");
+        assert_eq!(
+            promoted_at,
+            Some(200),
+            "ready at 10 s, three 60 s steps, 10 s to grow"
+        );
     }
 
     #[test]
@@ -694,7 +734,10 @@ scaleDownDelay: 30s",
         }));
         // A new version starts at step 0 and the rolled-back one is retired.
         let d = sim.decide(110, "c", None);
-        assert_eq!(d.report.candidate.as_ref().map(|c| (c.revision.as_str(), c.step)), Some(("c", 0)));
+        assert_eq!(
+            d.report.candidate.as_ref().map(|c| (c.revision.as_str(), c.step)),
+            Some(("c", 0))
+        );
         assert_eq!(d.plan.retire, vec!["b".to_string()]);
     }
 
@@ -708,7 +751,10 @@ scaleDownDelay: 30s",
         let d = sim.decide(100, "c", None);
         let c = d.report.candidate.expect("candidate");
         assert_eq!((c.revision.as_str(), c.step, c.traffic_weight), ("c", 0, 0));
-        assert!(d.report.analysis.is_none(), "the old candidate's analysis is dropped");
+        assert!(
+            d.report.analysis.is_none(),
+            "the old candidate's analysis is dropped"
+        );
         assert_eq!(d.plan.retire, vec!["b".to_string()]);
     }
 

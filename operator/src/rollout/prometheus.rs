@@ -35,7 +35,8 @@ pub async fn query_value(base_url: &str, query: &str, timeout: Duration) -> Resu
         .no_proxy()
         .build()
         .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
-    let client = Client::from(http, base_url).map_err(|e| format!("bad Prometheus address {base_url}: {e}"))?;
+    let client =
+        Client::from(http, base_url).map_err(|e| format!("bad Prometheus address {base_url}: {e}"))?;
     let response = client
         .query(query)
         .get()

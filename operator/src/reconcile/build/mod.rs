@@ -20,7 +20,10 @@ use kube::{Resource, ResourceExt};
 use modelfleet_crds::{ModelDeployment, constants::labels};
 
 pub use self::pod::{GRPC_PORT, HTTP_PORT, METRICS_PORT, ROUTING_FILE};
-use crate::reconcile::{fetch::VERSION_ANNOTATION, plan::RevisionPlan};
+use crate::reconcile::{
+    fetch::{ObservedRevision, VERSION_ANNOTATION},
+    plan::RevisionPlan,
+};
 
 /// Every object the operator applies for one ModelDeployment.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -63,8 +66,14 @@ pub fn common_labels(md_name: &str, component: &str) -> BTreeMap<String, String>
     ])
 }
 
-/// Builds the desired objects.
-pub fn build(md: &ModelDeployment, plan: &RevisionPlan, default_image: &str) -> DesiredObjects {
+/// Builds the desired objects. `observed` gives the revisions other than the current one their
+/// own pod template and version: only the current revision is built from the spec.
+pub fn build(
+    md: &ModelDeployment,
+    plan: &RevisionPlan,
+    observed: &[ObservedRevision],
+    default_image: &str,
+) -> DesiredObjects {
     let name = md.name_any();
     let deployments = plan
         .replicas
@@ -75,7 +84,18 @@ pub fn build(md: &ModelDeployment, plan: &RevisionPlan, default_image: &str) -> 
             } else {
                 labels::ROLE_CANARY
             };
-            revision_deployment(md, revision, role, replicas, default_image)
+            let kept = observed
+                .iter()
+                .find(|r| r.revision == *revision && *revision != plan.current);
+            let mut d = revision_deployment(md, revision, role, replicas, default_image);
+            if let Some(kept) = kept
+                && let (Some(template), Some(spec)) = (&kept.template, d.spec.as_mut())
+            {
+                spec.template = (**template).clone();
+                d.annotations_mut()
+                    .insert(VERSION_ANNOTATION.into(), kept.version.clone());
+            }
+            d
         })
         .collect();
     let canary = plan.candidate.as_deref().unwrap_or("");

@@ -1,0 +1,500 @@
+//! Progressive rollouts end to end: the real operator on the local control plane (Gateway API
+//! CRDs installed), a real Prometheus scraping a loopback endpoint whose values the test sets per
+//! revision, and the analysis's `prometheus` check templated with `{{revision}}`.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use k8s_openapi::api::{core::v1::ConfigMap, events::v1::Event};
+use kube::{
+    Api, Client,
+    api::{DynamicObject, ListParams, Patch, PatchParams},
+};
+use modelfleet_crds::{
+    ModelDeployment,
+    revision::revision_hash,
+    v1alpha1::{RolloutResult, RolloutResultStatus},
+};
+use modelfleet_e2e::prometheus::{Prometheus, Target};
+use modelfleet_operator::{config::DEFAULT_SERVER_IMAGE, reconcile::build::route};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SCRAPE: Duration = Duration::from_millis(500);
+
+/// A loopback `/metrics` serving `modelfleet_test_error_ratio{revision="…"}` from a map the test
+/// changes.
+#[derive(Clone, Default)]
+struct Endpoint {
+    values: Arc<Mutex<BTreeMap<String, f64>>>,
+}
+
+impl Endpoint {
+    async fn start() -> (Self, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        let endpoint = Self::default();
+        let values = endpoint.values.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let values = values.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 2048];
+                    let _ = socket.read(&mut buf).await;
+                    let body: String = values
+                        .lock()
+                        .expect("values")
+                        .iter()
+                        .map(|(r, v)| format!("modelfleet_test_error_ratio{{revision=\"{r}\"}} {v}\n"))
+                        .collect();
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        (endpoint, address)
+    }
+
+    fn set(&self, revision: &str, value: f64) {
+        self.values.lock().expect("values").insert(revision.into(), value);
+    }
+}
+
+async fn prometheus_scraping(address: &str) -> (Prometheus, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prometheus = Prometheus::start(dir.path(), SCRAPE)
+        .await
+        .expect("Prometheus starts");
+    prometheus
+        .set_targets(&[Target {
+            address: address.into(),
+            labels: BTreeMap::new(),
+        }])
+        .expect("targets");
+    (prometheus, dir)
+}
+
+/// A ModelDeployment whose rollout has `steps` and one Prometheus check on the error ratio.
+fn rolling(name: &str, namespace: &str, prometheus: &str, steps: &str) -> ModelDeployment {
+    model_deployment(
+        name,
+        namespace,
+        &format!(
+            r#"
+model: {{name: all-MiniLM-L6-v2, version: "1", uri: "hf://sentence-transformers/all-MiniLM-L6-v2"}}
+resources: {{gpus: 1}}
+replicas: 4
+rollout:
+  steps: {steps}
+  analysis:
+    interval: 2s
+    failureLimit: 2
+    checks:
+      - name: errorRatio
+        prometheus:
+          query: 'max(modelfleet_test_error_ratio{{revision="{{{{revision}}}}"}})'
+          address: {prometheus}
+        max: 0.01
+  scaleDownDelay: 2s
+traffic:
+  gateway:
+    parentRefs: [{{name: inference, namespace: gateway}}]
+    hostnames: [minilm.example.com]
+"#
+        ),
+    )
+}
+
+/// Sets `spec.model.version` and returns the new revision hash.
+async fn set_version(client: &Client, md: &ModelDeployment, version: &str) -> String {
+    let ns = md.metadata.namespace.as_deref().expect("ns");
+    let name = md.metadata.name.as_deref().expect("name");
+    let patch = serde_json::json!({"spec": {"model": {"version": version}}});
+    let updated = Api::<ModelDeployment>::namespaced(client.clone(), ns)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch version");
+    revision_hash(&updated.spec, DEFAULT_SERVER_IMAGE)
+}
+
+/// What a kubectl user and the gateway see at one moment.
+#[derive(Debug, Clone, PartialEq)]
+struct Snapshot {
+    step: Option<i32>,
+    running: bool,
+    route_canary_weight: i32,
+    stable_mirror_percent: i64,
+    last_rollout: Option<RolloutResultStatus>,
+    stable_version: String,
+}
+
+async fn snapshot(client: &Client, ns: &str, name: &str) -> (ModelDeployment, Snapshot) {
+    let md = Api::<ModelDeployment>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .expect("get");
+    let routes: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &route::api_resource());
+    let route = routes.get_opt(name).await.expect("get HTTPRoute");
+    let route_canary_weight = route
+        .and_then(|r| {
+            r.data["spec"]["rules"][0]["backendRefs"]
+                .as_array()?
+                .iter()
+                .find(|b| b["name"] == format!("{name}-canary"))?["weight"]
+                .as_i64()
+        })
+        .unwrap_or(-1) as i32;
+    let status = md.status.clone().unwrap_or_default();
+    let stable = status.stable.clone().unwrap_or_default();
+    let routing = Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .get_opt(&format!("{name}-routing"))
+        .await
+        .expect("get routing ConfigMap");
+    let stable_mirror_percent = routing
+        .and_then(|cm| cm.data?.get(&format!("{}.json", stable.revision)).cloned())
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|v| v["mirror"]["percent"].as_i64())
+        .unwrap_or(0);
+    let snap = Snapshot {
+        step: status.candidate.as_ref().map(|c| c.step),
+        running: status
+            .candidate
+            .as_ref()
+            .is_some_and(|c| c.step_remaining_seconds.is_some()),
+        route_canary_weight,
+        stable_mirror_percent,
+        last_rollout: status.last_rollout.clone(),
+        stable_version: stable.version,
+    };
+    (md, snap)
+}
+
+async fn events(client: &Client, ns: &str, name: &str) -> Vec<Event> {
+    Api::<Event>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_good_version_goes_shadow_10_50_and_is_promoted_while_the_route_follows() {
+    let (client, ns) = setup("rollout-good").await;
+    let ns = ns.name().to_string();
+    let (endpoint, address) = Endpoint::start().await;
+    let (prometheus, _dir) = prometheus_scraping(&address).await;
+    let md = rolling(
+        "good",
+        &ns,
+        &prometheus.url(),
+        "[{shadow: {percent: 20, duration: 4s}}, {canary: {weight: 10, duration: 4s}}, {canary: {weight: 50, duration: 4s}}]",
+    );
+    let first = revision_hash(&md.spec, DEFAULT_SERVER_IMAGE);
+    endpoint.set(&first, 0.0);
+    create(&client, &md).await;
+    wait_condition(
+        &client,
+        &ns,
+        "good",
+        "Available",
+        "True",
+        None,
+        Duration::from_secs(60),
+    )
+    .await;
+
+    let candidate = set_version(&client, &md, "2").await;
+    endpoint.set(&candidate, 0.001);
+    let started = Instant::now();
+    let mut seen: Vec<Snapshot> = Vec::new();
+    let mut columns_at_10 = None;
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no promotion: {seen:#?}"
+        );
+        let (_, snap) = snapshot(&client, &ns, "good").await;
+        if snap.route_canary_weight == 10 && columns_at_10.is_none() {
+            columns_at_10 = Some(kubectl_get_mdep(&ns, "good"));
+        }
+        let done = snap
+            .last_rollout
+            .as_ref()
+            .is_some_and(|r| r.result == RolloutResult::Promoted && r.revision == candidate);
+        if seen.last() != Some(&snap) {
+            seen.push(snap);
+        }
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The route's weights follow the steps in order, and the mirror is on only in the shadow step.
+    let mut weights: Vec<i32> = seen.iter().map(|s| s.route_canary_weight).collect();
+    weights.dedup();
+    assert_eq!(weights, vec![0, 10, 50, 0], "{seen:#?}");
+    assert!(
+        seen.iter()
+            .any(|s| s.step == Some(0) && s.running && s.stable_mirror_percent == 20),
+        "the stable revision mirrors 20% during the shadow step: {seen:#?}"
+    );
+    assert!(
+        seen.iter()
+            .filter(|s| s.route_canary_weight > 0)
+            .all(|s| s.stable_mirror_percent == 0),
+        "no mirror during canary steps: {seen:#?}"
+    );
+    let columns: BTreeMap<_, _> = columns_at_10.expect("a 10% step was seen").into_iter().collect();
+    assert_eq!(columns["STABLE"], "1");
+    assert_eq!(columns["CANARY"], "2");
+    assert_eq!(columns["WEIGHT"], "10");
+    assert_eq!(columns["PHASE"], "Progressing");
+
+    let md = wait_condition(
+        &client,
+        &ns,
+        "good",
+        "Available",
+        "True",
+        None,
+        Duration::from_secs(30),
+    )
+    .await;
+    let status = md.status.expect("status");
+    assert_eq!(
+        status.stable.map(|s| (s.revision, s.version)),
+        Some((candidate, "2".into()))
+    );
+    assert_eq!(status.canary.as_deref(), Some("-"));
+    // The old revision drains for scaleDownDelay, then goes.
+    modelfleet_e2e::wait::poll_until(Duration::from_secs(30), "old revision retired", || async {
+        let left = revision_deployments(&client, &ns, "good").await.len();
+        if left == 1 {
+            Ok(Some(()))
+        } else {
+            Err(format!("{left} revisions"))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let reasons: Vec<String> = events(&client, &ns, "good")
+        .await
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(reasons.iter().any(|r| r == "RolloutStep"), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r == "Promoted"), "{reasons:?}");
+    prometheus.stop();
+}
+
+#[tokio::test]
+async fn a_bad_version_rolls_back_by_itself_within_interval_times_failure_limit_plus_one() {
+    let (client, ns) = setup("rollout-bad").await;
+    let ns = ns.name().to_string();
+    let (endpoint, address) = Endpoint::start().await;
+    let (prometheus, _dir) = prometheus_scraping(&address).await;
+    let md = rolling(
+        "bad",
+        &ns,
+        &prometheus.url(),
+        "[{canary: {weight: 10, duration: 60s}}, {canary: {weight: 50, duration: 60s}}]",
+    );
+    endpoint.set(&revision_hash(&md.spec, DEFAULT_SERVER_IMAGE), 0.0);
+    create(&client, &md).await;
+    wait_condition(
+        &client,
+        &ns,
+        "bad",
+        "Available",
+        "True",
+        None,
+        Duration::from_secs(60),
+    )
+    .await;
+
+    let candidate = set_version(&client, &md, "2").await;
+    endpoint.set(&candidate, 0.2);
+    // Wait until Prometheus has the bad value, so the clock below measures the operator only.
+    modelfleet_e2e::wait::poll_until(Duration::from_secs(30), "Prometheus has the value", || async {
+        let result = prometheus
+            .query(&format!(
+                "modelfleet_test_error_ratio{{revision=\"{candidate}\"}}"
+            ))
+            .await
+            .map_err(|e| e.to_string())?;
+        if result.as_array().is_some_and(|a| !a.is_empty()) {
+            Ok(Some(()))
+        } else {
+            Err("no sample".into())
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut ready_at = None;
+    let rolled_back_at = loop {
+        let (_, snap) = snapshot(&client, &ns, "bad").await;
+        if snap.running && ready_at.is_none() {
+            ready_at = Some(Instant::now());
+        }
+        if snap
+            .last_rollout
+            .as_ref()
+            .is_some_and(|r| r.result == RolloutResult::RolledBack)
+        {
+            assert_eq!(snap.route_canary_weight, 0, "weight back to 0");
+            break Instant::now();
+        }
+        assert!(
+            ready_at.is_none_or(|t| t.elapsed() < Duration::from_secs(30)),
+            "no rollback: {snap:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let took = rolled_back_at - ready_at.unwrap_or(rolled_back_at);
+    eprintln!("rolled back {took:?} after the candidate was ready");
+    // interval 2 s × failureLimit 2 + one interval.
+    assert!(
+        took <= Duration::from_secs(6),
+        "rolled back {took:?} after the candidate was ready"
+    );
+
+    let md = wait_condition(
+        &client,
+        &ns,
+        "bad",
+        "Degraded",
+        "True",
+        Some("AnalysisFailed"),
+        Duration::from_secs(10),
+    )
+    .await;
+    let (_, _, message) = condition(&md, "Degraded").expect("Degraded");
+    assert!(
+        message.contains("errorRatio") && message.contains("0.2") && message.contains("max 0.01"),
+        "{message}"
+    );
+    assert_eq!(
+        md.status.as_ref().and_then(|s| s.phase),
+        Some(modelfleet_crds::v1alpha1::Phase::Degraded)
+    );
+    let replicas: BTreeMap<String, i32> = revision_deployments(&client, &ns, "bad")
+        .await
+        .into_iter()
+        .map(|d| {
+            let rev = d.metadata.labels.unwrap_or_default()["modelfleet.dev/revision"].clone();
+            (rev, d.spec.and_then(|s| s.replicas).unwrap_or(-1))
+        })
+        .collect();
+    assert_eq!(
+        replicas.get(&candidate),
+        Some(&0),
+        "candidate scaled to 0: {replicas:?}"
+    );
+    let warnings: Vec<Event> = events(&client, &ns, "bad")
+        .await
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("RolledBack"))
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|e| e.note.as_deref().is_some_and(|n| n.contains("errorRatio"))),
+        "{warnings:?}"
+    );
+    // Not retried while the spec asks for the same revision.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (_, snap) = snapshot(&client, &ns, "bad").await;
+    assert_eq!((snap.step, snap.stable_version.as_str()), (None, "1"));
+    prometheus.stop();
+}
+
+#[tokio::test]
+async fn with_prometheus_down_the_rollout_pauses_as_inconclusive_and_resumes_when_it_is_back() {
+    let (client, ns) = setup("rollout-inconclusive").await;
+    let ns = ns.name().to_string();
+    let (endpoint, address) = Endpoint::start().await;
+    let (mut prometheus, _dir) = prometheus_scraping(&address).await;
+    let md = rolling(
+        "held",
+        &ns,
+        &prometheus.url(),
+        "[{canary: {weight: 10, duration: 4s}}, {canary: {weight: 50, duration: 2s}}]",
+    );
+    endpoint.set(&revision_hash(&md.spec, DEFAULT_SERVER_IMAGE), 0.0);
+    create(&client, &md).await;
+    wait_condition(
+        &client,
+        &ns,
+        "held",
+        "Available",
+        "True",
+        None,
+        Duration::from_secs(60),
+    )
+    .await;
+    let candidate = set_version(&client, &md, "2").await;
+    endpoint.set(&candidate, 0.0);
+    modelfleet_e2e::wait::poll_until(Duration::from_secs(30), "step 1 runs", || async {
+        let (_, snap) = snapshot(&client, &ns, "held").await;
+        if snap.running && snap.step == Some(0) {
+            Ok(Some(()))
+        } else {
+            Err(format!("{snap:?}"))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    prometheus.pause();
+    let md = wait_condition(
+        &client,
+        &ns,
+        "held",
+        "Paused",
+        "True",
+        Some("AnalysisInconclusive"),
+        Duration::from_secs(20),
+    )
+    .await;
+    let (_, _, message) = condition(&md, "Paused").expect("Paused");
+    assert!(message.contains("errorRatio"), "{message}");
+    // Held at step 1 well past its 4 s, never promoted.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let (_, snap) = snapshot(&client, &ns, "held").await;
+    assert_eq!((snap.step, snap.route_canary_weight), (Some(0), 10), "{snap:?}");
+    assert!(snap.last_rollout.is_none(), "{snap:?}");
+
+    let prometheus = prometheus.restart(SCRAPE).await.expect("Prometheus restarts");
+    let md = wait_condition(
+        &client,
+        &ns,
+        "held",
+        "Available",
+        "True",
+        None,
+        Duration::from_secs(60),
+    )
+    .await;
+    let status = md.status.expect("status");
+    assert_eq!(status.stable.map(|s| s.version).as_deref(), Some("2"));
+    assert!(condition_type_absent_or_false(&status.conditions, "Paused"));
+    prometheus.stop();
+}
+
+fn condition_type_absent_or_false(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    type_: &str,
+) -> bool {
+    conditions.iter().all(|c| c.type_ != type_ || c.status == "False")
+}

@@ -227,7 +227,7 @@ status:
   replicas: 5
   readyReplicas: 5
   stable: {revision: 7f9c2a1, version: "1", replicas: 4, readyReplicas: 4}
-  candidate: {revision: a1b2c3d, version: "2", step: 1, stepStartedAt: "2026-12-01T10:40:00Z", trafficWeight: 10, mirrorPercent: 0, replicas: 1, readyReplicas: 1}
+  candidate: {revision: a1b2c3d, version: "2", step: 1, stepStartedAt: "2026-12-01T10:40:00Z", stepRemainingSeconds: 180, trafficWeight: 10, mirrorPercent: 0, replicas: 1, readyReplicas: 1}
   analysis: {lastRunAt: "2026-12-01T10:41:50Z", failures: 0, results: [{check: errorRate, value: 0.002, passed: true}]}
   autoscaling:
     desiredReplicas: 5
@@ -248,7 +248,7 @@ status:
         let expected = "\
 ModelDeployment search/minilm: Progressing, 5/5 ready (model all-MiniLM-L6-v2 version 2)
 ├─ stable    7f9c2a1  version 1  4/4 ready
-├─ candidate a1b2c3d  version 2  1/1 ready  weight 10%  mirror 0%, step 2/2: canary 10%, step started 2m0s ago
+├─ candidate a1b2c3d  version 2  1/1 ready  weight 10%  mirror 0%, step 2/2: canary 10%, step started 2m0s ago, 180s left
 ├─ analysis  last run 10s ago, 0 failures
 │  └─ errorRate 0.002 passed
 ├─ autoscaler desired 5, last scaled 1m0s ago

@@ -99,3 +99,47 @@ scaling: {minReplicas: 1, maxReplicas: 4, targets: {queueDepthPerReplica: 8}}",
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn promote_abort_pause_and_resume_write_what_the_operator_reads() {
+    let cluster = shared_cluster();
+    let client = cluster.client().await.unwrap();
+    let ns = TestNamespace::create(cluster, &client, "plugin-controls").await.unwrap();
+    let api: Api<ModelDeployment> = Api::namespaced(client.clone(), ns.name());
+    for (name, spec) in [
+        (
+            "rolling",
+            "model: {name: minilm, version: '3', uri: 'hf://o/m'}
+rollout: {steps: [{canary: {weight: 10, duration: 1m}}]}",
+        ),
+        ("plain", "model: {name: minilm, version: '3', uri: 'hf://o/m'}"),
+    ] {
+        let mut md = ModelDeployment::new(name, serde_yaml::from_str(spec).unwrap());
+        md.metadata.namespace = Some(ns.name().to_string());
+        api.create(&PostParams::default(), &md).await.unwrap();
+    }
+    let n = ns.name();
+
+    let (ok, out, err) = plugin(&["pause", "rolling", "-n", n]);
+    assert!(ok, "{err}");
+    assert!(out.contains("rollout paused"), "{out}");
+    let md = api.get("rolling").await.unwrap();
+    assert!(md.spec.rollout.as_ref().is_some_and(|r| r.paused));
+    let (ok, _, err) = plugin(&["resume", "rolling", "-n", n]);
+    assert!(ok, "{err}");
+    assert!(!api.get("rolling").await.unwrap().spec.rollout.unwrap().paused);
+
+    for (command, key) in [("promote", "modelfleet.dev/promote"), ("abort", "modelfleet.dev/abort")] {
+        let (ok, _, err) = plugin(&[command, "rolling", "-n", n]);
+        assert!(ok, "{command}: {err}");
+        let md = api.get("rolling").await.unwrap();
+        assert!(md.metadata.annotations.unwrap_or_default().contains_key(key), "{command}");
+    }
+
+    let (ok, _, err) = plugin(&["promote", "plain", "-n", n]);
+    assert!(!ok);
+    assert!(err.contains("has no spec.rollout"), "{err}");
+    let (ok, _, err) = plugin(&["abort", "missing", "-n", n]);
+    assert!(!ok);
+    assert!(err.contains("modeldeployment missing not found"), "{err}");
+}

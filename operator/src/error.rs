@@ -29,6 +29,9 @@ pub enum Error {
     /// Writing status failed.
     #[error("failed to update status: {0}")]
     Status(#[source] kube::Error),
+    /// Removing a consumed promote or abort annotation failed.
+    #[error("failed to remove the rollout control annotations: {0}")]
+    Annotations(#[source] kube::Error),
     /// A watch cache was dropped (the controller is stopping).
     #[error("watch cache closed")]
     CacheClosed,
@@ -48,6 +51,7 @@ impl Error {
             Error::Apply { .. } => "apply",
             Error::Delete { .. } => "delete",
             Error::Status(_) => "status",
+            Error::Annotations(_) => "annotations",
             Error::Lease(_) => "lease",
             Error::CacheClosed => "cache_closed",
             Error::Listen(..) => "listen",

@@ -186,7 +186,7 @@ impl Controls {
         }}});
         api.patch(&md.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .map_err(Error::Status)?;
+            .map_err(Error::Annotations)?;
         Ok(())
     }
 }

@@ -104,7 +104,9 @@ scaling: {minReplicas: 1, maxReplicas: 4, targets: {queueDepthPerReplica: 8}}",
 async fn promote_abort_pause_and_resume_write_what_the_operator_reads() {
     let cluster = shared_cluster();
     let client = cluster.client().await.unwrap();
-    let ns = TestNamespace::create(cluster, &client, "plugin-controls").await.unwrap();
+    let ns = TestNamespace::create(cluster, &client, "plugin-controls")
+        .await
+        .unwrap();
     let api: Api<ModelDeployment> = Api::namespaced(client.clone(), ns.name());
     for (name, spec) in [
         (
@@ -129,11 +131,17 @@ rollout: {steps: [{canary: {weight: 10, duration: 1m}}]}",
     assert!(ok, "{err}");
     assert!(!api.get("rolling").await.unwrap().spec.rollout.unwrap().paused);
 
-    for (command, key) in [("promote", "modelfleet.dev/promote"), ("abort", "modelfleet.dev/abort")] {
+    for (command, key) in [
+        ("promote", "modelfleet.dev/promote"),
+        ("abort", "modelfleet.dev/abort"),
+    ] {
         let (ok, _, err) = plugin(&[command, "rolling", "-n", n]);
         assert!(ok, "{command}: {err}");
         let md = api.get("rolling").await.unwrap();
-        assert!(md.metadata.annotations.unwrap_or_default().contains_key(key), "{command}");
+        assert!(
+            md.metadata.annotations.unwrap_or_default().contains_key(key),
+            "{command}"
+        );
     }
 
     let (ok, _, err) = plugin(&["promote", "plain", "-n", n]);

@@ -20,6 +20,8 @@ use serde_json::json;
 
 const REQUESTS: usize = 40;
 const PERCENT: u32 = 50;
+const AGREED: &str = r#"modelfleet_shadow_comparisons_total{result="agree"}"#;
+const DISAGREED: &str = r#"modelfleet_shadow_comparisons_total{result="disagree"}"#;
 
 /// MiniLM with only its first `layers` transformer layers: same weights and tokenizer, a config
 /// that stops early.
@@ -43,7 +45,10 @@ fn truncated_minilm(dir: &Path, layers: u32) -> std::path::PathBuf {
 }
 
 /// The stable server's counters as the node agent reads them.
-async fn stable_sample(server: &ServerProcess, previous: Option<&modelfleet_node_agent::scrape::ServerCounters>) -> (ServerSample, modelfleet_node_agent::scrape::ServerCounters) {
+async fn stable_sample(
+    server: &ServerProcess,
+    previous: Option<&modelfleet_node_agent::scrape::ServerCounters>,
+) -> (ServerSample, modelfleet_node_agent::scrape::ServerCounters) {
     let text = get_text(&format!("http://{}/metrics", server.metrics)).await;
     let counters = read_counters(&parse(&text)).expect("the server's metrics parse");
     let load = load_between(previous, &counters, 1.0);
@@ -93,17 +98,20 @@ async fn shadow_against(candidate_args: &[&str]) -> (u64, CheckOutcome) {
     let tmp = routing.with_extension("tmp");
     std::fs::write(&tmp, mirror.to_string()).expect("write routing");
     std::fs::rename(&tmp, &routing).expect("swap routing");
-    let compared = format!(r#"modelfleet_shadow_comparisons_total{{result="agree"}}"#);
-    let disagreed = format!(r#"modelfleet_shadow_comparisons_total{{result="disagree"}}"#);
     // The server re-reads the file within a second; wait until a mirrored copy is compared.
     let applied = eventually(Duration::from_secs(20), async || {
-        let a = post(&stable.url("/v1/embeddings"), &json!({"input": "warm up the mirror"}), &[]).await;
+        let a = post(
+            &stable.url("/v1/embeddings"),
+            &json!({"input": "warm up the mirror"}),
+            &[],
+        )
+        .await;
         assert_eq!(a.status, 200, "{:?}", a.body);
-        stable.metric(&compared).await + stable.metric(&disagreed).await > 0.0
+        stable.metric(AGREED).await + stable.metric(DISAGREED).await > 0.0
     })
     .await;
     assert!(applied, "the routing file was not applied\n{}", stable.log());
-    let before = stable.metric(&compared).await + stable.metric(&disagreed).await;
+    let before = stable.metric(AGREED).await + stable.metric(DISAGREED).await;
     for i in 0..REQUESTS {
         let input = format!("request number {i}: how do I reset my password?");
         let a = post(&stable.url("/v1/embeddings"), &json!({"input": input}), &[]).await;
@@ -112,7 +120,7 @@ async fn shadow_against(candidate_args: &[&str]) -> (u64, CheckOutcome) {
     // Mirrored copies are sent in the background: wait until they settle.
     let mut last = -1.0;
     let _ = eventually(Duration::from_secs(30), async || {
-        let now = stable.metric(&compared).await + stable.metric(&disagreed).await;
+        let now = stable.metric(AGREED).await + stable.metric(DISAGREED).await;
         let settled = now == last;
         last = now;
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -68,13 +68,6 @@ impl Written {
             m.entry(key(md)).or_default().route_hash = hash;
         }
     }
-
-    /// Forgets a deleted ModelDeployment.
-    pub fn forget(&self, namespace: &str, name: &str) {
-        if let Ok(mut m) = self.inner.lock() {
-            m.remove(&(namespace.to_string(), name.to_string()));
-        }
-    }
 }
 
 #[cfg(test)]

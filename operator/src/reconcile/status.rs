@@ -149,33 +149,30 @@ pub fn compute(
         replicas: running(&plan.stable),
         ready_replicas: ready(&plan.stable),
     };
-    let step_less = plan.candidate.as_ref().filter(|_| rollout.is_none());
-    let candidate = rollout.map_or_else(
-        || {
-            step_less.map(|c| {
-                let stable_ready = ready(&plan.stable);
-                // Without a gateway, the entry Service splits traffic by ready replicas.
-                let weight = if current_ready + stable_ready > 0 {
-                    100 * current_ready / (current_ready + stable_ready)
-                } else {
-                    0
-                };
-                CandidateStatus {
-                    revision: c.clone(),
-                    version: version.clone(),
-                    started_at: None,
-                    step: 0,
-                    step_started_at: None,
-                    step_remaining_seconds: None,
-                    traffic_weight: weight,
-                    mirror_percent: 0,
-                    replicas: running(c),
-                    ready_replicas: current_ready,
-                }
-            })
-        },
-        |r| r.candidate.clone(),
-    );
+    let candidate = match rollout {
+        Some(r) => r.candidate.clone(),
+        None => plan.candidate.as_ref().map(|c| {
+            let stable_ready = ready(&plan.stable);
+            // Without steps the entry Service selects both revisions: traffic follows ready replicas.
+            let weight = if current_ready + stable_ready > 0 {
+                100 * current_ready / (current_ready + stable_ready)
+            } else {
+                0
+            };
+            CandidateStatus {
+                revision: c.clone(),
+                version: version.clone(),
+                started_at: None,
+                step: 0,
+                step_started_at: None,
+                step_remaining_seconds: None,
+                traffic_weight: weight,
+                mirror_percent: 0,
+                replicas: running(c),
+                ready_replicas: current_ready,
+            }
+        }),
+    };
     let status = ModelDeploymentStatus {
         observed_generation: md.metadata.generation,
         phase: Some(phase),

@@ -129,6 +129,9 @@ async fn status(name: &str, namespace: Option<String>, watch: bool) -> Result<St
             Timestamp::now(),
         ));
     }
+    // Registered before the first print, so an early Ctrl-C is never lost.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| format!("cannot watch for Ctrl-C: {e}"))?;
     let mut last = None;
     loop {
         let md = get(&api, name, &namespace).await?;
@@ -142,7 +145,7 @@ async fn status(name: &str, namespace: Option<String>, watch: bool) -> Result<St
             last = Some(seen);
         }
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(String::new()),
+            _ = interrupt.recv() => return Ok(String::new()),
             () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
         }
     }

@@ -151,3 +151,44 @@ rollout: {steps: [{canary: {weight: 10, duration: 1m}}]}",
     assert!(!ok);
     assert!(err.contains("modeldeployment missing not found"), "{err}");
 }
+
+#[tokio::test]
+async fn status_watch_prints_the_tree_and_stops_on_interrupt() {
+    use std::io::{BufRead, BufReader};
+    let cluster = shared_cluster();
+    let client = cluster.client().await.unwrap();
+    let ns = TestNamespace::create(cluster, &client, "plugin-watch")
+        .await
+        .unwrap();
+    let mut md = ModelDeployment::new(
+        "watched",
+        serde_yaml::from_str("model: {name: minilm, version: '3', uri: 'hf://o/m'}").unwrap(),
+    );
+    md.metadata.namespace = Some(ns.name().to_string());
+    Api::<ModelDeployment>::namespaced(client.clone(), ns.name())
+        .create(&PostParams::default(), &md)
+        .await
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kubectl-modelfleet"))
+        .args(["status", "watched", "-w", "-n", ns.name()])
+        .env("KUBECONFIG", cluster.kubeconfig_path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the plugin runs");
+    let stdout = child.stdout.take().expect("stdout");
+    let lines: Vec<String> = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .take(2)
+        .collect();
+    assert!(lines[0].starts_with("--- "), "{lines:?}");
+    assert!(
+        lines[1].contains("ModelDeployment") && lines[1].contains("watched"),
+        "{lines:?}"
+    );
+    // Ctrl-C ends the watch cleanly.
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-INT", &pid]).status().expect("kill");
+    let status = child.wait().expect("exit");
+    assert!(status.success(), "{status:?}");
+}

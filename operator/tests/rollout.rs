@@ -498,3 +498,99 @@ fn condition_type_absent_or_false(
 ) -> bool {
     conditions.iter().all(|c| c.type_ != type_ || c.status == "False")
 }
+
+#[tokio::test]
+async fn pause_holds_the_step_and_the_abort_annotation_rolls_back_and_is_consumed() {
+    let (client, ns) = setup("rollout-controls").await;
+    let ns = ns.name().to_string();
+    let (endpoint, address) = Endpoint::start().await;
+    let (prometheus, _dir) = prometheus_scraping(&address).await;
+    let md = rolling(
+        "steered",
+        &ns,
+        &prometheus.url(),
+        "[{canary: {weight: 25, duration: 3s}}, {canary: {weight: 50, duration: 3s}}]",
+    );
+    endpoint.set(&revision_hash(&md.spec, DEFAULT_SERVER_IMAGE), 0.0);
+    create(&client, &md).await;
+    wait_condition(
+        &client,
+        &ns,
+        "steered",
+        "Available",
+        "True",
+        None,
+        Duration::from_secs(60),
+    )
+    .await;
+    let api = Api::<ModelDeployment>::namespaced(client.clone(), &ns);
+    let pause = serde_json::json!({"spec": {"rollout": {"paused": true}}});
+    api.patch("steered", &PatchParams::default(), &Patch::Merge(&pause))
+        .await
+        .expect("pause");
+    let candidate = set_version(&client, &md, "2").await;
+    endpoint.set(&candidate, 0.0);
+
+    let md = wait_condition(
+        &client,
+        &ns,
+        "steered",
+        "Paused",
+        "True",
+        Some("RolloutPaused"),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        md.status.as_ref().and_then(|s| s.canary_weight),
+        Some(25),
+        "paused at the first step's weight"
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (_, snap) = snapshot(&client, &ns, "steered").await;
+    assert_eq!(
+        (snap.step, snap.route_canary_weight),
+        (Some(0), 25),
+        "held past the 3 s step: {snap:?}"
+    );
+
+    let abort = serde_json::json!({"metadata": {"annotations": {"modelfleet.dev/abort": "true"}}});
+    api.patch("steered", &PatchParams::default(), &Patch::Merge(&abort))
+        .await
+        .expect("abort");
+    let md = wait_condition(
+        &client,
+        &ns,
+        "steered",
+        "Degraded",
+        "True",
+        Some("Aborted"),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(
+        md.status
+            .as_ref()
+            .and_then(|s| s.last_rollout.as_ref())
+            .map(|r| (r.result, r.revision.clone())),
+        Some((RolloutResult::RolledBack, candidate))
+    );
+    modelfleet_e2e::wait::poll_until(
+        Duration::from_secs(10),
+        "the abort annotation is consumed",
+        || async {
+            let md = api.get("steered").await.map_err(|e| e.to_string())?;
+            let annotations = md.metadata.annotations.unwrap_or_default();
+            if annotations.contains_key("modelfleet.dev/abort") {
+                Err("still set".to_string())
+            } else {
+                Ok(Some(()))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (_, snap) = snapshot(&client, &ns, "steered").await;
+    assert_eq!(snap.route_canary_weight, 0);
+    prometheus.stop();
+}

@@ -118,6 +118,19 @@ pub fn compute(
             )),
         }
     }
+    if md
+        .spec
+        .rollout
+        .as_ref()
+        .is_some_and(|r| r.steps.is_empty() && r.analysis.is_some())
+    {
+        desired.push(Desired::new(
+            FIELDS_NOT_ACTIVE,
+            true,
+            "AnalysisWithoutSteps",
+            "spec.rollout.analysis runs only during rollout steps: with no spec.rollout.steps a new revision replaces the stable one once all its replicas are ready, unchecked",
+        ));
+    }
     let mut rolled_back = false;
     if let Some(report) = rollout {
         rolled_back = matches!(report.phase, RolloutPhase::RolledBack { .. });
@@ -205,6 +218,9 @@ pub fn compute(
         status,
     }
 }
+
+/// Condition type: an accepted field that has no effect in this spec.
+pub const FIELDS_NOT_ACTIVE: &str = "FieldsNotActive";
 
 /// Condition type: the rollout waits (paused by the spec, or analysis without an answer).
 pub const PAUSED: &str = "Paused";
@@ -465,5 +481,34 @@ pub async fn publish_rollout(recorder: &Recorder, md: &ModelDeployment, change: 
     };
     if let Err(e) = recorder.publish(&event, &md.object_ref(&())).await {
         tracing::warn!(error = %e, reason, "cannot publish event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::plan::plan;
+
+    #[test]
+    fn analysis_without_steps_is_reported_not_ignored() {
+        let spec = |rollout: &str| -> ModelDeployment {
+            let yaml = format!("model: {{name: m, version: '1', uri: 'hf://o/m'}}\nrollout: {rollout}");
+            ModelDeployment::new("m", serde_yaml::from_str(&yaml).expect("fixture"))
+        };
+        let fields_not_active = |md: &ModelDeployment| {
+            let report = compute(md, &plan(1, "a", None, &[]), &Observed::default(), None, None);
+            report
+                .status
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == FIELDS_NOT_ACTIVE)
+                .map(|c| c.reason)
+        };
+        let md = spec("{analysis: {checks: [{builtin: errorRate, max: 0.01}]}}");
+        assert_eq!(fields_not_active(&md).as_deref(), Some("AnalysisWithoutSteps"));
+        let md = spec(
+            "{steps: [{canary: {weight: 10, duration: 1m}}], analysis: {checks: [{builtin: errorRate, max: 0.01}]}}",
+        );
+        assert_eq!(fields_not_active(&md), None);
     }
 }

@@ -107,8 +107,15 @@ async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
     // server instead of four keeps reconciles short while it is busy.
     let writes = async {
         apply::apply(&client, &namespace, &desired, &observed).await?;
-        if let Some(route) = &desired.route {
-            apply::apply_route(&client, md, route, &ctx.written).await?;
+        if let Some(route) = &desired.route
+            && let Err(e) = apply::apply_route(&client, md, route, &ctx.written).await
+        {
+            // Visible in `kubectl describe mdep` (repeats aggregate), not only in the logs.
+            let (recorder, md, note) = (ctx.recorder.clone(), md.clone(), e.to_string());
+            tokio::spawn(
+                async move { status::publish_warning(&recorder, &md, "HTTPRouteFailed", note).await },
+            );
+            return Err(e);
         }
         apply::retire(&client, &namespace, &name, &plan.retire).await
     };

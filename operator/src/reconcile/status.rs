@@ -440,6 +440,20 @@ pub async fn publish(
     }
 }
 
+/// Publishes a Warning Event; failures are logged, never fatal.
+pub async fn publish_warning(recorder: &Recorder, md: &ModelDeployment, reason: &str, note: String) {
+    let event = Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        note: Some(truncate(&note, 1000)),
+        action: "Apply".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &md.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "cannot publish event");
+    }
+}
+
 /// Publishes one Event for a rollout change. Event failures are logged, never fatal.
 pub async fn publish_rollout(recorder: &Recorder, md: &ModelDeployment, change: RolloutEvent) {
     let (type_, reason, action, note) = match change {

@@ -267,11 +267,15 @@ pub fn decide(input: &EngineInput<'_>) -> RolloutDecision {
     let mut events = Vec::new();
 
     let verdict = if state.step >= steps {
-        // Growing to full size for promotion: only an abort stops it now.
+        // Growing to full size for promotion: every step passed, so only an abort or a candidate
+        // that cannot grow within progressDeadline (no GPUs for it) stops it now.
+        let deadline = std::time::Duration::from(input.rollout.progress_deadline).as_secs() as i64;
         if input.abort {
             Verdict::Rollback(RollbackReason::Aborted)
         } else if candidate_ready(input, steps) {
             Verdict::Promote
+        } else if now - state.step_started_at.unwrap_or(now) >= deadline {
+            Verdict::Rollback(RollbackReason::ProgressDeadlineExceeded { seconds: deadline })
         } else {
             let (weight, mirror) = machine::traffic(input.rollout, steps.saturating_sub(1));
             Verdict::Run {
@@ -777,5 +781,26 @@ scaleDownDelay: 30s",
         assert_eq!(candidate_size(&r, 3, 2), 2, "50% of 3");
         assert_eq!(candidate_size(&r, 3, 3), 3, "promotion");
         assert_eq!(candidate_size(&r, 0, 1), 1, "at least 1");
+    }
+
+    #[test]
+    fn a_candidate_that_cannot_grow_to_full_size_fails_at_the_progress_deadline() {
+        let mut sim = Sim::new();
+        sim.rollout.progress_deadline = modelfleet_crds::Duration::from_secs(60);
+        let mut last = None;
+        for t in (0..400).step_by(10) {
+            let d = sim.decide(t, "b", Some(pass()));
+            // No GPUs beyond 5 candidate replicas.
+            for r in sim.observed.iter_mut().filter(|r| r.revision == "b") {
+                r.ready_replicas = r.ready_replicas.min(5);
+            }
+            if let RolloutPhase::RolledBack { reason, .. } = &d.report.phase {
+                last = Some((t, reason.clone()));
+                break;
+            }
+            assert_ne!(d.report.phase, RolloutPhase::Promoted, "at {t}");
+        }
+        // The last step ends at 190 s; growth starts then and fails 60 s later.
+        assert_eq!(last, Some((250, "ProgressDeadlineExceeded".to_string())));
     }
 }

@@ -594,3 +594,93 @@ async fn pause_holds_the_step_and_the_abort_annotation_rolls_back_and_is_consume
     assert_eq!(snap.route_canary_weight, 0);
     prometheus.stop();
 }
+
+#[tokio::test]
+async fn without_telemetry_builtin_checks_hold_the_rollout_until_the_promote_annotation() {
+    let (client, ns) = setup("rollout-promote").await;
+    let ns = ns.name().to_string();
+    let md = model_deployment(
+        "promoted",
+        &ns,
+        r#"
+model: {name: all-MiniLM-L6-v2, version: "1", uri: "hf://sentence-transformers/all-MiniLM-L6-v2"}
+resources: {gpus: 1}
+replicas: 2
+rollout:
+  steps: [{canary: {weight: 50, duration: 2s}}]
+  analysis: {interval: 2s, checks: [{builtin: errorRate, max: 0.01}]}
+  scaleDownDelay: 1s
+"#,
+    );
+    create(&client, &md).await;
+    wait_condition(
+        &client,
+        &ns,
+        "promoted",
+        "Available",
+        "True",
+        None,
+        Duration::from_secs(60),
+    )
+    .await;
+    let candidate = set_version(&client, &md, "2").await;
+    let held = wait_condition(
+        &client,
+        &ns,
+        "promoted",
+        "Paused",
+        "True",
+        Some("AnalysisInconclusive"),
+        Duration::from_secs(30),
+    )
+    .await;
+    let (_, _, message) = condition(&held, "Paused").expect("Paused");
+    assert!(
+        message.contains("errorRate") && message.contains("no fresh telemetry"),
+        "{message}"
+    );
+    // Well past the 2 s step: still not promoted on missing data.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (_, snap) = snapshot(&client, &ns, "promoted").await;
+    assert_eq!(
+        (snap.step, snap.stable_version.as_str()),
+        (Some(0), "1"),
+        "{snap:?}"
+    );
+
+    let api = Api::<ModelDeployment>::namespaced(client.clone(), &ns);
+    let promote = serde_json::json!({"metadata": {"annotations": {"modelfleet.dev/promote": "true"}}});
+    api.patch("promoted", &PatchParams::default(), &Patch::Merge(&promote))
+        .await
+        .expect("promote");
+    let md = wait_condition(
+        &client,
+        &ns,
+        "promoted",
+        "Available",
+        "True",
+        None,
+        Duration::from_secs(30),
+    )
+    .await;
+    let status = md.status.expect("status");
+    assert_eq!(
+        status.stable.map(|s| (s.revision, s.version)),
+        Some((candidate, "2".into()))
+    );
+    modelfleet_e2e::wait::poll_until(
+        Duration::from_secs(10),
+        "the promote annotation is consumed",
+        || async {
+            let md = api.get("promoted").await.map_err(|e| e.to_string())?;
+            let annotations = md.metadata.annotations.unwrap_or_default();
+            if annotations.contains_key("modelfleet.dev/promote") {
+                Err("still set".to_string())
+            } else {
+                Ok(Some(()))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+}

@@ -80,25 +80,24 @@ async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
     let recorded_stable = recorded.stable.as_ref().map(|s| s.revision.as_str());
     let decided = ctx.decisions.get(&namespace, &name);
     let desired_total = plan::desired_replicas(md, decided.as_ref().map(|o| o.replicas));
-    let now = Timestamp::now();
+    let view = View {
+        md,
+        namespace: &namespace,
+        name: &name,
+        observed: &observed,
+        recorded: &recorded,
+        current: &current,
+        desired: desired_total,
+        now: Timestamp::now(),
+    };
     let controls = Controls::of(md);
 
-    let rollout = progressive(
-        md,
-        ctx,
-        &observed,
-        &current,
-        desired_total,
-        &recorded,
-        now,
-        controls,
-    )
-    .await;
+    let rollout = progressive(&view, ctx, controls).await;
     let mut plan = match &rollout {
         Some(decision) => decision.plan.clone(),
         None => plan::plan(desired_total, &current, recorded_stable, &observed.revisions),
     };
-    let drain_left = drain_after_promotion(md, &recorded, &observed, &mut plan, now);
+    let drain_left = drain_after_promotion(&view, &mut plan);
     let desired = build::build(md, &plan, &observed.revisions, &ctx.config.default_image);
 
     // The writes, the retirement of dead revisions and the status write go out together: status
@@ -112,9 +111,10 @@ async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
         {
             // Visible in `kubectl describe mdep` (repeats aggregate), not only in the logs.
             let (recorder, md, note) = (ctx.recorder.clone(), md.clone(), e.to_string());
-            tokio::spawn(
-                async move { status::publish_warning(&recorder, &md, "HTTPRouteFailed", note).await },
-            );
+            tokio::spawn(async move {
+                let warning = kube::runtime::events::EventType::Warning;
+                status::publish_event(&recorder, &md, warning, "HTTPRouteFailed", "Apply", note).await
+            });
             return Err(e);
         }
         apply::retire(&client, &namespace, &name, &plan.retire).await
@@ -198,51 +198,55 @@ impl Controls {
     }
 }
 
+/// What one reconcile read, for the rollout steps of planning.
+struct View<'a> {
+    md: &'a ModelDeployment,
+    namespace: &'a str,
+    name: &'a str,
+    observed: &'a Observed,
+    /// The status to build on (ours while the cache lags behind it).
+    recorded: &'a ModelDeploymentStatus,
+    /// The revision the spec asks for.
+    current: &'a str,
+    /// Total replicas from the replica source.
+    desired: i32,
+    now: Timestamp,
+}
+
 /// With rollout steps and a stable revision to protect, the rollout engine plans the revisions
 /// (running an analysis first when one is due). None: the step-less plan applies.
-#[allow(clippy::too_many_arguments)]
-async fn progressive(
-    md: &ModelDeployment,
-    ctx: &Context,
-    observed: &Observed,
-    current: &str,
-    desired: i32,
-    recorded: &ModelDeploymentStatus,
-    now: Timestamp,
-    controls: Controls,
-) -> Option<RolloutDecision> {
+async fn progressive(view: &View<'_>, ctx: &Context, controls: Controls) -> Option<RolloutDecision> {
+    let md = view.md;
     let rollout = md.spec.rollout.as_ref().filter(|r| !r.steps.is_empty())?;
-    let stable = recorded
+    let stable = view
+        .recorded
         .stable
         .as_ref()
-        .filter(|s| s.revision != current)
-        .and_then(|s| observed.revision(&s.revision))?;
+        .filter(|s| s.revision != view.current)
+        .and_then(|s| view.observed.revision(&s.revision))?;
     let mut input = EngineInput {
-        now,
+        now: view.now,
         rollout,
-        current,
+        current: view.current,
         version: &md.spec.model.version,
         stable,
-        desired,
-        observed: &observed.revisions,
-        recorded,
+        desired: view.desired,
+        observed: &view.observed.revisions,
+        recorded: view.recorded,
         analysis: None,
         promote: controls.promote,
         abort: controls.abort,
         gateway: md.spec.traffic.as_ref().is_some_and(|t| t.gateway.is_some()),
     };
-    let outcomes = match rollout.analysis.as_ref() {
-        Some(spec) if engine::analysis_due(&input) => {
-            let namespace = md.namespace().unwrap_or_default();
-            let name = md.name_any();
-            let step = engine::restore(recorded, current, now.as_second()).step;
+    let outcomes = match (rollout.analysis.as_ref(), engine::analysis_due(&input)) {
+        (Some(spec), Some(step)) => {
             let env = AnalysisEnv {
                 telemetry: &ctx.telemetry,
                 prometheus_url: ctx.config.prometheus_url.as_deref(),
                 placeholders: Placeholders {
-                    namespace: &namespace,
-                    deployment: &name,
-                    revision: current,
+                    namespace: view.namespace,
+                    deployment: view.name,
+                    revision: view.current,
                     stable_revision: &stable.revision,
                 },
                 shadow_step: engine::is_shadow_step(rollout, step),
@@ -257,23 +261,19 @@ async fn progressive(
 
 /// After a promotion the previous stable revision drains for `scaleDownDelay`; returns the
 /// seconds left when it still runs.
-fn drain_after_promotion(
-    md: &ModelDeployment,
-    recorded: &ModelDeploymentStatus,
-    observed: &Observed,
-    plan: &mut RevisionPlan,
-    now: Timestamp,
-) -> Option<i64> {
-    let last = recorded
+fn drain_after_promotion(view: &View<'_>, plan: &mut RevisionPlan) -> Option<i64> {
+    let last = view
+        .recorded
         .last_rollout
         .as_ref()
         .filter(|r| r.result == RolloutResult::Promoted && r.revision == plan.stable)?;
-    let previous = observed.revision(last.previous_stable.as_deref()?)?;
-    let delay = md.spec.rollout.as_ref().map_or(0, |r| {
+    let previous = view.observed.revision(last.previous_stable.as_deref()?)?;
+    let delay = view.md.spec.rollout.as_ref().map_or(0, |r| {
         std::time::Duration::from(r.scale_down_delay).as_secs() as i64
     });
-    let left = last.finished_at.0.as_second() + delay - now.as_second();
-    let stable_ready = observed
+    let left = last.finished_at.0.as_second() + delay - view.now.as_second();
+    let stable_ready = view
+        .observed
         .revision(&plan.stable)
         .is_some_and(|r| r.ready_replicas >= plan.desired);
     plan::drain(plan, previous, left <= 0, stable_ready);

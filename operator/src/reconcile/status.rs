@@ -374,14 +374,15 @@ pub async fn report_invalid(
     };
     patch(client, md, &status).await?;
     if !already {
-        let event = Event {
-            type_: EventType::Warning,
-            reason: "InvalidSpec".into(),
-            note: Some(truncate(&message, 1000)),
-            action: "Validate".into(),
-            secondary: None,
-        };
-        let _ = recorder.publish(&event, &md.object_ref(&())).await;
+        publish_event(
+            recorder,
+            md,
+            EventType::Warning,
+            "InvalidSpec",
+            "Validate",
+            message,
+        )
+        .await;
     }
     Ok(())
 }
@@ -428,25 +429,24 @@ pub async fn publish(
             format!("revision {revision} is ready; retired {}", retired.join(", ")),
         ),
     };
-    let event = Event {
-        type_: EventType::Normal,
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(e) = recorder.publish(&event, &md.object_ref(&())).await {
-        tracing::warn!(error = %e, reason, "cannot publish event");
-    }
+    publish_event(recorder, md, EventType::Normal, reason, action, note).await;
 }
 
-/// Publishes a Warning Event; failures are logged, never fatal.
-pub async fn publish_warning(recorder: &Recorder, md: &ModelDeployment, reason: &str, note: String) {
+/// Publishes one Event about `md`, its note cut to the API's 1 KiB. Event failures are logged,
+/// never fatal.
+pub async fn publish_event(
+    recorder: &Recorder,
+    md: &ModelDeployment,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
     let event = Event {
-        type_: EventType::Warning,
+        type_,
         reason: reason.into(),
         note: Some(truncate(&note, 1000)),
-        action: "Apply".into(),
+        action: action.into(),
         secondary: None,
     };
     if let Err(e) = recorder.publish(&event, &md.object_ref(&())).await {
@@ -486,16 +486,7 @@ pub async fn publish_rollout(recorder: &Recorder, md: &ModelDeployment, change: 
             ),
         ),
     };
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(truncate(&note, 1000)),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(e) = recorder.publish(&event, &md.object_ref(&())).await {
-        tracing::warn!(error = %e, reason, "cannot publish event");
-    }
+    publish_event(recorder, md, type_, reason, action, note).await;
 }
 
 #[cfg(test)]

@@ -190,18 +190,16 @@ pub fn candidate_size(rollout: &RolloutSpec, desired: i32, step: usize) -> i32 {
     i32::try_from(size).unwrap_or(desired).clamp(1, desired.max(1))
 }
 
-/// Whether an analysis run is due: the candidate is running a step (not before it is ready, not
-/// while it grows for promotion) and `interval` has passed since the last run.
-pub fn analysis_due(input: &EngineInput<'_>) -> bool {
-    let Some(spec) = input.rollout.analysis.as_ref().filter(|a| !a.checks.is_empty()) else {
-        return false;
-    };
+/// The step an analysis run is due for, if one is: the candidate is running a step (not before it
+/// is ready, not while it grows for promotion) and `interval` has passed since the last run.
+pub fn analysis_due(input: &EngineInput<'_>) -> Option<usize> {
+    let spec = input.rollout.analysis.as_ref().filter(|a| !a.checks.is_empty())?;
     if rolled_back(input.recorded, input.current).is_some() {
-        return false;
+        return None;
     }
     let state = restore(input.recorded, input.current, input.now.as_second());
     if state.step >= input.rollout.steps.len() || !candidate_ready(input, state.step) {
-        return false;
+        return None;
     }
     let interval = std::time::Duration::from(spec.interval).as_secs() as i64;
     let last = input
@@ -218,6 +216,7 @@ pub fn analysis_due(input: &EngineInput<'_>) -> bool {
         .and_then(|a| a.last_run_at.as_ref())
         .map(seconds);
     last.is_none_or(|t| input.now.as_second() - t >= interval)
+        .then_some(state.step)
 }
 
 /// Whether `step` is a shadow step (output agreement is measured only then).
@@ -722,7 +721,7 @@ scaleDownDelay: 30s",
         // Later reconciles hold it there, with no new Event.
         let d = sim.decide(100, "b", None);
         assert_eq!((d.plan.replicas.get("b"), d.events.len()), (Some(&0), 0));
-        assert!(!analysis_due(&EngineInput {
+        let due = analysis_due(&EngineInput {
             now: Timestamp::from_second(1_000_200).expect("time"),
             rollout: &sim.rollout,
             current: "b",
@@ -735,7 +734,8 @@ scaleDownDelay: 30s",
             promote: false,
             abort: false,
             gateway: true,
-        }));
+        });
+        assert_eq!(due, None, "no analysis of a rolled-back revision");
         // A new version starts at step 0 and the rolled-back one is retired.
         let d = sim.decide(110, "c", None);
         assert_eq!(

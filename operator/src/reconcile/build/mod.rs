@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
-        core::v1::{ConfigMap, Service, ServicePort, ServiceSpec},
+        core::v1::{ConfigMap, PodTemplateSpec, Service, ServicePort, ServiceSpec},
         policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
     },
     apimachinery::pkg::{
@@ -84,18 +84,18 @@ pub fn build(
             } else {
                 labels::ROLE_CANARY
             };
+            // Only the current revision is built from the spec; the others keep what they run.
             let kept = observed
                 .iter()
-                .find(|r| r.revision == *revision && *revision != plan.current);
-            let mut d = revision_deployment(md, revision, role, replicas, default_image);
-            if let Some(kept) = kept
-                && let (Some(template), Some(spec)) = (&kept.template, d.spec.as_mut())
-            {
-                spec.template = (**template).clone();
-                d.annotations_mut()
-                    .insert(VERSION_ANNOTATION.into(), kept.version.clone());
-            }
-            d
+                .find(|r| r.revision == *revision && *revision != plan.current)
+                .and_then(|r| Some((r.template.as_deref()?.clone(), r.version.as_str())));
+            let (template, version) = kept.unwrap_or_else(|| {
+                (
+                    pod::pod_template(md, revision, default_image),
+                    md.spec.model.version.as_str(),
+                )
+            });
+            revision_deployment(md, revision, role, replicas, template, version)
         })
         .collect();
     let canary = plan.candidate.as_deref().unwrap_or("");
@@ -137,7 +137,8 @@ fn revision_deployment(
     revision: &str,
     role: &str,
     replicas: i32,
-    default_image: &str,
+    template: PodTemplateSpec,
+    version: &str,
 ) -> Deployment {
     let name = md.name_any();
     let mut labels = common_labels(&name, "server");
@@ -148,10 +149,7 @@ fn revision_deployment(
         (labels::REVISION.to_string(), revision.to_string()),
     ]);
     let mut metadata = meta(md, &deployment_name(&name, revision), labels);
-    metadata.annotations = Some(BTreeMap::from([(
-        VERSION_ANNOTATION.into(),
-        md.spec.model.version.clone(),
-    )]));
+    metadata.annotations = Some(BTreeMap::from([(VERSION_ANNOTATION.into(), version.to_string())]));
     Deployment {
         metadata,
         spec: Some(DeploymentSpec {
@@ -168,7 +166,7 @@ fn revision_deployment(
                     max_unavailable: Some(IntOrString::Int(0)),
                 }),
             }),
-            template: pod::pod_template(md, revision, default_image),
+            template,
             ..Default::default()
         }),
         status: None,

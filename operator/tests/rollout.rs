@@ -113,6 +113,64 @@ traffic:
     )
 }
 
+/// A ModelDeployment at version "1", Available, whose rollout has `steps` and one Prometheus
+/// check on the error ratio; with the loopback endpoint (version 1 healthy) and the Prometheus
+/// scraping it.
+struct Rolling {
+    client: Client,
+    ns: String,
+    endpoint: Endpoint,
+    prometheus: Prometheus,
+    md: ModelDeployment,
+    _namespace: modelfleet_e2e::testing::TestNamespace,
+    _dir: tempfile::TempDir,
+}
+
+impl Rolling {
+    async fn available(prefix: &str, name: &str, steps: &str) -> Self {
+        let (client, namespace) = setup(prefix).await;
+        let ns = namespace.name().to_string();
+        let (endpoint, address) = Endpoint::start().await;
+        let (prometheus, dir) = prometheus_scraping(&address).await;
+        let md = rolling(name, &ns, &prometheus.url(), steps);
+        endpoint.set(&revision_hash(&md.spec, DEFAULT_SERVER_IMAGE), 0.0);
+        create(&client, &md).await;
+        wait_condition(
+            &client,
+            &ns,
+            name,
+            "Available",
+            "True",
+            None,
+            Duration::from_secs(60),
+        )
+        .await;
+        Self {
+            client,
+            ns,
+            endpoint,
+            prometheus,
+            md,
+            _namespace: namespace,
+            _dir: dir,
+        }
+    }
+}
+
+/// Waits until the control annotation `key` is gone: the operator consumed it.
+async fn wait_consumed(api: &Api<ModelDeployment>, name: &str, key: &str) {
+    modelfleet_e2e::wait::poll_until(Duration::from_secs(10), &format!("{key} consumed"), || async {
+        let md = api.get(name).await.map_err(|e| e.to_string())?;
+        if md.metadata.annotations.unwrap_or_default().contains_key(key) {
+            Err("still set".to_string())
+        } else {
+            Ok(Some(()))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// Sets `spec.model.version` and returns the new revision hash.
 async fn set_version(client: &Client, md: &ModelDeployment, version: &str) -> String {
     let ns = md.metadata.namespace.as_deref().expect("ns");
@@ -205,27 +263,18 @@ async fn events(client: &Client, ns: &str, name: &str) -> Vec<Event> {
 
 #[tokio::test]
 async fn a_good_version_goes_shadow_10_50_and_is_promoted_while_the_route_follows() {
-    let (client, ns) = setup("rollout-good").await;
-    let ns = ns.name().to_string();
-    let (endpoint, address) = Endpoint::start().await;
-    let (prometheus, _dir) = prometheus_scraping(&address).await;
-    let md = rolling(
+    let Rolling {
+        client,
+        ns,
+        endpoint,
+        prometheus,
+        md,
+        _namespace,
+        _dir,
+    } = Rolling::available(
+        "rollout-good",
         "good",
-        &ns,
-        &prometheus.url(),
         "[{shadow: {percent: 20, duration: 4s}}, {canary: {weight: 10, duration: 4s}}, {canary: {weight: 50, duration: 4s}}]",
-    );
-    let first = revision_hash(&md.spec, DEFAULT_SERVER_IMAGE);
-    endpoint.set(&first, 0.0);
-    create(&client, &md).await;
-    wait_condition(
-        &client,
-        &ns,
-        "good",
-        "Available",
-        "True",
-        None,
-        Duration::from_secs(60),
     )
     .await;
 
@@ -318,26 +367,18 @@ async fn a_good_version_goes_shadow_10_50_and_is_promoted_while_the_route_follow
 
 #[tokio::test]
 async fn a_bad_version_rolls_back_by_itself_within_interval_times_failure_limit_plus_one() {
-    let (client, ns) = setup("rollout-bad").await;
-    let ns = ns.name().to_string();
-    let (endpoint, address) = Endpoint::start().await;
-    let (prometheus, _dir) = prometheus_scraping(&address).await;
-    let md = rolling(
+    let Rolling {
+        client,
+        ns,
+        endpoint,
+        prometheus,
+        md,
+        _namespace,
+        _dir,
+    } = Rolling::available(
+        "rollout-bad",
         "bad",
-        &ns,
-        &prometheus.url(),
         "[{canary: {weight: 10, duration: 60s}}, {canary: {weight: 50, duration: 60s}}]",
-    );
-    endpoint.set(&revision_hash(&md.spec, DEFAULT_SERVER_IMAGE), 0.0);
-    create(&client, &md).await;
-    wait_condition(
-        &client,
-        &ns,
-        "bad",
-        "Available",
-        "True",
-        None,
-        Duration::from_secs(60),
     )
     .await;
 
@@ -440,26 +481,18 @@ async fn a_bad_version_rolls_back_by_itself_within_interval_times_failure_limit_
 
 #[tokio::test]
 async fn with_prometheus_down_the_rollout_pauses_as_inconclusive_and_resumes_when_it_is_back() {
-    let (client, ns) = setup("rollout-inconclusive").await;
-    let ns = ns.name().to_string();
-    let (endpoint, address) = Endpoint::start().await;
-    let (mut prometheus, _dir) = prometheus_scraping(&address).await;
-    let md = rolling(
+    let Rolling {
+        client,
+        ns,
+        endpoint,
+        mut prometheus,
+        md,
+        _namespace,
+        _dir,
+    } = Rolling::available(
+        "rollout-inconclusive",
         "held",
-        &ns,
-        &prometheus.url(),
         "[{canary: {weight: 10, duration: 4s}}, {canary: {weight: 50, duration: 2s}}]",
-    );
-    endpoint.set(&revision_hash(&md.spec, DEFAULT_SERVER_IMAGE), 0.0);
-    create(&client, &md).await;
-    wait_condition(
-        &client,
-        &ns,
-        "held",
-        "Available",
-        "True",
-        None,
-        Duration::from_secs(60),
     )
     .await;
     let candidate = set_version(&client, &md, "2").await;
@@ -520,26 +553,18 @@ fn condition_type_absent_or_false(
 
 #[tokio::test]
 async fn pause_holds_the_step_and_the_abort_annotation_rolls_back_and_is_consumed() {
-    let (client, ns) = setup("rollout-controls").await;
-    let ns = ns.name().to_string();
-    let (endpoint, address) = Endpoint::start().await;
-    let (prometheus, _dir) = prometheus_scraping(&address).await;
-    let md = rolling(
+    let Rolling {
+        client,
+        ns,
+        endpoint,
+        prometheus,
+        md,
+        _namespace,
+        _dir,
+    } = Rolling::available(
+        "rollout-controls",
         "steered",
-        &ns,
-        &prometheus.url(),
         "[{canary: {weight: 25, duration: 3s}}, {canary: {weight: 50, duration: 3s}}]",
-    );
-    endpoint.set(&revision_hash(&md.spec, DEFAULT_SERVER_IMAGE), 0.0);
-    create(&client, &md).await;
-    wait_condition(
-        &client,
-        &ns,
-        "steered",
-        "Available",
-        "True",
-        None,
-        Duration::from_secs(60),
     )
     .await;
     let api = Api::<ModelDeployment>::namespaced(client.clone(), &ns);
@@ -594,21 +619,7 @@ async fn pause_holds_the_step_and_the_abort_annotation_rolls_back_and_is_consume
             .map(|r| (r.result, r.revision.clone())),
         Some((RolloutResult::RolledBack, candidate))
     );
-    modelfleet_e2e::wait::poll_until(
-        Duration::from_secs(10),
-        "the abort annotation is consumed",
-        || async {
-            let md = api.get("steered").await.map_err(|e| e.to_string())?;
-            let annotations = md.metadata.annotations.unwrap_or_default();
-            if annotations.contains_key("modelfleet.dev/abort") {
-                Err("still set".to_string())
-            } else {
-                Ok(Some(()))
-            }
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    wait_consumed(&api, "steered", "modelfleet.dev/abort").await;
     wait_route_weight(&client, &ns, "steered", 0).await;
     prometheus.stop();
 }
@@ -686,19 +697,5 @@ rollout:
         status.stable.map(|s| (s.revision, s.version)),
         Some((candidate, "2".into()))
     );
-    modelfleet_e2e::wait::poll_until(
-        Duration::from_secs(10),
-        "the promote annotation is consumed",
-        || async {
-            let md = api.get("promoted").await.map_err(|e| e.to_string())?;
-            let annotations = md.metadata.annotations.unwrap_or_default();
-            if annotations.contains_key("modelfleet.dev/promote") {
-                Err("still set".to_string())
-            } else {
-                Ok(Some(()))
-            }
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    wait_consumed(&api, "promoted", "modelfleet.dev/promote").await;
 }

@@ -38,19 +38,27 @@ pub fn shared_cluster() -> &'static LocalCluster {
 }
 
 async fn start_shared() -> crate::Result<LocalCluster> {
+    let cluster = start_with_gpu_nodes(2).await?;
+    let client = cluster.client().await?;
+    crds::install_gateway_api_crds(&client, cluster.toolchain()).await?;
+    nodes::add_cpu_nodes(&client, 1).await?;
+    Ok(cluster)
+}
+
+/// A fresh cluster of its own (for benchmarks) with the modelfleet CRDs and `gpu_nodes` GPU nodes
+/// of the default pool (8 × H100 each).
+pub async fn start_with_gpu_nodes(gpu_nodes: usize) -> crate::Result<LocalCluster> {
     let cluster = LocalCluster::start(ClusterConfig::default()).await?;
     let client = cluster.client().await?;
     crds::install_modelfleet_crds(&client).await?;
-    crds::install_gateway_api_crds(&client, cluster.toolchain()).await?;
     nodes::add_gpu_pool(
         &client,
         &GpuNodePool {
-            count: 2,
+            count: gpu_nodes,
             ..Default::default()
         },
     )
     .await?;
-    nodes::add_cpu_nodes(&client, 1).await?;
     Ok(cluster)
 }
 

@@ -26,7 +26,7 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 use modelfleet_crds::{ModelDeployment, constants::labels};
-use modelfleet_e2e::{ClusterConfig, GpuNodePool, LocalCluster, agents::request_agent_token, crds, nodes};
+use modelfleet_e2e::{LocalCluster, agents::request_agent_token, testing};
 use modelfleet_operator::{OperatorConfig, controller, http::HttpState};
 use modelfleet_proto::telemetry::{NodeReport, PodRef, ServerSample, telemetry_client::TelemetryClient};
 use tokio::sync::mpsc;
@@ -51,24 +51,12 @@ scaling:
 #[tokio::main]
 async fn main() {
     let trials: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(40);
-    let cluster: &'static LocalCluster = Box::leak(Box::new(
-        LocalCluster::start(ClusterConfig::default())
-            .await
-            .expect("cluster"),
-    ));
-    let client = cluster.client().await.expect("client");
-    crds::install_modelfleet_crds(&client).await.expect("CRDs");
     // 2 GPUs per ModelDeployment, plus 8 for the stepped one's new replicas.
     let node_count = (2 * trials + 8).div_ceil(8);
-    nodes::add_gpu_pool(
-        &client,
-        &GpuNodePool {
-            count: node_count,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("nodes");
+    let cluster: &'static LocalCluster = Box::leak(Box::new(
+        testing::start_with_gpu_nodes(node_count).await.expect("cluster"),
+    ));
+    let client = cluster.client().await.expect("client");
     let telemetry_addr = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("port");

@@ -20,8 +20,8 @@ use kube::{
 };
 use modelfleet_crds::{ModelDeployment, v1alpha1::Phase};
 use modelfleet_e2e::{
-    ClusterConfig, GpuNodePool, LocalCluster, crds, nodes,
     startup_bench::{cpu_seconds, proc_status_mib},
+    testing,
 };
 
 /// Quantile from a Prometheus histogram's cumulative buckets, interpolated within the bucket.
@@ -77,20 +77,8 @@ async fn main() {
     let node_count: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100);
     let concurrency: u16 = args.next().and_then(|a| a.parse().ok()).unwrap_or(8);
 
-    let cluster = LocalCluster::start(ClusterConfig::default())
-        .await
-        .expect("cluster");
+    let cluster = testing::start_with_gpu_nodes(node_count).await.expect("cluster");
     let client = cluster.client().await.expect("client");
-    crds::install_modelfleet_crds(&client).await.expect("CRDs");
-    nodes::add_gpu_pool(
-        &client,
-        &GpuNodePool {
-            count: node_count,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("nodes");
     eprintln!("cluster with {node_count} GPU nodes ready");
 
     let port = TcpListener::bind("127.0.0.1:0")

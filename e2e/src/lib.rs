@@ -20,6 +20,7 @@ mod pki;
 pub mod process;
 pub mod prometheus;
 pub mod startup_bench;
+pub mod telemetry_hub;
 pub mod testing;
 pub mod toolchain;
 pub mod wait;

@@ -1,11 +1,7 @@
 //! Real node agents on the fake GPU nodes, scraping simulated server pods and streaming to a
 //! telemetry service: what the operator's autoscaler will see.
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
 use kube::{
@@ -16,17 +12,12 @@ use modelfleet_e2e::{
     agents::{AgentToken, AgentsConfig, LoadSimulator, NodeAgents, PodLoad, SCRAPE_ADDRESS_ANNOTATION},
     http,
     process::is_alive,
+    telemetry_hub::{RecordingHub, TokenPolicy},
     testing::{TestNamespace, shared_cluster},
     wait::{poll_until, wait_for},
 };
-use modelfleet_proto::telemetry::{
-    NodeReport, ReportAck, ServerSample,
-    telemetry_server::{Telemetry, TelemetryServer},
-};
+use modelfleet_proto::telemetry::{NodeReport, ServerSample};
 use serde_json::json;
-use tokio::sync::mpsc;
-use tokio_stream::{StreamExt, wrappers::ReceiverStream};
-use tonic::{Request, Response, Status, Streaming};
 
 /// The shared cluster's GPU nodes.
 const GPU_NODES: [&str; 2] = ["gpu-node-0", "gpu-node-1"];
@@ -34,117 +25,10 @@ const GPU_NODES: [&str; 2] = ["gpu-node-0", "gpu-node-1"];
 /// Bounds every wait of these tests.
 const WAIT: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Default)]
-struct Received {
-    reports: Vec<NodeReport>,
-    authorization: Vec<String>,
-    refused: usize,
-}
-
-/// What the operator's telemetry hub will be, reduced to a recorder: it refuses a stream without
-/// a bearer token (Unauthenticated) and keeps every report of the others.
-#[derive(Debug, Clone, Default)]
-struct Hub {
-    received: Arc<Mutex<Received>>,
-}
-
-#[tonic::async_trait]
-impl Telemetry for Hub {
-    type ReportStream = ReceiverStream<Result<ReportAck, Status>>;
-
-    async fn report(
-        &self,
-        request: Request<Streaming<NodeReport>>,
-    ) -> Result<Response<Self::ReportStream>, Status> {
-        let auth = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let Some(auth) = auth.filter(|a| a.starts_with("Bearer ")) else {
-            self.received.lock().expect("the hub's lock").refused += 1;
-            return Err(Status::unauthenticated("no bearer token"));
-        };
-        self.received
-            .lock()
-            .expect("the hub's lock")
-            .authorization
-            .push(auth);
-        let mut stream = request.into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        let received = self.received.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(report)) = stream.next().await {
-                let sequence = report.sequence;
-                received.lock().expect("the hub's lock").reports.push(report);
-                if tx.send(Ok(ReportAck { sequence })).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
-    }
-}
-
-/// The hub on a free loopback port, stopped on drop.
-struct TestHub {
-    addr: SocketAddr,
-    received: Arc<Mutex<Received>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl TestHub {
-    async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the hub");
-        let addr = listener.local_addr().expect("the hub's address");
-        let hub = Hub::default();
-        let received = hub.received.clone();
-        let task = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(TelemetryServer::new(hub))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await;
-        });
-        Self { addr, received, task }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// The newest report satisfying `check`, waiting up to `limit` for one.
-    async fn wait_for(&self, limit: Duration, check: impl Fn(&NodeReport) -> bool) -> Option<NodeReport> {
-        poll_until(limit, "a matching report", || async {
-            let received = self.received.lock().expect("the hub's lock");
-            Ok(received.reports.iter().rev().find(|r| check(r)).cloned())
-        })
-        .await
-        .ok()
-    }
-
-    fn reports(&self) -> usize {
-        self.received.lock().expect("the hub's lock").reports.len()
-    }
-
-    fn refused(&self) -> usize {
-        self.received.lock().expect("the hub's lock").refused
-    }
-
-    fn authorizations(&self) -> Vec<String> {
-        self.received
-            .lock()
-            .expect("the hub's lock")
-            .authorization
-            .clone()
-    }
-
-    /// The last `n` samples of `pod` received, for failure messages.
-    fn last_samples(&self, namespace: &str, pod: &str, n: usize) -> Vec<(String, ServerSample)> {
-        let received = self.received.lock().expect("the hub's lock");
-        let mut out: Vec<(String, ServerSample)> = received
-            .reports
+/// The last `n` samples of `pod` the hub received, for failure messages.
+fn last_samples(hub: &RecordingHub, namespace: &str, pod: &str, n: usize) -> Vec<(String, ServerSample)> {
+    hub.with_reports(|reports| {
+        let mut out: Vec<(String, ServerSample)> = reports
             .iter()
             .rev()
             .filter_map(|r| server_sample(r, namespace, pod).map(|s| (r.node.clone(), s.clone())))
@@ -152,13 +36,12 @@ impl TestHub {
             .collect();
         out.reverse();
         out
-    }
+    })
 }
 
-impl Drop for TestHub {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+/// The hub on a free loopback port, refusing streams without a token as the operator does.
+async fn start_hub() -> RecordingHub {
+    RecordingHub::start(([127, 0, 0, 1], 0).into(), TokenPolicy::RequireBearer).await
 }
 
 fn server_sample<'a>(report: &'a NodeReport, namespace: &str, pod: &str) -> Option<&'a ServerSample> {
@@ -246,7 +129,7 @@ async fn node_agents_report_the_simulated_load_of_a_gpu_pod_and_follow_its_chang
         "the annotation names the simulator's loopback address"
     );
 
-    let hub = TestHub::start().await;
+    let hub = start_hub().await;
     let cluster = shared_cluster();
     let mut agents = NodeAgents::start(cluster, AgentsConfig::new(GPU_NODES, hub.url()))
         .await
@@ -256,10 +139,10 @@ async fn node_agents_report_the_simulated_load_of_a_gpu_pod_and_follow_its_chang
     assert!(pids.len() == 2 && pids.iter().all(|p| is_alive(*p)), "{pids:?}");
     let token = agents.token().expect("a ServiceAccount token").to_string();
 
-    let diagnose = |hub: &TestHub, agents: &NodeAgents| {
+    let diagnose = |hub: &RecordingHub, agents: &NodeAgents| {
         format!(
             "last samples of the pod: {:#?}\n--- agent of {node} ---\n{}",
-            hub.last_samples(&ns, &pod.name, 3),
+            last_samples(hub, &ns, &pod.name, 3),
             agents.log_tail(&node, 20).unwrap_or_default()
         )
     };
@@ -363,7 +246,7 @@ async fn node_agents_report_the_simulated_load_of_a_gpu_pod_and_follow_its_chang
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_without_a_token_is_refused_and_keeps_retrying() {
-    let hub = TestHub::start().await;
+    let hub = start_hub().await;
     let config = AgentsConfig {
         token: AgentToken::None,
         ..AgentsConfig::new(["gpu-node-0"], hub.url())

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{TestHub, start_synthetic_server};
+use common::{start_hub, start_synthetic_server};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::PostParams};
 use modelfleet_e2e::{
@@ -65,7 +65,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .await?;
         servers.push(server);
     }
-    let hub = TestHub::start("127.0.0.1:0".parse()?).await;
+    let hub = start_hub("127.0.0.1:0".parse()?).await;
     let mut agent = Command::new(&agent_bin)
         .env("KUBECONFIG", cluster.kubeconfig_path())
         .args([
@@ -87,7 +87,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pid = agent.id();
     // Settle (watch synced, first scrapes), then measure.
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let (cpu0, t0, reports0) = (cpu_seconds(pid), Instant::now(), hub.count());
+    let (cpu0, t0, reports0) = (cpu_seconds(pid), Instant::now(), hub.reports());
     eprintln!("bench: measuring for {seconds} s");
     let mut peak_rss = 0.0f64;
     while t0.elapsed() < Duration::from_secs(seconds) {
@@ -97,7 +97,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pid) - cpu0;
     let hwm = proc_status_mib(pid, "VmHWM:");
-    let reports = hub.count() - reports0;
+    let reports = hub.reports() - reports0;
     let last = hub
         .wait_for(Duration::from_secs(2), |_| true)
         .await

@@ -103,7 +103,7 @@ async fn reports_attribute_gpus_and_follow_server_load() {
     .await;
     bound_pod(&client, ns.name(), "other", &node, 1, BTreeMap::new(), None).await;
 
-    let hub = TestHub::start("127.0.0.1:0".parse().expect("address")).await;
+    let hub = start_hub("127.0.0.1:0".parse().expect("address")).await;
     let token = tempfile::NamedTempFile::new().expect("token file");
     std::fs::write(token.path(), "test-token\n").expect("token");
     let running = run::start(
@@ -157,7 +157,7 @@ async fn reports_attribute_gpus_and_follow_server_load() {
     for c in clients {
         let _ = c.await;
     }
-    let before = hub.count();
+    let before = hub.reports();
     let drained = hub
         .wait_for(Duration::from_secs(5), |r| {
             r.sequence as usize > before && r.servers.iter().all(|s| s.scraped && s.queue_depth == 0.0)
@@ -239,7 +239,7 @@ async fn an_unreachable_operator_bounds_the_buffer_and_reports_resume_when_it_re
     );
 
     // The operator comes back on the same address: the agent reconnects (backoff ≤ 30 s, jittered).
-    let hub = TestHub::start(operator).await;
+    let hub = start_hub(operator).await;
     let resumed = hub
         .wait_for(Duration::from_secs(40), |r| r.dropped_reports >= 20)
         .await

@@ -69,7 +69,7 @@ async fn the_daemonset_runs_on_gpu_nodes_and_its_rbac_suffices() {
         .await
         .expect("pod created");
 
-    let hub = TestHub::start("127.0.0.1:0".parse().expect("address")).await;
+    let hub = start_hub("127.0.0.1:0".parse().expect("address")).await;
     let _running = run::start(
         agent_config(&node, hub.url(), "/nonexistent".into()),
         as_agent,

@@ -19,26 +19,26 @@ if obj.status.conditions ~= nil then
     conditions[c.type] = c
   end
 end
+-- Health `status`, with the condition's "Reason: message".
+local function from_condition(status, c)
+  hs.status = status
+  hs.message = (c.reason or c.type) .. ": " .. (c.message or "")
+  return hs
+end
 local degraded = conditions["Degraded"]
 if degraded ~= nil and degraded.status == "True" then
-  hs.status = "Degraded"
-  hs.message = (degraded.reason or "Degraded") .. ": " .. (degraded.message or "")
-  return hs
+  return from_condition("Degraded", degraded)
 end
 -- A rollout that waits (spec.rollout.paused, or analysis without an answer) is Suspended.
 local paused = conditions["Paused"]
 if paused ~= nil and paused.status == "True" then
-  hs.status = "Suspended"
-  hs.message = (paused.reason or "Paused") .. ": " .. (paused.message or "")
-  return hs
+  return from_condition("Suspended", paused)
 end
 -- A rollout step in progress (shadow, canary, growing for promotion) is Progressing.
 local progressing = conditions["Progressing"]
-if progressing ~= nil and progressing.status == "True" and progressing.reason ~= nil
+if progressing ~= nil and progressing.status == "True"
     and (progressing.reason == "RolloutStep" or progressing.reason == "CandidateStarting") then
-  hs.status = "Progressing"
-  hs.message = progressing.reason .. ": " .. (progressing.message or "")
-  return hs
+  return from_condition("Progressing", progressing)
 end
 local available = conditions["Available"]
 if available ~= nil and available.status == "True" then

@@ -62,6 +62,16 @@ pub async fn start_with_gpu_nodes(gpu_nodes: usize) -> crate::Result<LocalCluste
     Ok(cluster)
 }
 
+/// A client of the shared cluster and a fresh namespace for one test.
+pub async fn shared_namespace(prefix: &str) -> (kube::Client, TestNamespace) {
+    let cluster = shared_cluster();
+    let client = cluster.client().await.expect("a client");
+    let ns = TestNamespace::create(cluster, &client, prefix)
+        .await
+        .expect("a namespace");
+    (client, ns)
+}
+
 /// A namespace for one test, deleted when dropped (also when the test panics).
 #[derive(Debug)]
 pub struct TestNamespace {

@@ -13,7 +13,7 @@ use modelfleet_e2e::{
     http,
     process::is_alive,
     telemetry_hub::{RecordingHub, TokenPolicy},
-    testing::{TestNamespace, shared_cluster},
+    testing::{shared_cluster, shared_namespace},
     wait::{poll_until, wait_for},
 };
 use modelfleet_proto::telemetry::{NodeReport, ServerSample};
@@ -85,18 +85,9 @@ async fn create_gpu_deployment(client: &Client, namespace: &str, name: &str) {
         .expect("create the Deployment");
 }
 
-async fn setup(prefix: &str) -> (Client, TestNamespace) {
-    let cluster = shared_cluster();
-    let client = cluster.client().await.expect("a client");
-    let ns = TestNamespace::create(cluster, &client, prefix)
-        .await
-        .expect("a namespace");
-    (client, ns)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_agents_report_the_simulated_load_of_a_gpu_pod_and_follow_its_changes() {
-    let (client, ns) = setup("agents").await;
+    let (client, ns) = shared_namespace("agents").await;
     let ns = ns.name().to_string();
     let sim = LoadSimulator::start(client.clone(), Some(ns.clone()))
         .await
@@ -280,7 +271,7 @@ fn sample_value(exposition: &str, series: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_load_simulator_serves_each_server_pod_on_loopback_until_it_is_deleted() {
-    let (client, ns) = setup("loadsim").await;
+    let (client, ns) = shared_namespace("loadsim").await;
     let ns = ns.name().to_string();
     let sim = LoadSimulator::start(client.clone(), Some(ns.clone()))
         .await

@@ -14,19 +14,10 @@ use kube::{
 };
 use modelfleet_crds::{ModelDeployment, rules};
 use modelfleet_e2e::{
-    testing::{TestNamespace, shared_cluster},
+    testing::shared_namespace,
     wait::{poll_until, wait_for},
 };
 use serde_json::{Value, json};
-
-async fn setup(prefix: &str) -> (Client, TestNamespace) {
-    let cluster = shared_cluster();
-    let client = cluster.client().await.expect("a client");
-    let ns = TestNamespace::create(cluster, &client, prefix)
-        .await
-        .expect("a namespace");
-    (client, ns)
-}
 
 fn gpu_pod_spec(gpus: u32) -> Value {
     json!({
@@ -41,7 +32,7 @@ fn gpu_pod_spec(gpus: u32) -> Value {
 
 #[tokio::test]
 async fn a_gpu_deployment_is_scheduled_on_a_gpu_node_and_becomes_ready() {
-    let (client, ns) = setup("gpu-sched").await;
+    let (client, ns) = shared_namespace("gpu-sched").await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns.name());
     let deployment: Deployment = serde_json::from_value(json!({
         "metadata": {"name": "gpu-app"},
@@ -85,7 +76,7 @@ async fn a_gpu_deployment_is_scheduled_on_a_gpu_node_and_becomes_ready() {
 
 #[tokio::test]
 async fn a_pod_asking_for_16_gpus_stays_pending_with_a_failed_scheduling_event() {
-    let (client, ns) = setup("gpu-pending").await;
+    let (client, ns) = shared_namespace("gpu-pending").await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
     let pod: Pod =
         serde_json::from_value(json!({"metadata": {"name": "too-big"}, "spec": gpu_pod_spec(16)})).unwrap();
@@ -158,7 +149,7 @@ fn examples() -> Vec<(String, Vec<Value>)> {
 
 #[tokio::test]
 async fn every_example_is_accepted_by_the_api_server() {
-    let (client, ns) = setup("examples").await;
+    let (client, ns) = shared_namespace("examples").await;
     let mds = model_deployments(&client, ns.name());
     let hpas: Api<DynamicObject> = Api::namespaced_with(
         client.clone(),
@@ -284,7 +275,7 @@ fn merge(base: &mut Value, patch: &Value) {
 
 #[tokio::test]
 async fn bad_specs_are_rejected_with_the_cel_rule_message() {
-    let (client, ns) = setup("bad-specs").await;
+    let (client, ns) = shared_namespace("bad-specs").await;
     let mds = model_deployments(&client, ns.name());
     let (_, docs) = examples().into_iter().find(|(f, _)| f == "minimal.yaml").unwrap();
     let cases = bad_specs();
@@ -313,7 +304,7 @@ async fn bad_specs_are_rejected_with_the_cel_rule_message() {
 
 #[tokio::test]
 async fn the_crd_is_served_with_its_printer_columns_and_scale_subresource() {
-    let (client, _ns) = setup("crd").await;
+    let (client, _ns) = shared_namespace("crd").await;
     let crds: Api<
         k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
     > = Api::all(client);
@@ -337,7 +328,7 @@ async fn the_crd_is_served_with_its_printer_columns_and_scale_subresource() {
 
 #[tokio::test]
 async fn wait_for_reports_the_last_state_on_timeout() {
-    let (client, ns) = setup("wait-for").await;
+    let (client, ns) = shared_namespace("wait-for").await;
     let pods: Api<Pod> = Api::namespaced(client, ns.name());
     let pod: Pod =
         serde_json::from_value(json!({"metadata": {"name": "never"}, "spec": gpu_pod_spec(64)})).unwrap();

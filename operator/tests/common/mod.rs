@@ -12,7 +12,7 @@ use kube::{
 use modelfleet_crds::{ModelDeployment, manifest::model_deployments_from_yaml};
 use modelfleet_e2e::{
     LocalCluster,
-    testing::{TestNamespace, shared_cluster},
+    testing::{TestNamespace, shared_cluster, shared_namespace},
     wait::wait_for,
 };
 use modelfleet_operator::{OperatorConfig, controller, http::HttpState};
@@ -59,13 +59,8 @@ pub fn start_operator(cluster: &'static LocalCluster, lease: &str) {
 
 /// The shared cluster with its operator, a client and a fresh namespace.
 pub async fn setup(prefix: &str) -> (Client, TestNamespace) {
-    let cluster = shared_cluster();
-    start_operator(cluster, "modelfleet-operator-tests");
-    let client = cluster.client().await.expect("a client");
-    let ns = TestNamespace::create(cluster, &client, prefix)
-        .await
-        .expect("a namespace");
-    (client, ns)
+    start_operator(shared_cluster(), "modelfleet-operator-tests");
+    shared_namespace(prefix).await
 }
 
 /// The ModelDeployment of `examples/<file>`, moved to `namespace`.

@@ -342,8 +342,13 @@ pub fn decide(input: &EngineInput<'_>) -> RolloutDecision {
             state.step = steps;
             state.step_started_at = Some(now);
             let (weight, mirror) = machine::traffic(input.rollout, steps.saturating_sub(1));
-            let hold = Some(HoldReason::CandidateNotReady);
-            running(input, &state, weight, mirror, None, hold, analysis, events)
+            let step = RunningStep {
+                weight,
+                mirror,
+                remaining: None,
+                hold: Some(HoldReason::CandidateNotReady),
+            };
+            running(input, &state, step, analysis, events)
         }
         Verdict::Promote => promoted(input, analysis),
         Verdict::Run {
@@ -359,7 +364,13 @@ pub fn decide(input: &EngineInput<'_>) -> RolloutDecision {
                     description: describe(input.rollout, state.step),
                 });
             }
-            running(input, &state, weight, mirror, remaining, hold, analysis, events)
+            let step = RunningStep {
+                weight,
+                mirror,
+                remaining,
+                hold,
+            };
+            running(input, &state, step, analysis, events)
         }
     }
 }
@@ -424,17 +435,27 @@ fn effective_weight(input: &EngineInput<'_>, weight: i32) -> i32 {
     if total == 0 { 0 } else { 100 * candidate / total }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn running(
-    input: &EngineInput<'_>,
-    state: &RolloutState,
+/// The step that runs in this reconcile: the fields of [`Verdict::Run`].
+struct RunningStep {
     weight: i32,
     mirror: i32,
     remaining: Option<i64>,
     hold: Option<HoldReason>,
+}
+
+fn running(
+    input: &EngineInput<'_>,
+    state: &RolloutState,
+    step: RunningStep,
     analysis: Option<AnalysisStatus>,
     events: Vec<RolloutEvent>,
 ) -> RolloutDecision {
+    let RunningStep {
+        weight,
+        mirror,
+        remaining,
+        hold,
+    } = step;
     let steps = input.rollout.steps.len();
     let size = candidate_size(input.rollout, input.desired, state.step);
     let mut plan = base_plan(input, size);

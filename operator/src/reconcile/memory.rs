@@ -1,14 +1,16 @@
 //! What this process last wrote for each ModelDeployment.
 //!
 //! - Its own status: the watch cache can hand the next reconcile the object as it was before
-//!   our status write landed, and a rollout must not run an analysis twice or restart a step
-//!   from that older status. A remembered status is used only while the object in the cache is
-//!   the very version it was computed from.
+//!   our status write landed (also after a newer write of ours to the object's metadata, such as
+//!   consuming an annotation), and a rollout must not lose a promotion, run an analysis twice or
+//!   restart a step from that older status. The remembered status is used while the cache shows
+//!   a status this process built on or wrote before it; any other status (another writer, a new
+//!   leader) is the object's own and wins.
 //! - The hash of its HTTPRoute: HTTPRoutes have no watch cache (the Gateway API is optional), so
 //!   this is what skips identical writes.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
 };
 
@@ -17,10 +19,15 @@ use modelfleet_crds::{ModelDeployment, ModelDeploymentStatus};
 
 type Key = (String, String);
 
+/// Statuses kept as "ours but older" per object: the cache lags by a few writes at most.
+const OLDER_KEPT: usize = 4;
+
 #[derive(Debug, Default)]
 struct Entry {
-    based_on: Option<String>,
-    status: Option<ModelDeploymentStatus>,
+    /// The last status written.
+    latest: Option<ModelDeploymentStatus>,
+    /// Statuses it was built on and earlier writes, newest last.
+    older: VecDeque<Option<ModelDeploymentStatus>>,
     route_hash: Option<String>,
 }
 
@@ -35,23 +42,30 @@ fn key(md: &ModelDeployment) -> Key {
 }
 
 impl Written {
-    /// The status to build on: ours when the cache still shows the object we computed it from,
-    /// else the object's own.
+    /// The status to build on: the last one written here while the cache still shows an older
+    /// status of ours, else the object's own.
     pub fn status_of(&self, md: &ModelDeployment) -> Option<ModelDeploymentStatus> {
         let remembered = self.inner.lock().ok().and_then(|m| {
-            m.get(&key(md))
-                .filter(|e| e.based_on.is_some() && e.based_on == md.metadata.resource_version)
-                .and_then(|e| e.status.clone())
+            let e = m.get(&key(md))?;
+            let latest = e.latest.as_ref()?;
+            let lagging = md.status.as_ref() != Some(latest) && e.older.contains(&md.status);
+            lagging.then(|| latest.clone())
         });
         remembered.or_else(|| md.status.clone())
     }
 
-    /// Records the status written from `md`.
+    /// Records that `status` was written, computed from `md`'s status.
     pub fn remember_status(&self, md: &ModelDeployment, status: &ModelDeploymentStatus) {
         if let Ok(mut m) = self.inner.lock() {
             let e = m.entry(key(md)).or_default();
-            e.based_on = md.metadata.resource_version.clone();
-            e.status = Some(status.clone());
+            let previous = e.latest.replace(status.clone());
+            e.older.push_back(md.status.clone());
+            if previous.is_some() && previous != md.status {
+                e.older.push_back(previous);
+            }
+            while e.older.len() > OLDER_KEPT {
+                e.older.pop_front();
+            }
         }
     }
 
@@ -74,35 +88,36 @@ impl Written {
 mod tests {
     use super::*;
 
-    fn md(rv: &str, replicas: i32) -> ModelDeployment {
+    fn md(replicas: Option<i32>) -> ModelDeployment {
         let spec = serde_yaml::from_str("model: {name: m, version: '1', uri: 'hf://o/m'}").expect("fixture");
         let mut md = ModelDeployment::new("m", spec);
         md.metadata.namespace = Some("ns".into());
-        md.metadata.resource_version = Some(rv.into());
-        md.status = Some(ModelDeploymentStatus {
-            replicas,
-            ..Default::default()
-        });
+        md.status = replicas.map(status);
         md
     }
 
-    #[test]
-    fn our_status_wins_only_over_the_version_it_was_computed_from() {
-        let w = Written::default();
-        let ours = ModelDeploymentStatus {
-            replicas: 9,
+    fn status(replicas: i32) -> ModelDeploymentStatus {
+        ModelDeploymentStatus {
+            replicas,
             ..Default::default()
-        };
-        w.remember_status(&md("10", 1), &ours);
+        }
+    }
+
+    #[test]
+    fn our_status_wins_while_the_cache_shows_an_older_status_of_ours() {
+        let w = Written::default();
+        let replicas = |md: &ModelDeployment| w.status_of(md).map(|s| s.replicas);
+        assert_eq!(replicas(&md(None)), None, "nothing written yet");
+        // Built on the cache's "no status", wrote 1; then built on 1, wrote 2.
+        w.remember_status(&md(None), &status(1));
+        w.remember_status(&md(Some(1)), &status(2));
+        assert_eq!(replicas(&md(None)), Some(2), "the cache lags two writes");
+        assert_eq!(replicas(&md(Some(1))), Some(2), "the cache lags one write");
+        assert_eq!(replicas(&md(Some(2))), Some(2), "the cache caught up");
         assert_eq!(
-            w.status_of(&md("10", 1)).map(|s| s.replicas),
-            Some(9),
-            "stale cache"
-        );
-        assert_eq!(
-            w.status_of(&md("11", 3)).map(|s| s.replicas),
-            Some(3),
-            "newer object"
+            replicas(&md(Some(7))),
+            Some(7),
+            "another writer's status is the object's own"
         );
     }
 }

@@ -60,6 +60,20 @@ fn quantile(metrics: &str, name: &str, q: f64) -> f64 {
     prev.0
 }
 
+/// Share of a histogram's observations at or below the bucket edge `le` (as written in the
+/// exposition, e.g. "0.05").
+fn share_within(metrics: &str, name: &str, le: &str) -> f64 {
+    let bucket = |edge: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}_bucket")) && l.contains(&format!("le=\"{edge}\"")))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let total = bucket("+Inf");
+    if total > 0.0 { bucket(le) / total } else { 0.0 }
+}
+
 /// Kills the operator when the benchmark ends, also on a panic.
 struct KillOnDrop(std::process::Child);
 
@@ -100,6 +114,10 @@ async fn main() {
             "modelfleet-operator",
             "--bin",
             "modelfleet-operator",
+            // With the example in the same build, cargo resolves features as `cargo run
+            // --example` did, so the operator is not rebuilt with other features each run.
+            "--example",
+            "scale_bench",
         ])
         .status()
         .expect("cargo build");
@@ -230,6 +248,10 @@ async fn main() {
     println!(
         "| reconcile p99 | {:.1} ms |",
         1000.0 * quantile(&metrics, name, 0.99)
+    );
+    println!(
+        "| reconciles within 50 ms | {:.2} % |",
+        100.0 * share_within(&metrics, name, "0.05")
     );
     println!("| operator peak RSS (VmHWM) | {peak_mib:.1} MiB |");
     println!("| operator CPU (user+system) | {cpu:.1} s |");

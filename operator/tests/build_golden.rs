@@ -8,6 +8,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use modelfleet_crds::{ModelDeployment, manifest::model_deployments_from_yaml, revision::revision_hash};
 use modelfleet_operator::reconcile::{
     build::{DesiredObjects, build},
+    fetch::Observed,
     plan::{desired_replicas, plan},
 };
 
@@ -32,7 +33,7 @@ fn desired(md: &ModelDeployment) -> DesiredObjects {
     build(
         md,
         &plan(desired_replicas(md, None), &current, None, &[]),
-        &[],
+        &Observed::default(),
         IMAGE,
     )
 }
@@ -284,6 +285,10 @@ fn during_a_rollout_the_stable_revision_keeps_its_own_template_and_the_shadow_mi
         mirror: 20,
         entry_stable_only: true,
     };
+    let observed = Observed {
+        revisions: observed.to_vec(),
+        ..Default::default()
+    };
     let d = build(&new, &p, &observed, IMAGE);
     let stable = d
         .deployments
@@ -327,4 +332,39 @@ fn during_a_rollout_the_stable_revision_keeps_its_own_template_and_the_shadow_mi
         Some(&old_rev),
         "at weight 0 the entry Service selects only the stable revision"
     );
+}
+
+fn cluster_ip(d: &DesiredObjects, name: &str) -> Option<String> {
+    d.services
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some(name))
+        .and_then(|s| s.spec.as_ref()?.cluster_ip.clone())
+}
+
+#[test]
+fn only_the_entry_and_shadow_services_get_a_cluster_ip_and_an_allocated_one_is_kept() {
+    let md = example("minimal.yaml");
+    let d = desired(&md);
+    // No clusterIP field: the API server allocates one.
+    assert_eq!(cluster_ip(&d, "minilm"), None);
+    assert_eq!(cluster_ip(&d, "minilm-shadow"), None);
+    // The Gateway's backends are headless.
+    assert_eq!(cluster_ip(&d, "minilm-stable").as_deref(), Some("None"));
+    assert_eq!(cluster_ip(&d, "minilm-canary").as_deref(), Some("None"));
+
+    // A role Service an earlier version created with a cluster IP keeps it (the field is
+    // immutable, so asking for None would fail every apply).
+    let current = revision_hash(&md.spec, IMAGE);
+    let observed = Observed {
+        cluster_ips: [("minilm-stable".to_string(), "10.96.0.20".to_string())].into(),
+        ..Default::default()
+    };
+    let d = build(
+        &md,
+        &plan(desired_replicas(&md, None), &current, None, &[]),
+        &observed,
+        IMAGE,
+    );
+    assert_eq!(cluster_ip(&d, "minilm-stable"), None);
+    assert_eq!(cluster_ip(&d, "minilm-canary").as_deref(), Some("None"));
 }

@@ -94,10 +94,16 @@ async fn examples_without_rollout_steps_become_available_with_their_children() {
         );
         let services: Api<Service> = Api::namespaced(client.clone(), ns.name());
         for suffix in ["", "-stable", "-canary", "-shadow"] {
-            services
+            let service = services
                 .get(&format!("{name}{suffix}"))
                 .await
                 .unwrap_or_else(|e| panic!("{file}: Service {name}{suffix}: {e}"));
+            // Clients dial the entry Service and servers the shadow one through a cluster IP;
+            // the Gateway's backends are headless.
+            let ip = service.spec.and_then(|s| s.cluster_ip).unwrap_or_default();
+            let headless = matches!(suffix, "-stable" | "-canary");
+            assert_eq!(ip == "None", headless, "{file}: Service {name}{suffix} clusterIP {ip:?}");
+            assert!(!ip.is_empty(), "{file}: Service {name}{suffix} has no clusterIP");
         }
         Api::<ConfigMap>::namespaced(client.clone(), ns.name())
             .get(&format!("{name}-routing"))
@@ -108,6 +114,46 @@ async fn examples_without_rollout_steps_become_available_with_their_children() {
             .await
             .unwrap();
     }
+}
+
+#[tokio::test]
+async fn a_role_service_an_earlier_version_gave_a_cluster_ip_keeps_it() {
+    // Operators before headless role Services created `<name>-stable` with a cluster IP, and
+    // `spec.clusterIP` is immutable: the operator must take the Service over as it is.
+    let (client, ns) = setup("upgrade").await;
+    let services: Api<Service> = Api::namespaced(client.clone(), ns.name());
+    let old: Service = serde_json::from_value(json!({
+        "metadata": {"name": "minilm-stable", "labels": {
+            "app.kubernetes.io/managed-by": "modelfleet-operator",
+            "modelfleet.dev/deployment": "minilm",
+        }},
+        "spec": {"selector": {"modelfleet.dev/deployment": "minilm"}, "ports": [{"name": "http", "port": 8080}]},
+    }))
+    .expect("service");
+    let cluster_ip = |s: Service| s.spec.and_then(|s| s.cluster_ip).unwrap_or_default();
+    let ip = cluster_ip(
+        services
+            .create(&PostParams::default(), &old)
+            .await
+            .expect("create the old Service"),
+    );
+    assert!(!ip.is_empty() && ip != "None", "{ip:?}");
+    create(&client, &example("minimal.yaml", ns.name())).await;
+    let md = wait_condition(&client, ns.name(), "minilm", "Available", "True", None, MINUTE).await;
+    assert!(
+        condition(&md, "Degraded").is_some_and(|(s, _, _)| s == "False"),
+        "{:?}",
+        condition(&md, "Degraded")
+    );
+    let stable = services.get("minilm-stable").await.expect("the stable Service");
+    let selector = stable.spec.as_ref().and_then(|s| s.selector.clone()).unwrap_or_default();
+    assert!(
+        selector.contains_key("modelfleet.dev/revision"),
+        "taken over: it selects the stable revision, {selector:?}"
+    );
+    assert_eq!(cluster_ip(stable), ip, "the cluster IP is kept");
+    let canary = services.get("minilm-canary").await.expect("the canary Service");
+    assert_eq!(cluster_ip(canary), "None", "a Service created now is headless");
 }
 
 const GPU_SPEC: &str = r#"

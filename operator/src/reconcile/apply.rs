@@ -31,6 +31,13 @@ use crate::{
     },
 };
 
+/// Parameters of every server-side apply the operator sends. Field validation is off: the
+/// objects are built from typed structs, so they cannot carry unknown or duplicate fields, and
+/// the API server's default (`Warn`) parses each apply body a second time to look for them.
+pub fn apply_params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force().validation_ignore()
+}
+
 /// A stable hash of the object as the operator would write it.
 fn spec_hash<K: Serialize>(obj: &K) -> String {
     let mut hasher = std::hash::DefaultHasher::new();
@@ -66,7 +73,7 @@ where
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     api.patch(
         &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
+        &apply_params(),
         &Patch::Apply(&obj),
     )
     .await
@@ -146,7 +153,7 @@ pub async fn apply_route(
     let result = api
         .patch(
             &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
+            &apply_params(),
             &Patch::Apply(route),
         )
         .await;

@@ -43,6 +43,8 @@ pub struct Observed {
     /// `Kind/name` → the spec hash annotation of each existing child, so unchanged objects are
     /// not written again.
     pub applied: BTreeMap<String, String>,
+    /// Service name → its `spec.clusterIP` (`None` when headless), for the existing Services.
+    pub cluster_ips: BTreeMap<String, String>,
 }
 
 impl Observed {
@@ -130,14 +132,21 @@ pub fn observe(stores: &Stores, namespace: &str, name: &str) -> Observed {
         .map(|p| (**p).clone())
         .collect();
     let mut applied = BTreeMap::new();
+    let services = stores.services.state();
+    let cluster_ips = services
+        .iter()
+        .filter(|s| mine(s.as_ref(), namespace, name))
+        .filter_map(|s| Some((s.name_any(), s.spec.as_ref()?.cluster_ip.clone()?)))
+        .collect();
     record(&mut applied, &deployments, namespace, name);
-    record(&mut applied, &stores.services.state(), namespace, name);
+    record(&mut applied, &services, namespace, name);
     record(&mut applied, &stores.config_maps.state(), namespace, name);
     record(&mut applied, &stores.pdbs.state(), namespace, name);
     Observed {
         revisions,
         pods,
         applied,
+        cluster_ips,
     }
 }
 

@@ -98,7 +98,7 @@ async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
         None => plan::plan(desired_total, &current, recorded_stable, &observed.revisions),
     };
     let drain_left = drain_after_promotion(&view, &mut plan);
-    let desired = build::build(md, &plan, &observed.revisions, &ctx.config.default_image);
+    let desired = build::build(md, &plan, &observed, &ctx.config.default_image);
 
     // The writes, the retirement of dead revisions and the status write go out together: status
     // describes what the caches show (the writes come back as watch events and trigger the next

@@ -3,12 +3,12 @@
 use k8s_openapi::jiff::Timestamp;
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    api::Patch,
     runtime::events::{Event, EventType, Recorder},
 };
 use modelfleet_crds::{
     ModelDeployment, ModelDeploymentStatus, ValidationErrors,
-    constants::{FIELD_MANAGER, conditions as types, labels},
+    constants::{conditions as types, labels},
     v1alpha1::{CandidateStatus, Phase, RevisionStatus},
 };
 use serde_json::json;
@@ -321,7 +321,7 @@ pub async fn patch(client: &Client, md: &ModelDeployment, status: &ModelDeployme
     });
     api.patch_status(
         &md.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
+        &crate::reconcile::apply::apply_params(),
         &Patch::Apply(&body),
     )
     .await

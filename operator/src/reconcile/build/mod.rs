@@ -21,7 +21,7 @@ use modelfleet_crds::{ModelDeployment, constants::labels};
 
 pub use self::pod::{GRPC_PORT, HTTP_PORT, METRICS_PORT, ROUTING_FILE};
 use crate::reconcile::{
-    fetch::{ObservedRevision, VERSION_ANNOTATION},
+    fetch::{Observed, VERSION_ANNOTATION},
     plan::RevisionPlan,
 };
 
@@ -67,11 +67,12 @@ pub fn common_labels(md_name: &str, component: &str) -> BTreeMap<String, String>
 }
 
 /// Builds the desired objects. `observed` gives the revisions other than the current one their
-/// own pod template and version: only the current revision is built from the spec.
+/// own pod template and version (only the current revision is built from the spec), and the
+/// existing Services their cluster IPs.
 pub fn build(
     md: &ModelDeployment,
     plan: &RevisionPlan,
-    observed: &[ObservedRevision],
+    observed: &Observed,
     default_image: &str,
 ) -> DesiredObjects {
     let name = md.name_any();
@@ -86,6 +87,7 @@ pub fn build(
             };
             // Only the current revision is built from the spec; the others keep what they run.
             let kept = observed
+                .revisions
                 .iter()
                 .find(|r| r.revision == *revision && *revision != plan.current)
                 .and_then(|r| Some((r.template.as_deref()?.clone(), r.version.as_str())));
@@ -103,14 +105,22 @@ pub fn build(
     let entry = plan.traffic.entry_stable_only.then_some(plan.stable.as_str());
     let services = vec![
         service(md, &name, "server", entry),
-        service(
-            md,
-            &format!("{name}-stable"),
-            labels::ROLE_STABLE,
-            Some(&plan.stable),
+        headless(
+            service(
+                md,
+                &format!("{name}-stable"),
+                labels::ROLE_STABLE,
+                Some(&plan.stable),
+            ),
+            observed,
         ),
-        service(md, &format!("{name}-canary"), labels::ROLE_CANARY, Some(canary)),
-        // The shadow Service selects the candidate only while a shadow step mirrors to it.
+        headless(
+            service(md, &format!("{name}-canary"), labels::ROLE_CANARY, Some(canary)),
+            observed,
+        ),
+        // The shadow Service selects the candidate only while a shadow step mirrors to it. It
+        // keeps a cluster IP: the servers' mirror client dials it, and kube-proxy spreads its
+        // connections over the candidate's pods.
         service(md, &format!("{name}-shadow"), labels::ROLE_SHADOW, Some(shadow)),
     ];
     DesiredObjects {
@@ -201,6 +211,25 @@ fn service(md: &ModelDeployment, name: &str, component: &str, revision: Option<&
         }),
         status: None,
     }
+}
+
+/// Makes a Service headless. `<name>-stable` and `<name>-canary` are addressed only by a
+/// Gateway, which routes to their endpoints (headless backends are part of Gateway API's
+/// `HTTPRouteServiceTypes` conformance test), so they need no cluster IP. Allocating one is
+/// costly: kube-apiserver (1.33 and later) hands out cluster IPs one at a time under a global
+/// lock, each with an IPAddress object, and the Service range of a cluster is finite. A Service
+/// that an earlier version created with a cluster IP keeps it: `spec.clusterIP` is immutable.
+fn headless(mut service: Service, observed: &Observed) -> Service {
+    let allocated = service
+        .metadata
+        .name
+        .as_ref()
+        .and_then(|n| observed.cluster_ips.get(n))
+        .is_some_and(|ip| ip != "None");
+    if let Some(spec) = service.spec.as_mut().filter(|_| !allocated) {
+        spec.cluster_ip = Some("None".into());
+    }
+    service
 }
 
 /// The routing file of each running revision, `{"mirror": {url, percent}}`: during a shadow

@@ -102,7 +102,11 @@ async fn examples_without_rollout_steps_become_available_with_their_children() {
             // the Gateway's backends are headless.
             let ip = service.spec.and_then(|s| s.cluster_ip).unwrap_or_default();
             let headless = matches!(suffix, "-stable" | "-canary");
-            assert_eq!(ip == "None", headless, "{file}: Service {name}{suffix} clusterIP {ip:?}");
+            assert_eq!(
+                ip == "None",
+                headless,
+                "{file}: Service {name}{suffix} clusterIP {ip:?}"
+            );
             assert!(!ip.is_empty(), "{file}: Service {name}{suffix} has no clusterIP");
         }
         Api::<ConfigMap>::namespaced(client.clone(), ns.name())
@@ -146,7 +150,11 @@ async fn a_role_service_an_earlier_version_gave_a_cluster_ip_keeps_it() {
         condition(&md, "Degraded")
     );
     let stable = services.get("minilm-stable").await.expect("the stable Service");
-    let selector = stable.spec.as_ref().and_then(|s| s.selector.clone()).unwrap_or_default();
+    let selector = stable
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.clone())
+        .unwrap_or_default();
     assert!(
         selector.contains_key("modelfleet.dev/revision"),
         "taken over: it selects the stable revision, {selector:?}"

@@ -4,6 +4,7 @@ use std::{
     future::Future,
     hash::{Hash, Hasher},
     pin::Pin,
+    time::Instant,
 };
 
 use futures::future::try_join_all;
@@ -45,15 +46,55 @@ fn spec_hash<K: Serialize>(obj: &K) -> String {
     format!("{:016x}", hasher.finish())
 }
 
+/// What the applies of one reconcile share.
+#[derive(Clone, Copy)]
+pub struct Target<'a> {
+    /// API client.
+    pub client: &'a Client,
+    /// The owner's namespace.
+    pub namespace: &'a str,
+    /// The owner.
+    pub md: &'a ModelDeployment,
+    /// The children as the caches show them.
+    pub observed: &'a Observed,
+    /// This process's writes the caches may not show yet.
+    pub written: &'a Written,
+}
+
+impl std::fmt::Debug for Target<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("namespace", &self.namespace)
+            .field("md", &self.md.name_any())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one apply did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Written,
+    /// The cached child carries the same spec hash.
+    Unchanged,
+    /// Our identical write has yet to reach the cache.
+    AwaitingCache,
+}
+
+/// What the applies of one reconcile did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Objects written.
+    pub written: usize,
+    /// Writes skipped because the cache has yet to show the same write of ours: the reconcile
+    /// comes back once [`CACHE_LAG_LIMIT`](crate::reconcile::memory::CACHE_LAG_LIMIT) has
+    /// passed, in case the cache never shows it.
+    pub awaiting_cache: usize,
+}
+
 /// Applies `obj` unless the cached child already carries the same spec hash (and, for
-/// Deployments, the same replica count, which others may change: an HPA on a child, a person).
-async fn apply_one<K>(
-    client: &Client,
-    namespace: &str,
-    obj: &K,
-    observed: &Observed,
-    replicas_drift: bool,
-) -> Result<bool>
+/// Deployments, the same replica count, which others may change: an HPA on a child, a person),
+/// or our identical write has yet to reach the cache.
+async fn apply_one<K>(target: Target<'_>, obj: &K, replicas_drift: bool) -> Result<Outcome>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -64,42 +105,39 @@ where
     let name = obj.name_any();
     let hash = spec_hash(obj);
     let key = format!("{}/{name}", K::kind(&()));
-    if !replicas_drift && observed.applied.get(&key) == Some(&hash) {
-        return Ok(false);
+    let cached = target.observed.applied.get(&key).map(String::as_str);
+    if !replicas_drift && cached == Some(hash.as_str()) {
+        return Ok(Outcome::Unchanged);
+    }
+    let now = Instant::now();
+    if target.written.awaits_cache(target.md, &key, cached, &hash, now) {
+        return Ok(Outcome::AwaitingCache);
     }
     let mut obj = obj.clone();
     obj.annotations_mut()
-        .insert(SPEC_HASH_ANNOTATION.to_string(), hash);
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    api.patch(
-        &name,
-        &apply_params(),
-        &Patch::Apply(&obj),
-    )
-    .await
-    .map_err(|source| Error::Apply {
-        kind: K::kind(&()).into_owned(),
-        name,
-        source,
-    })?;
-    Ok(true)
+        .insert(SPEC_HASH_ANNOTATION.to_string(), hash.clone());
+    let api: Api<K> = Api::namespaced(target.client.clone(), target.namespace);
+    api.patch(&name, &apply_params(), &Patch::Apply(&obj))
+        .await
+        .map_err(|source| Error::Apply {
+            kind: K::kind(&()).into_owned(),
+            name,
+            source,
+        })?;
+    target.written.remember_child(target.md, &key, cached, &hash, now);
+    Ok(Outcome::Written)
 }
 
-/// Applies every changed desired object, all at once. Returns how many were written. A pod
-/// created before its routing ConfigMap exists waits for the kubelet to retry the mount, which
-/// never happens in practice: the ConfigMap lands within the same round trip.
-pub async fn apply(
-    client: &Client,
-    namespace: &str,
-    desired: &DesiredObjects,
-    observed: &Observed,
-) -> Result<usize> {
-    let mut writes: Vec<Pin<Box<dyn Future<Output = Result<bool>> + Send + '_>>> = vec![
-        Box::pin(apply_one(client, namespace, &desired.routing, observed, false)),
-        Box::pin(apply_one(client, namespace, &desired.pdb, observed, false)),
+/// Applies every changed desired object, all at once. A pod created before its routing
+/// ConfigMap exists waits for the kubelet to retry the mount, which never happens in practice:
+/// the ConfigMap lands within the same round trip.
+pub async fn apply(target: Target<'_>, desired: &DesiredObjects) -> Result<Applied> {
+    let mut writes: Vec<Pin<Box<dyn Future<Output = Result<Outcome>> + Send + '_>>> = vec![
+        Box::pin(apply_one(target, &desired.routing, false)),
+        Box::pin(apply_one(target, &desired.pdb, false)),
     ];
     for service in &desired.services {
-        writes.push(Box::pin(apply_one(client, namespace, service, observed, false)));
+        writes.push(Box::pin(apply_one(target, service, false)));
     }
     for deployment in &desired.deployments {
         let revision = deployment
@@ -108,14 +146,18 @@ pub async fn apply(
             .cloned()
             .unwrap_or_default();
         let want = deployment.spec.as_ref().and_then(|s| s.replicas);
-        let drift = observed
+        let drift = target
+            .observed
             .revision(&revision)
             .is_some_and(|r| Some(r.replicas) != want);
-        writes.push(Box::pin(apply_one(
-            client, namespace, deployment, observed, drift,
-        )));
+        writes.push(Box::pin(apply_one(target, deployment, drift)));
     }
-    Ok(try_join_all(writes).await?.into_iter().filter(|w| *w).count())
+    let outcomes = try_join_all(writes).await?;
+    let count = |o: Outcome| outcomes.iter().filter(|x| **x == o).count();
+    Ok(Applied {
+        written: count(Outcome::Written),
+        awaiting_cache: count(Outcome::AwaitingCache),
+    })
 }
 
 /// Deletes the Deployments of retired revisions, selected by label.
@@ -150,13 +192,7 @@ pub async fn apply_route(
     let namespace = md.namespace().unwrap_or_default();
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &route::api_resource());
     let name = route.metadata.name.clone().unwrap_or_default();
-    let result = api
-        .patch(
-            &name,
-            &apply_params(),
-            &Patch::Apply(route),
-        )
-        .await;
+    let result = api.patch(&name, &apply_params(), &Patch::Apply(route)).await;
     match result {
         Ok(_) => {
             written.remember_route(md, Some(hash));

@@ -8,10 +8,17 @@
 //!   leader) is the object's own and wins.
 //! - The hash of its HTTPRoute: HTTPRoutes have no watch cache (the Gateway API is optional), so
 //!   this is what skips identical writes.
+//! - Its writes to children that the watch cache has yet to show. A reconcile that follows a
+//!   write closely (the write's own watch events trigger it) can find the cache still showing the
+//!   child as it was before, or not at all, and would write the same object again. Such a write
+//!   is skipped while the cache shows exactly what it showed before ours, for at most
+//!   [`CACHE_LAG_LIMIT`]; past that the cache is trusted again, so a child someone deleted at
+//!   once is still recreated.
 
 use std::{
     collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use kube::ResourceExt;
@@ -22,6 +29,19 @@ type Key = (String, String);
 /// Statuses kept as "ours but older" per object: the cache lags by a few writes at most.
 const OLDER_KEPT: usize = 4;
 
+/// How long a write of ours to a child may take to show in the watch cache; after that the
+/// cache is trusted again (and a write it does not show is repeated).
+pub const CACHE_LAG_LIMIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+struct ChildWrite {
+    /// The spec hash written.
+    hash: String,
+    /// The spec hash the cache showed before the write (None: no such child).
+    before: Option<String>,
+    at: Instant,
+}
+
 #[derive(Debug, Default)]
 struct Entry {
     /// The last status written.
@@ -29,6 +49,8 @@ struct Entry {
     /// Statuses it was built on and earlier writes, newest last.
     older: VecDeque<Option<ModelDeploymentStatus>>,
     route_hash: Option<String>,
+    /// `Kind/name` → the last write to that child.
+    children: HashMap<String, ChildWrite>,
 }
 
 /// Shared memory of the last writes; cheap to clone.
@@ -69,6 +91,49 @@ impl Written {
         }
     }
 
+    /// Whether the cache has yet to show our write of `hash` to `child` (`Kind/name`): it was
+    /// written less than [`CACHE_LAG_LIMIT`] before `now`, and the cache still shows what it
+    /// showed before that write (`cached`: the child's spec hash, None when it is absent).
+    pub fn awaits_cache(
+        &self,
+        md: &ModelDeployment,
+        child: &str,
+        cached: Option<&str>,
+        hash: &str,
+        now: Instant,
+    ) -> bool {
+        self.inner.lock().is_ok_and(|m| {
+            m.get(&key(md))
+                .and_then(|e| e.children.get(child))
+                .is_some_and(|w| {
+                    w.hash == hash
+                        && w.before.as_deref() == cached
+                        && now.saturating_duration_since(w.at) < CACHE_LAG_LIMIT
+                })
+        })
+    }
+
+    /// Records a write of `hash` to `child` while the cache showed `before`.
+    pub fn remember_child(
+        &self,
+        md: &ModelDeployment,
+        child: &str,
+        before: Option<&str>,
+        hash: &str,
+        now: Instant,
+    ) {
+        if let Ok(mut m) = self.inner.lock() {
+            m.entry(key(md)).or_default().children.insert(
+                child.to_string(),
+                ChildWrite {
+                    hash: hash.to_string(),
+                    before: before.map(str::to_string),
+                    at: now,
+                },
+            );
+        }
+    }
+
     /// Whether the HTTPRoute with this hash was the last one written.
     pub fn route_is(&self, md: &ModelDeployment, hash: &str) -> bool {
         self.inner
@@ -101,6 +166,38 @@ mod tests {
             replicas,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_write_the_cache_has_yet_to_show_is_not_repeated_for_a_while() {
+        let w = Written::default();
+        let md = md(None);
+        let t0 = Instant::now();
+        let later = |s: u64| t0 + Duration::from_secs(s);
+        w.remember_child(&md, "Service/m", None, "h1", t0);
+        assert!(
+            w.awaits_cache(&md, "Service/m", None, "h1", later(1)),
+            "created, not seen yet"
+        );
+        assert!(
+            !w.awaits_cache(&md, "Service/m", None, "h2", later(1)),
+            "another object is written"
+        );
+        assert!(
+            !w.awaits_cache(&md, "Service/m", None, "h1", later(10)),
+            "past the limit the cache is trusted: a child deleted at once is recreated"
+        );
+        assert!(!w.awaits_cache(&md, "Service/other", None, "h1", later(1)));
+
+        w.remember_child(&md, "Deployment/m-1", Some("h1"), "h2", t0);
+        assert!(
+            w.awaits_cache(&md, "Deployment/m-1", Some("h1"), "h2", later(1)),
+            "updated, not seen yet"
+        );
+        assert!(
+            !w.awaits_cache(&md, "Deployment/m-1", Some("h9"), "h2", later(1)),
+            "the cache shows someone else's change: write again"
+        );
     }
 
     #[test]

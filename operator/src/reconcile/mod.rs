@@ -104,8 +104,15 @@ async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
     // describes what the caches show (the writes come back as watch events and trigger the next
     // reconcile, which reports them), so it need not wait for them. One round trip to the API
     // server instead of four keeps reconciles short while it is busy.
+    let target = apply::Target {
+        client: &client,
+        namespace: &namespace,
+        md,
+        observed: &observed,
+        written: &ctx.written,
+    };
     let writes = async {
-        apply::apply(&client, &namespace, &desired, &observed).await?;
+        let applied = apply::apply(target, &desired).await?;
         if let Some(route) = &desired.route
             && let Err(e) = apply::apply_route(&client, md, route, &ctx.written).await
         {
@@ -117,7 +124,8 @@ async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
             });
             return Err(e);
         }
-        apply::retire(&client, &namespace, &name, &plan.retire).await
+        apply::retire(&client, &namespace, &name, &plan.retire).await?;
+        Ok(applied)
     };
     let report = status::compute(
         md,
@@ -139,7 +147,7 @@ async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
         }
         Ok(())
     };
-    tokio::try_join!(writes, status_write, consume)?;
+    let (applied, (), ()) = tokio::try_join!(writes, status_write, consume)?;
 
     // Events are best effort and published in the background, as client-go's recorder does.
     let why = decided.as_ref().and_then(|o| o.last_reason()).map(str::to_owned);
@@ -152,11 +160,17 @@ async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
         tokio::spawn(async move { status::publish_rollout(&recorder, &md, event).await });
     }
     let soon = Duration::from_secs(5);
-    let next = [rollout.as_ref().and_then(|d| d.next_check_seconds), drain_left]
-        .into_iter()
-        .flatten()
-        .map(|s| Duration::from_secs(s.max(1) as u64))
-        .min();
+    // A write the cache has yet to show is checked again once the cache is trusted again.
+    let awaiting = (applied.awaiting_cache > 0).then_some(memory::CACHE_LAG_LIMIT.as_secs() as i64);
+    let next = [
+        rollout.as_ref().and_then(|d| d.next_check_seconds),
+        drain_left,
+        awaiting,
+    ]
+    .into_iter()
+    .flatten()
+    .map(|s| Duration::from_secs(s.max(1) as u64))
+    .min();
     Ok(match next {
         Some(next) => Action::requeue(next.min(soon)),
         None if report.settled => Action::requeue(ctx.config.resync),

@@ -148,6 +148,11 @@ async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
         Ok(())
     };
     let (applied, (), ()) = tokio::try_join!(writes, status_write, consume)?;
+    tracing::debug!(
+        written = applied.written,
+        awaiting_cache = applied.awaiting_cache,
+        "children applied"
+    );
 
     // Events are best effort and published in the background, as client-go's recorder does.
     let why = decided.as_ref().and_then(|o| o.last_reason()).map(str::to_owned);

@@ -26,8 +26,8 @@ use modelfleet_e2e::{
     testing,
 };
 
-/// Quantile from a Prometheus histogram's cumulative buckets, interpolated within the bucket.
-fn quantile(metrics: &str, name: &str, q: f64) -> f64 {
+/// A Prometheus histogram's cumulative buckets, `(le, count)` ordered by edge, `+Inf` last.
+fn buckets(metrics: &str, name: &str) -> Vec<(f64, f64)> {
     let mut buckets: Vec<(f64, f64)> = metrics
         .lines()
         .filter(|l| l.starts_with(&format!("{name}_bucket")))
@@ -42,6 +42,12 @@ fn quantile(metrics: &str, name: &str, q: f64) -> f64 {
         })
         .collect();
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    buckets
+}
+
+/// Quantile from a Prometheus histogram's cumulative buckets, interpolated within the bucket.
+fn quantile(metrics: &str, name: &str, q: f64) -> f64 {
+    let buckets = buckets(metrics, name);
     let total = buckets.last().map_or(0.0, |b| b.1);
     let target = q * total;
     let mut prev = (0.0, 0.0);
@@ -62,18 +68,12 @@ fn quantile(metrics: &str, name: &str, q: f64) -> f64 {
     prev.0
 }
 
-/// Share of a histogram's observations at or below the bucket edge `le` (as written in the
-/// exposition, e.g. "0.05").
-fn share_within(metrics: &str, name: &str, le: &str) -> f64 {
-    let bucket = |edge: &str| {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(&format!("{name}_bucket")) && l.contains(&format!("le=\"{edge}\"")))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let total = bucket("+Inf");
-    if total > 0.0 { bucket(le) / total } else { 0.0 }
+/// Share of a histogram's observations at or below its bucket edge `le`.
+fn share_within(metrics: &str, name: &str, le: f64) -> f64 {
+    let buckets = buckets(metrics, name);
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    let within = buckets.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1);
+    if total > 0.0 { within / total } else { 0.0 }
 }
 
 /// The operator's kinds of server-side apply, as the API server labels them.
@@ -336,7 +336,7 @@ async fn main() {
     );
     println!(
         "| reconciles within 50 ms | {:.2} % |",
-        100.0 * share_within(&metrics, name, "0.05")
+        100.0 * share_within(&metrics, name, 0.05)
     );
     println!(
         "| API server's mean time per apply (server side; count) | {} |",

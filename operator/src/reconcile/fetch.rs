@@ -132,10 +132,15 @@ pub fn observe(stores: &Stores, namespace: &str, name: &str) -> Observed {
         .map(|p| (**p).clone())
         .collect();
     let mut applied = BTreeMap::new();
-    let services = stores.services.state();
+    // One pass over every cached Service; the spec hashes and cluster IPs read only ours.
+    let services: Vec<_> = stores
+        .services
+        .state()
+        .into_iter()
+        .filter(|s| mine(s.as_ref(), namespace, name))
+        .collect();
     let cluster_ips = services
         .iter()
-        .filter(|s| mine(s.as_ref(), namespace, name))
         .filter_map(|s| Some((s.name_any(), s.spec.as_ref()?.cluster_ip.clone()?)))
         .collect();
     record(&mut applied, &deployments, namespace, name);

@@ -59,6 +59,12 @@ pub enum Error {
     /// Prometheus could not be started or queried.
     #[error("prometheus: {0}")]
     Prometheus(String),
+    /// The live fleet's network namespace could not be made or is not isolated.
+    #[error("fleet network: {0}")]
+    Network(String),
+    /// A live pod could not be run as asked.
+    #[error("live runtime: {0}")]
+    Runtime(String),
 }
 
 impl Error {
@@ -74,6 +80,8 @@ impl Error {
             Error::Timeout { .. } => "timeout",
             Error::Manifest { .. } => "manifest",
             Error::Prometheus(_) => "prometheus",
+            Error::Network(_) => "network",
+            Error::Runtime(_) => "runtime",
         }
     }
 

@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod crds;
 mod error;
 pub mod http;
+pub mod live;
 pub mod nodes;
 pub mod operator_process;
 mod pki;

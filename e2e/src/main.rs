@@ -13,6 +13,8 @@ use modelfleet_e2e::{
 };
 use serde::{Deserialize, Serialize};
 
+mod up_live;
+
 /// Local Kubernetes control plane for modelfleet: etcd, kube-apiserver, kube-controller-manager,
 /// kube-scheduler and kwok (fake GPU nodes) on 127.0.0.1, built from pinned Go modules.
 #[derive(Parser, Debug)]
@@ -31,6 +33,13 @@ enum Command {
         /// Keep the cluster directory (logs, kubeconfig) instead of deleting it.
         #[arg(long)]
         keep_dir: bool,
+    },
+    /// Run a command inside the live fleet's network namespace (started by `up --live`), with
+    /// the cluster's DNS: `modelfleet-e2e exec -- curl http://<svc>.<ns>.svc:8080/v1/models`.
+    Exec {
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
     },
     /// Build the pinned toolchain if needed and print its directory.
     Toolchain,
@@ -77,6 +86,12 @@ struct UpArgs {
     /// the simulator lives in this process.
     #[arg(long, requires = "with_operator", conflicts_with = "keep")]
     with_agents: bool,
+    /// Live GPU nodes whose pods run for real in a network namespace of their own, with
+    /// kube-proxy, CoreDNS, the operator and one node agent per node (docs/local-cluster.md).
+    #[arg(long, conflicts_with_all = ["keep", "with_operator", "with_agents"])]
+    live: bool,
+    #[command(flatten)]
+    live_args: up_live::LiveArgs,
 }
 
 /// What `up --keep` leaves for `down`.
@@ -380,6 +395,14 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Up(args) if args.live => match tokio::runtime::Runtime::new() {
+            Ok(rt) => rt.block_on(up_live::up(args.live_args, args.dir)),
+            Err(e) => Err(format!("cannot start a Tokio runtime: {e}")),
+        },
+        Command::Exec { command } => match up_live::exec(&command) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Up(args) => match tokio::runtime::Runtime::new() {
             Ok(rt) => rt.block_on(up(args)),
             Err(e) => Err(format!("cannot start a Tokio runtime: {e}")),

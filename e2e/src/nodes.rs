@@ -72,33 +72,41 @@ pub async fn add_gpu_pool(client: &Client, pool: &GpuNodePool) -> Result<Vec<Nod
     let mut names = Vec::new();
     for i in 0..pool.count {
         let name = format!("{}-{i}", pool.name_prefix);
-        let mut labels = BTreeMap::from([
-            ("nvidia.com/gpu.present".to_string(), "true".to_string()),
-            ("nvidia.com/gpu.product".to_string(), pool.product.clone()),
-            (
-                "nvidia.com/gpu.memory".to_string(),
-                pool.gpu_memory_mib.to_string(),
-            ),
-            ("nvidia.com/gpu.count".to_string(), pool.gpus_per_node.to_string()),
-        ]);
-        labels.insert("modelfleet.dev/e2e-pool".into(), pool.name_prefix.clone());
-        let taint = Taint {
-            key: GPU_RESOURCE.into(),
-            value: Some("present".into()),
-            effect: "NoSchedule".into(),
-            ..Default::default()
-        };
-        create_node(
-            client,
-            &name,
-            labels,
-            vec![taint],
-            &[(GPU_RESOURCE, pool.gpus_per_node.to_string())],
-        )
-        .await?;
+        let node = node_object(&name, pool.labels(), vec![gpu_taint()], &pool.capacity());
+        Api::<Node>::all(client.clone())
+            .create(&PostParams::default(), &node)
+            .await?;
         names.push(name);
     }
     wait_nodes_ready(client, &names).await
+}
+
+impl GpuNodePool {
+    /// The GPU Feature Discovery labels of every node of the pool, and the pool label.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("nvidia.com/gpu.present".to_string(), "true".to_string()),
+            ("nvidia.com/gpu.product".to_string(), self.product.clone()),
+            ("nvidia.com/gpu.memory".to_string(), self.gpu_memory_mib.to_string()),
+            ("nvidia.com/gpu.count".to_string(), self.gpus_per_node.to_string()),
+            ("modelfleet.dev/e2e-pool".to_string(), self.name_prefix.clone()),
+        ])
+    }
+
+    /// `nvidia.com/gpu` capacity.
+    pub fn capacity(&self) -> Vec<(&'static str, String)> {
+        vec![(GPU_RESOURCE, self.gpus_per_node.to_string())]
+    }
+}
+
+/// The taint of every GPU node: `nvidia.com/gpu=present:NoSchedule`.
+pub fn gpu_taint() -> Taint {
+    Taint {
+        key: GPU_RESOURCE.into(),
+        value: Some("present".into()),
+        effect: "NoSchedule".into(),
+        ..Default::default()
+    }
 }
 
 /// Adds `count` untainted CPU-only nodes named `cpu-node-<index>`.
@@ -106,19 +114,23 @@ pub async fn add_cpu_nodes(client: &Client, count: usize) -> Result<Vec<Node>> {
     let mut names = Vec::new();
     for i in 0..count {
         let name = format!("cpu-node-{i}");
-        create_node(client, &name, BTreeMap::new(), Vec::new(), &[]).await?;
+        let node = node_object(&name, BTreeMap::new(), Vec::new(), &[]);
+        Api::<Node>::all(client.clone())
+            .create(&PostParams::default(), &node)
+            .await?;
         names.push(name);
     }
     wait_nodes_ready(client, &names).await
 }
 
-async fn create_node(
-    client: &Client,
+/// A kwok-managed Node as a kubelet would register it: hostname, OS and arch labels, 64 CPUs,
+/// 512 GiB, 110 pods, plus `extra_labels`, `taints` and `extra_capacity`.
+pub fn node_object(
     name: &str,
     extra_labels: BTreeMap<String, String>,
     taints: Vec<Taint>,
     extra_capacity: &[(&str, String)],
-) -> Result<()> {
+) -> Node {
     let mut labels = BTreeMap::from([
         ("kubernetes.io/hostname".to_string(), name.to_string()),
         ("kubernetes.io/os".to_string(), "linux".to_string()),
@@ -135,7 +147,7 @@ async fn create_node(
     for (k, v) in extra_capacity {
         capacity.insert((*k).to_string(), Quantity(v.clone()));
     }
-    let node = Node {
+    Node {
         metadata: kube::api::ObjectMeta {
             name: Some(name.to_string()),
             labels: Some(labels),
@@ -164,14 +176,11 @@ async fn create_node(
             phase: Some("Running".into()),
             ..Default::default()
         }),
-    };
-    Api::<Node>::all(client.clone())
-        .create(&PostParams::default(), &node)
-        .await?;
-    Ok(())
+    }
 }
 
-async fn wait_nodes_ready(client: &Client, names: &[String]) -> Result<Vec<Node>> {
+/// Waits until every named node is Ready.
+pub async fn wait_nodes_ready(client: &Client, names: &[String]) -> Result<Vec<Node>> {
     let api = Api::<Node>::all(client.clone());
     let mut ready = Vec::new();
     for name in names {

@@ -238,6 +238,13 @@ fn spawn_guard(child: u32) -> Result<Child> {
     spawn_shell_guard("modelfleet-e2e-guard", script, child.to_string().as_ref())
 }
 
+/// Deletes network namespace `name` (and its `/etc/netns` files) once this harness exits.
+pub(crate) fn spawn_netns_guard(name: &str) -> Result<Child> {
+    let script = "while kill -0 \"$1\" 2>/dev/null; do sleep 1; done; sleep 4; \
+                  ip netns del \"$2\" 2>/dev/null; rm -rf -- \"/etc/netns/$2\"";
+    spawn_shell_guard("modelfleet-e2e-netns-guard", script, name.as_ref())
+}
+
 /// Removes `dir` once this harness exits and the components' guards have finished: temporary
 /// cluster directories of test binaries.
 pub(crate) fn spawn_cleanup_guard(dir: &Path) -> Result<Child> {

@@ -60,6 +60,13 @@ impl Prometheus {
             .map(PathBuf::from)
             .unwrap_or(DEFAULT_BINARY.into());
         if !binary.is_file() {
+            // The toolchain script installs Debian's prometheus when it is missing (a fresh
+            // machine running the README's test command), then this check passes.
+            tokio::task::spawn_blocking(crate::Toolchain::ensure)
+                .await
+                .map_err(|e| Error::Prometheus(format!("toolchain task: {e}")))??;
+        }
+        if !binary.is_file() {
             return Err(Error::Prometheus(format!(
                 "{} not found: install Debian's package (`apt-get install --no-install-recommends prometheus`) \
                  or set MODELFLEET_PROMETHEUS",

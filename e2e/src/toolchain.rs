@@ -17,12 +17,21 @@ pub struct Toolchain {
     dir: PathBuf,
 }
 
+/// Whether the Debian packages the script installs are there (Prometheus; iptables and iproute2
+/// for the live fleet): the script runs again when one is missing, even with a ready toolchain.
+fn system_packages_present() -> bool {
+    ["/usr/bin/prometheus", "/usr/sbin/iptables-restore", "/usr/sbin/ip"]
+        .iter()
+        .all(|p| std::path::Path::new(p).exists())
+        || std::env::var_os("MODELFLEET_SKIP_APT").is_some()
+}
+
 impl Toolchain {
     /// Finds the toolchain, building it first if needed. The build prints progress on stderr and
     /// takes 25 to 40 minutes cold on 2 cores; afterwards this returns at once.
     pub fn ensure() -> Result<Self> {
         let dir = Self::expected_dir()?;
-        if dir.join("ready").is_file() {
+        if dir.join("ready").is_file() && system_packages_present() {
             return Ok(Self { dir });
         }
         eprintln!(

@@ -79,6 +79,9 @@ pub struct AgentsConfig {
     pub ready_timeout: Duration,
     /// Kill the agents when this process dies without stopping them. Default true.
     pub guarded: bool,
+    /// Run the agents inside the live fleet's namespace (they scrape pod IPs and dial the
+    /// operator through its relay) instead of on the host with `--scrape-loopback-only`.
+    pub netns: Option<std::sync::Arc<crate::live::netns::FleetNet>>,
 }
 
 impl Default for AgentsConfig {
@@ -92,6 +95,7 @@ impl Default for AgentsConfig {
             extra_args: Vec::new(),
             ready_timeout: Duration::from_secs(30),
             guarded: true,
+            netns: None,
         }
     }
 }
@@ -122,6 +126,7 @@ struct NodeAgent {
 #[derive(Debug)]
 pub struct NodeAgents {
     agents: Vec<NodeAgent>,
+    netns: Option<std::sync::Arc<crate::live::netns::FleetNet>>,
     token: Option<String>,
     token_file: PathBuf,
 }
@@ -167,15 +172,25 @@ impl NodeAgents {
                 format!("--operator-url={}", config.operator_url),
                 "--gpu-backend=simulated".into(),
                 format!("--interval={}ms", config.interval.as_millis().max(1)),
-                "--scrape-loopback-only".into(),
                 "--metrics-addr=127.0.0.1:0".into(),
                 format!("--token-file={}", token_file.display()),
                 "--log-format=text".into(),
             ];
+            if config.netns.is_none() {
+                args.push("--scrape-loopback-only".into());
+            }
             args.extend(config.extra_args.iter().cloned());
+            let (program, args) = match &config.netns {
+                Some(net) => {
+                    let mut all = vec![format!("--net={}", net.path().display()), "--".into(), binary.display().to_string()];
+                    all.extend(args);
+                    (PathBuf::from("/usr/bin/nsenter"), all)
+                }
+                None => (binary.clone(), args),
+            };
             let process = ManagedProcess::spawn_with_env(
                 &format!("{NODE_AGENT_BIN}-{set}-{node}"),
-                &binary,
+                &program,
                 &args,
                 &[
                     ("KUBECONFIG", cluster.kubeconfig_path().as_os_str()),
@@ -189,12 +204,13 @@ impl NodeAgents {
         }
         let mut agents = Self {
             agents: Vec::with_capacity(started.len()),
+            netns: config.netns.clone(),
             token,
             token_file,
         };
         // All started at once; wait for each (dropping `started` on error stops the rest).
         for (node, mut process) in started {
-            let metrics_addr = wait_listening(&mut process, config.ready_timeout).await?;
+            let metrics_addr = wait_listening(&mut process, config.ready_timeout, config.netns.as_deref()).await?;
             agents.agents.push(NodeAgent {
                 node,
                 process,
@@ -226,8 +242,13 @@ impl NodeAgents {
 
     /// The agent's own `/metrics` (`modelfleet_node_*`, `DCGM_FI_*`), or None if it does not answer.
     pub async fn metrics(&self, node: &str) -> Option<String> {
-        let port = self.metrics_addr(node)?.port();
-        match http::get(port, "/metrics").await {
+        let addr = self.metrics_addr(node)?;
+        if let Some(net) = &self.netns {
+            let url = format!("http://{addr}/metrics");
+            let answer = crate::live::client::request(net, "GET", &url, None, &[], Duration::from_secs(5)).await;
+            return answer.ok().filter(|a| a.status == 200).map(|a| a.body);
+        }
+        match http::get(addr.port(), "/metrics").await {
             Some((200, body)) => Some(body),
             _ => None,
         }
@@ -280,7 +301,11 @@ impl Drop for NodeAgents {
 }
 
 /// Waits until the agent logs `listening … metrics=<addr>` and `<addr>/healthz` answers 200.
-async fn wait_listening(process: &mut ManagedProcess, timeout: Duration) -> Result<SocketAddr> {
+async fn wait_listening(
+    process: &mut ManagedProcess,
+    timeout: Duration,
+    netns: Option<&crate::live::netns::FleetNet>,
+) -> Result<SocketAddr> {
     let log = process.log_path().to_path_buf();
     let found = OnceLock::new();
     process
@@ -289,7 +314,12 @@ async fn wait_listening(process: &mut ManagedProcess, timeout: Duration) -> Resu
                 return false;
             };
             let _ = found.set(addr);
-            matches!(http::get(addr.port(), "/healthz").await, Some((200, _)))
+            match netns {
+                Some(net) => crate::live::runtime::probe::http_status(net, addr, "/healthz", Duration::from_secs(1))
+                    .await
+                    .is_ok_and(|s| s == 200),
+                None => matches!(http::get(addr.port(), "/healthz").await, Some((200, _))),
+            }
         })
         .await?;
     found

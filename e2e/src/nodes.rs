@@ -87,7 +87,10 @@ impl GpuNodePool {
         BTreeMap::from([
             ("nvidia.com/gpu.present".to_string(), "true".to_string()),
             ("nvidia.com/gpu.product".to_string(), self.product.clone()),
-            ("nvidia.com/gpu.memory".to_string(), self.gpu_memory_mib.to_string()),
+            (
+                "nvidia.com/gpu.memory".to_string(),
+                self.gpu_memory_mib.to_string(),
+            ),
             ("nvidia.com/gpu.count".to_string(), self.gpus_per_node.to_string()),
             ("modelfleet.dev/e2e-pool".to_string(), self.name_prefix.clone()),
         ])

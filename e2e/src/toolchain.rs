@@ -20,9 +20,13 @@ pub struct Toolchain {
 /// Whether the Debian packages the script installs are there (Prometheus; iptables and iproute2
 /// for the live fleet): the script runs again when one is missing, even with a ready toolchain.
 fn system_packages_present() -> bool {
-    ["/usr/bin/prometheus", "/usr/sbin/iptables-restore", "/usr/sbin/ip"]
-        .iter()
-        .all(|p| std::path::Path::new(p).exists())
+    [
+        "/usr/bin/prometheus",
+        "/usr/sbin/iptables-restore",
+        "/usr/sbin/ip",
+    ]
+    .iter()
+    .all(|p| std::path::Path::new(p).exists())
         || std::env::var_os("MODELFLEET_SKIP_APT").is_some()
 }
 

@@ -35,7 +35,9 @@ pub fn state_file() -> PathBuf {
     if let Some(path) = std::env::var_os("MODELFLEET_E2E_LIVE_STATE") {
         return PathBuf::from(path);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     home.join(".cache/modelfleet/up/live.json")
 }
 
@@ -51,10 +53,17 @@ fn text<E: std::fmt::Display>(e: E) -> String {
 pub async fn up(live: LiveArgs, dir: Option<PathBuf>) -> Result<(), String> {
     let t0 = Instant::now();
     step(1, "toolchain and control plane", t0);
-    let cluster = LocalCluster::start(ClusterConfig { dir, ..Default::default() }).await.map_err(text)?;
+    let cluster = LocalCluster::start(ClusterConfig {
+        dir,
+        ..Default::default()
+    })
+    .await
+    .map_err(text)?;
     let client = cluster.client().await.map_err(text)?;
     crds::install_modelfleet_crds(&client).await.map_err(text)?;
-    crds::install_gateway_api_crds(&client, cluster.toolchain()).await.map_err(text)?;
+    crds::install_gateway_api_crds(&client, cluster.toolchain())
+        .await
+        .map_err(text)?;
     step(2, "building the workspace binaries (the live images)", t0);
     let config = LiveConfig {
         pool: GpuNodePool {
@@ -68,31 +77,62 @@ pub async fn up(live: LiveArgs, dir: Option<PathBuf>) -> Result<(), String> {
     step(3, "fleet namespace, kube-proxy, CoreDNS and live nodes", t0);
     let mut fleet = LiveFleet::start(&cluster, config).await.map_err(text)?;
     step(4, "operator (telemetry hub relayed into the fleet namespace)", t0);
-    let binary = fleet.images().binary_for("modelfleet-operator").map_err(text)?.to_path_buf();
-    let hub = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(text)?;
+    let binary = fleet
+        .images()
+        .binary_for("modelfleet-operator")
+        .map_err(text)?
+        .to_path_buf();
+    let hub = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(text)?;
     let mut operator = operator_process::start_operator(&binary, &cluster, hub, true).map_err(text)?;
     fleet.relay_into_namespace(hub.port()).await.map_err(text)?;
-    step(5, "node agents (one process per live node, in the fleet namespace)", t0);
+    step(
+        5,
+        "node agents (one process per live node, in the fleet namespace)",
+        t0,
+    );
     let mut agent_config = agents::AgentsConfig::new(fleet.node_names(), format!("http://{hub}"));
-    agent_config.binary = Some(fleet.images().binary_for("modelfleet-node-agent").map_err(text)?.to_path_buf());
+    agent_config.binary = Some(
+        fleet
+            .images()
+            .binary_for("modelfleet-node-agent")
+            .map_err(text)?
+            .to_path_buf(),
+    );
     agent_config.netns = Some(fleet.net().clone());
     agent_config.extra_args = vec![format!("--simulated-gpus={}", live.gpus_per_node)];
     let mut node_agents = start_agents(&cluster, &fleet, agent_config).await?;
     step(6, "ready", t0);
-    let state = LiveState { netns: fleet.net().name().to_string(), kubeconfig: cluster.kubeconfig_path().to_path_buf() };
+    let state = LiveState {
+        netns: fleet.net().name().to_string(),
+        kubeconfig: cluster.kubeconfig_path().to_path_buf(),
+    };
     let path = state_file();
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(text)?;
     }
     std::fs::write(&path, serde_json::to_string_pretty(&state).map_err(text)?).map_err(text)?;
-    println!("\nLive cluster ready in {:.1}s at {}", t0.elapsed().as_secs_f64(), cluster.api_url());
+    println!(
+        "\nLive cluster ready in {:.1}s at {}",
+        t0.elapsed().as_secs_f64(),
+        cluster.api_url()
+    );
     println!("export KUBECONFIG={}", cluster.kubeconfig_path().display());
-    println!("export PATH={}:$PATH   # kubectl and helm of the pinned versions", cluster.toolchain().dir().display());
-    println!("\nPods on nodes {} run for real, in network namespace {}.", fleet.node_names().join(", "), fleet.net().name());
+    println!(
+        "export PATH={}:$PATH   # kubectl and helm of the pinned versions",
+        cluster.toolchain().dir().display()
+    );
+    println!(
+        "\nPods on nodes {} run for real, in network namespace {}.",
+        fleet.node_names().join(", "),
+        fleet.net().name()
+    );
     println!("Try:");
     println!("  kubectl get pods -o wide -w");
     println!("  cargo run -p modelfleet-e2e -- exec -- curl -s http://<name>.<namespace>.svc:8080/v1/models");
-    let mut signals = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(text)?;
+    let mut signals =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(text)?;
     eprintln!("running; press Ctrl-C to stop and delete it");
     signals.recv().await;
     eprintln!("stopping…");
@@ -117,7 +157,10 @@ async fn start_agents(
     for node in fleet.nodes() {
         let mut one = config.clone();
         one.nodes = vec![node.name.clone()];
-        one.extra_args.push(format!("--pod-resources-socket={}", node.pod_resources_socket().display()));
+        one.extra_args.push(format!(
+            "--pod-resources-socket={}",
+            node.pod_resources_socket().display()
+        ));
         started.push(agents::NodeAgents::start(cluster, one).await.map_err(text)?);
     }
     Ok(started)
@@ -127,15 +170,23 @@ async fn start_agents(
 /// `/etc/resolv.conf` at the fleet's CoreDNS) with the cluster's KUBECONFIG.
 pub fn exec(command: &[String]) -> Result<std::process::ExitCode, String> {
     let path = state_file();
-    let text = std::fs::read_to_string(&path)
-        .map_err(|_| format!("no live cluster is running ({} not found): start one with `modelfleet-e2e up --live`", path.display()))?;
+    let text = std::fs::read_to_string(&path).map_err(|_| {
+        format!(
+            "no live cluster is running ({} not found): start one with `modelfleet-e2e up --live`",
+            path.display()
+        )
+    })?;
     let state: LiveState = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let (program, args) = command.split_first().ok_or("exec needs a command: modelfleet-e2e exec -- <command>")?;
+    let (program, args) = command
+        .split_first()
+        .ok_or("exec needs a command: modelfleet-e2e exec -- <command>")?;
     let status = std::process::Command::new("ip")
         .args(["netns", "exec", &state.netns, program])
         .args(args)
         .env("KUBECONFIG", &state.kubeconfig)
         .status()
         .map_err(|e| format!("run ip netns exec: {e}"))?;
-    Ok(std::process::ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1)))
+    Ok(std::process::ExitCode::from(
+        u8::try_from(status.code().unwrap_or(1)).unwrap_or(1),
+    ))
 }

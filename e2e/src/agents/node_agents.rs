@@ -182,7 +182,11 @@ impl NodeAgents {
             args.extend(config.extra_args.iter().cloned());
             let (program, args) = match &config.netns {
                 Some(net) => {
-                    let mut all = vec![format!("--net={}", net.path().display()), "--".into(), binary.display().to_string()];
+                    let mut all = vec![
+                        format!("--net={}", net.path().display()),
+                        "--".into(),
+                        binary.display().to_string(),
+                    ];
                     all.extend(args);
                     (PathBuf::from("/usr/bin/nsenter"), all)
                 }
@@ -210,7 +214,8 @@ impl NodeAgents {
         };
         // All started at once; wait for each (dropping `started` on error stops the rest).
         for (node, mut process) in started {
-            let metrics_addr = wait_listening(&mut process, config.ready_timeout, config.netns.as_deref()).await?;
+            let metrics_addr =
+                wait_listening(&mut process, config.ready_timeout, config.netns.as_deref()).await?;
             agents.agents.push(NodeAgent {
                 node,
                 process,
@@ -245,7 +250,8 @@ impl NodeAgents {
         let addr = self.metrics_addr(node)?;
         if let Some(net) = &self.netns {
             let url = format!("http://{addr}/metrics");
-            let answer = crate::live::client::request(net, "GET", &url, None, &[], Duration::from_secs(5)).await;
+            let answer =
+                crate::live::client::request(net, "GET", &url, None, &[], Duration::from_secs(5)).await;
             return answer.ok().filter(|a| a.status == 200).map(|a| a.body);
         }
         match http::get(addr.port(), "/metrics").await {
@@ -315,9 +321,11 @@ async fn wait_listening(
             };
             let _ = found.set(addr);
             match netns {
-                Some(net) => crate::live::runtime::probe::http_status(net, addr, "/healthz", Duration::from_secs(1))
-                    .await
-                    .is_ok_and(|s| s == 200),
+                Some(net) => {
+                    crate::live::runtime::probe::http_status(net, addr, "/healthz", Duration::from_secs(1))
+                        .await
+                        .is_ok_and(|s| s == 200)
+                }
                 None => matches!(http::get(addr.port(), "/healthz").await, Some((200, _))),
             }
         })

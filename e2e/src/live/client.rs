@@ -22,8 +22,13 @@ pub struct Answer {
 
 /// Splits `http://host:port/path` into host, port and path.
 pub fn split_url(url: &str) -> std::result::Result<(String, u16, String), String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| format!("{url}: only http:// URLs"))?;
-    let (authority, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url}: only http:// URLs"))?;
+    let (authority, path) = rest
+        .split_once('/')
+        .map(|(a, p)| (a, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
     let (host, port) = match authority.rsplit_once(':') {
         Some((h, p)) => (h, p.parse().map_err(|_| format!("{url}: bad port {p:?}"))?),
         None => (authority, 80),
@@ -53,7 +58,10 @@ pub async fn request(
             head += &format!("{k}: {v}\r\n");
         }
         if let Some(body) = body {
-            head += &format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len());
+            head += &format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            );
         }
         head += "\r\n";
         let io = |what: &'static str| Error::io(format!("{what} {url}"));
@@ -84,19 +92,27 @@ pub fn parse_answer(raw: &[u8]) -> std::result::Result<Answer, String> {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    let body = if headers.get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+    let body = if headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.contains("chunked"))
+    {
         dechunk(body)?
     } else {
         body.to_string()
     };
-    Ok(Answer { status, headers, body })
+    Ok(Answer {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn dechunk(mut body: &str) -> std::result::Result<String, String> {
     let mut out = String::new();
     loop {
         let (size, rest) = body.split_once("\r\n").ok_or("truncated chunk")?;
-        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).map_err(|_| "bad chunk size")?;
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| "bad chunk size")?;
         if size == 0 {
             return Ok(out);
         }
@@ -111,9 +127,19 @@ mod tests {
 
     #[test]
     fn urls_and_chunked_answers_parse() {
-        assert_eq!(split_url("http://minilm.demo.svc:8080/v1/embeddings").unwrap(), ("minilm.demo.svc".into(), 8080, "/v1/embeddings".into()));
+        assert_eq!(
+            split_url("http://minilm.demo.svc:8080/v1/embeddings").unwrap(),
+            ("minilm.demo.svc".into(), 8080, "/v1/embeddings".into())
+        );
         let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: b\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
         let answer = parse_answer(raw).unwrap();
-        assert_eq!((answer.status, answer.body.as_str(), answer.headers["x-a"].as_str()), (200, "abcde", "b"));
+        assert_eq!(
+            (
+                answer.status,
+                answer.body.as_str(),
+                answer.headers["x-a"].as_str()
+            ),
+            (200, "abcde", "b")
+        );
     }
 }

@@ -9,7 +9,11 @@ use crate::{Error, Result};
 /// The A record of `name` (fully qualified, or `<svc>.<ns>.svc`, completed with `cluster.local`)
 /// as the fleet's CoreDNS answers it.
 pub async fn resolve(net: &FleetNet, name: &str) -> Result<Ipv4Addr> {
-    let fqdn = if name.ends_with(".svc") { format!("{name}.cluster.local") } else { name.to_string() };
+    let fqdn = if name.ends_with(".svc") {
+        format!("{name}.cluster.local")
+    } else {
+        name.to_string()
+    };
     let socket = net.udp().await?;
     let id = fastrand_id();
     let query = encode_query(id, &fqdn).map_err(Error::Network)?;
@@ -21,7 +25,9 @@ pub async fn resolve(net: &FleetNet, name: &str) -> Result<Ipv4Addr> {
             .await
             .map_err(Error::io(format!("send a DNS query for {fqdn}")))?;
         match tokio::time::timeout(Duration::from_secs(1), socket.recv(&mut answer)).await {
-            Ok(Ok(n)) => return decode_a(id, &answer[..n]).map_err(|e| Error::Network(format!("{fqdn}: {e}"))),
+            Ok(Ok(n)) => {
+                return decode_a(id, &answer[..n]).map_err(|e| Error::Network(format!("{fqdn}: {e}")));
+            }
             Ok(Err(e)) => return Err(Error::io(format!("read the DNS answer for {fqdn}"))(e)),
             Err(_) => continue,
         }

@@ -25,9 +25,7 @@ use std::{
 use tokio::task::JoinHandle;
 
 use crate::{
-    Error, GpuNodePool, LocalCluster, Result,
-    operator_process::build_binary,
-    process::ManagedProcess,
+    Error, GpuNodePool, LocalCluster, Result, operator_process::build_binary, process::ManagedProcess,
 };
 use netns::FleetNet;
 use runtime::{GpuPool, IpPool, LocalImages, NodeCtx, NodeRuntime};
@@ -109,24 +107,46 @@ impl LiveFleet {
             None => build_local_images().await?,
         };
         static NEXT_FLEET: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let name = format!("modelfleet-{}-{}", std::process::id(), NEXT_FLEET.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let name = format!(
+            "modelfleet-{}-{}",
+            std::process::id(),
+            NEXT_FLEET.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let net = Arc::new(FleetNet::create(&name, true)?);
         write_exec_resolv_conf(&name)?;
         let dir = cluster.dir().join("live");
         std::fs::create_dir_all(&dir).map_err(Error::io(format!("create {}", dir.display())))?;
-        let mut fleet = Self { net, nodes: Vec::new(), services: Vec::new(), relays: Vec::new(), images, dir };
+        let mut fleet = Self {
+            net,
+            nodes: Vec::new(),
+            services: Vec::new(),
+            relays: Vec::new(),
+            images,
+            dir,
+        };
         fleet.relay_into_namespace(cluster.ports().apiserver).await?;
         let first = format!("{}-0", config.pool.name_prefix);
-        fleet.services.push(services::start_coredns(cluster, &fleet.net).await?);
-        fleet.services.push(services::start_kube_proxy(cluster, &fleet.net, &first).await?);
+        fleet
+            .services
+            .push(services::start_coredns(cluster, &fleet.net).await?);
+        fleet
+            .services
+            .push(services::start_kube_proxy(cluster, &fleet.net, &first).await?);
         let client = cluster.client().await?;
         for index in 0..config.pool.count {
             let node = fleet.add_node(&client, &config.pool, index, index, true).await?;
             fleet.nodes.push(node);
         }
-        let cpu_pool = GpuNodePool { name_prefix: "live-cpu".into(), count: config.cpu_nodes, gpus_per_node: 0, ..Default::default() };
+        let cpu_pool = GpuNodePool {
+            name_prefix: "live-cpu".into(),
+            count: config.cpu_nodes,
+            gpus_per_node: 0,
+            ..Default::default()
+        };
         for index in 0..config.cpu_nodes {
-            let node = fleet.add_node(&client, &cpu_pool, index, config.pool.count + index, false).await?;
+            let node = fleet
+                .add_node(&client, &cpu_pool, index, config.pool.count + index, false)
+                .await?;
             fleet.nodes.push(node);
         }
         fleet.net.check_isolated()?;
@@ -134,7 +154,14 @@ impl LiveFleet {
     }
 
     /// Registers node `<prefix>-<index>` with podCIDR `10.246.<subnet>.0/24`.
-    async fn add_node(&self, client: &kube::Client, pool: &GpuNodePool, index: usize, subnet: usize, gpu: bool) -> Result<LiveNode> {
+    async fn add_node(
+        &self,
+        client: &kube::Client,
+        pool: &GpuNodePool,
+        index: usize,
+        subnet: usize,
+        gpu: bool,
+    ) -> Result<LiveNode> {
         let name = format!("{}-{index}", pool.name_prefix);
         let subnet = u8::try_from(subnet).map_err(|_| Error::Runtime("at most 256 live nodes".into()))?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -172,7 +199,12 @@ impl LiveFleet {
         node::register(client, &spec).await?;
         let mut tasks = tasks;
         tasks.push(node::heartbeat(client.clone(), name.clone()));
-        Ok(LiveNode { name, runtime, tasks, pod_resources_socket: socket })
+        Ok(LiveNode {
+            name,
+            runtime,
+            tasks,
+            pod_resources_socket: socket,
+        })
     }
 
     /// Makes host 127.0.0.1:`port` reachable at 127.0.0.1:`port` inside the namespace (the API
@@ -185,7 +217,11 @@ impl LiveFleet {
 
     /// Makes `target` inside the namespace reachable on the host at 127.0.0.1:`port` (0: any);
     /// returns the host address.
-    pub async fn relay_out(&mut self, port: u16, target: std::net::SocketAddr) -> Result<std::net::SocketAddr> {
+    pub async fn relay_out(
+        &mut self,
+        port: u16,
+        target: std::net::SocketAddr,
+    ) -> Result<std::net::SocketAddr> {
         let (relay, addr) = relay::out_of_namespace(self.net.clone(), port, target).await?;
         self.relays.push(relay);
         Ok(addr)
@@ -212,7 +248,13 @@ impl LiveFleet {
     }
 
     /// An HTTP request from inside the namespace (`http://<svc>.<ns>.svc:<port>/…` or a pod IP).
-    pub async fn request(&self, method: &str, url: &str, body: Option<&str>, headers: &[(&str, &str)]) -> Result<client::Answer> {
+    pub async fn request(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Result<client::Answer> {
         client::request(&self.net, method, url, body, headers, Duration::from_secs(30)).await
     }
 

@@ -47,7 +47,11 @@ impl FleetNet {
         let net = Self {
             name: name.to_string(),
             path: Path::new("/run/netns").join(name),
-            cleanup_guard: std::sync::Mutex::new(guarded.then(|| crate::process::spawn_netns_guard(name)).transpose()?),
+            cleanup_guard: std::sync::Mutex::new(
+                guarded
+                    .then(|| crate::process::spawn_netns_guard(name))
+                    .transpose()?,
+            ),
         };
         net.ip(&["link", "set", "lo", "up"])?;
         net.ip(&["route", "add", SERVICE_CIDR, "dev", "lo"])?;
@@ -235,7 +239,10 @@ pub fn isolation_problems(links_json: &str, routes_json: &[&str]) -> std::result
         };
         for route in routes {
             if let Some(gateway) = &route.gateway {
-                return Err(format!("route to {} via {gateway} leaves the namespace", route.dst));
+                return Err(format!(
+                    "route to {} via {gateway} leaves the namespace",
+                    route.dst
+                ));
             }
             if route.dev.as_deref().is_some_and(|d| d != "lo") {
                 return Err(format!("route to {} uses device {:?}", route.dst, route.dev));
@@ -245,7 +252,10 @@ pub fn isolation_problems(links_json: &str, routes_json: &[&str]) -> std::result
             let local = matches!(kind, "local" | "broadcast" | "multicast");
             let loopback = route.dst == "::1" || route.dst == "127.0.0.0/8";
             if !(ours || local || loopback) {
-                return Err(format!("route to {} ({kind}) was not made by the harness", route.dst));
+                return Err(format!(
+                    "route to {} ({kind}) was not made by the harness",
+                    route.dst
+                ));
             }
         }
     }
@@ -271,9 +281,17 @@ mod tests {
     #[test]
     fn a_default_route_or_a_second_interface_is_refused() {
         let default = r#"[{"dst":"default","gateway":"10.0.0.1","dev":"lo"}]"#;
-        assert!(isolation_problems(LO, &[default]).unwrap_err().contains("via 10.0.0.1"));
+        assert!(
+            isolation_problems(LO, &[default])
+                .unwrap_err()
+                .contains("via 10.0.0.1")
+        );
         let other = r#"[{"dst":"192.168.0.0/24","dev":"lo"}]"#;
-        assert!(isolation_problems(LO, &[other]).unwrap_err().contains("192.168.0.0/24"));
+        assert!(
+            isolation_problems(LO, &[other])
+                .unwrap_err()
+                .contains("192.168.0.0/24")
+        );
         let veth = r#"[{"ifname":"lo"},{"ifname":"veth0"}]"#;
         assert!(isolation_problems(veth, &[]).unwrap_err().contains("veth0"));
     }

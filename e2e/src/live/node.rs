@@ -7,7 +7,7 @@ use std::time::Duration;
 use k8s_openapi::{
     api::{
         coordination::v1::{Lease, LeaseSpec},
-        core::v1::{DaemonEndpoints, DaemonEndpoint, Node, NodeAddress, NodeCondition},
+        core::v1::{DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints},
     },
     apimachinery::pkg::apis::meta::v1::{MicroTime, Time},
     jiff::Timestamp,
@@ -43,7 +43,11 @@ pub struct LiveNodeSpec {
 
 /// The Node object of a live node.
 pub fn node_object(spec: &LiveNodeSpec) -> Node {
-    let mut labels = if spec.gpu { spec.pool.labels() } else { Default::default() };
+    let mut labels = if spec.gpu {
+        spec.pool.labels()
+    } else {
+        Default::default()
+    };
     labels.insert(LIVE_LABEL.into(), "true".into());
     labels.insert("type".into(), "live".into());
     let (taints, capacity) = if spec.gpu {
@@ -62,7 +66,7 @@ pub fn node_object(spec: &LiveNodeSpec) -> Node {
         type_: "InternalIP".into(),
         address: "127.0.0.1".into(),
     }]);
-    status.daemon_endpoints = Some(DaemonEndpoints {
+    status.daemon_endpoints = Some(NodeDaemonEndpoints {
         kubelet_endpoint: Some(DaemonEndpoint {
             port: i32::from(spec.kubelet_port),
         }),
@@ -85,9 +89,24 @@ fn conditions(now: Timestamp) -> Vec<NodeCondition> {
         last_transition_time: Some(Time(now)),
     };
     vec![
-        condition("Ready", "True", "KubeletReady", "modelfleet live runtime is posting ready status"),
-        condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "live runtime"),
-        condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "live runtime"),
+        condition(
+            "Ready",
+            "True",
+            "KubeletReady",
+            "modelfleet live runtime is posting ready status",
+        ),
+        condition(
+            "MemoryPressure",
+            "False",
+            "KubeletHasSufficientMemory",
+            "live runtime",
+        ),
+        condition(
+            "DiskPressure",
+            "False",
+            "KubeletHasNoDiskPressure",
+            "live runtime",
+        ),
         condition("PIDPressure", "False", "KubeletHasSufficientPID", "live runtime"),
     ]
 }
@@ -134,7 +153,11 @@ async fn renew(client: &Client, name: &str) -> Result<()> {
         }),
     };
     Api::<Lease>::namespaced(client.clone(), "kube-node-lease")
-        .patch(name, &PatchParams::apply("modelfleet-e2e-live").force(), &Patch::Apply(&lease))
+        .patch(
+            name,
+            &PatchParams::apply("modelfleet-e2e-live").force(),
+            &Patch::Apply(&lease),
+        )
         .await?;
     Ok(())
 }

@@ -45,7 +45,11 @@ pub async fn into_host(net: &FleetNet, port: u16) -> Result<Relay> {
 
 /// `target` inside the namespace made reachable at host 127.0.0.1:`port` (0: any free port);
 /// returns the relay and the host address.
-pub async fn out_of_namespace(net: Arc<FleetNet>, port: u16, target: SocketAddr) -> Result<(Relay, SocketAddr)> {
+pub async fn out_of_namespace(
+    net: Arc<FleetNet>,
+    port: u16,
+    target: SocketAddr,
+) -> Result<(Relay, SocketAddr)> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .map_err(Error::io(format!("listen on 127.0.0.1:{port}")))?;

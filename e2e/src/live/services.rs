@@ -12,13 +12,29 @@ const KUBE_PROXY_HEALTHZ: u16 = 10256;
 /// CoreDNS's `ready` plugin port inside the namespace.
 const COREDNS_READY: u16 = 8181;
 
-fn in_namespace(net: &FleetNet, name: &str, binary: &Path, args: Vec<String>, dir: &Path) -> Result<ManagedProcess> {
-    let mut all = vec![format!("--net={}", net.path().display()), "--".into(), binary.display().to_string()];
+fn in_namespace(
+    net: &FleetNet,
+    name: &str,
+    binary: &Path,
+    args: Vec<String>,
+    dir: &Path,
+) -> Result<ManagedProcess> {
+    let mut all = vec![
+        format!("--net={}", net.path().display()),
+        "--".into(),
+        binary.display().to_string(),
+    ];
     all.extend(args);
     ManagedProcess::spawn(name, Path::new("/usr/bin/nsenter"), &all, dir, true)
 }
 
-async fn wait_http(process: &mut ManagedProcess, net: &FleetNet, port: u16, path: &str, timeout: Duration) -> Result<()> {
+async fn wait_http(
+    process: &mut ManagedProcess,
+    net: &FleetNet,
+    port: u16,
+    path: &str,
+    timeout: Duration,
+) -> Result<()> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     process
         .wait_ready(timeout, || async move {
@@ -45,8 +61,21 @@ pub async fn start_kube_proxy(cluster: &LocalCluster, net: &FleetNet, node: &str
         "--iptables-min-sync-period=200ms".into(),
         "--v=1".into(),
     ];
-    let mut process = in_namespace(net, "kube-proxy", &cluster.toolchain().bin("kube-proxy"), args, cluster.dir())?;
-    wait_http(&mut process, net, KUBE_PROXY_HEALTHZ, "/healthz", Duration::from_secs(60)).await?;
+    let mut process = in_namespace(
+        net,
+        "kube-proxy",
+        &cluster.toolchain().bin("kube-proxy"),
+        args,
+        cluster.dir(),
+    )?;
+    wait_http(
+        &mut process,
+        net,
+        KUBE_PROXY_HEALTHZ,
+        "/healthz",
+        Duration::from_secs(60),
+    )
+    .await?;
     Ok(process)
 }
 
@@ -62,9 +91,23 @@ pub fn corefile(kubeconfig: &Path) -> String {
 /// Starts CoreDNS in the namespace and waits until its `kubernetes` plugin has synced.
 pub async fn start_coredns(cluster: &LocalCluster, net: &FleetNet) -> Result<ManagedProcess> {
     let file = cluster.dir().join("Corefile");
-    std::fs::write(&file, corefile(cluster.kubeconfig_path())).map_err(crate::Error::io("write the Corefile"))?;
+    std::fs::write(&file, corefile(cluster.kubeconfig_path()))
+        .map_err(crate::Error::io("write the Corefile"))?;
     let args = vec![format!("-conf={}", file.display())];
-    let mut process = in_namespace(net, "coredns", &cluster.toolchain().bin("coredns"), args, cluster.dir())?;
-    wait_http(&mut process, net, COREDNS_READY, "/ready", Duration::from_secs(60)).await?;
+    let mut process = in_namespace(
+        net,
+        "coredns",
+        &cluster.toolchain().bin("coredns"),
+        args,
+        cluster.dir(),
+    )?;
+    wait_http(
+        &mut process,
+        net,
+        COREDNS_READY,
+        "/ready",
+        Duration::from_secs(60),
+    )
+    .await?;
     Ok(process)
 }

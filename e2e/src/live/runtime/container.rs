@@ -155,7 +155,15 @@ impl ContainerProcess {
         command
             .args(["--pdeathsig", "KILL", "nsenter"])
             .arg(format!("--net={}", netns.display()))
-            .args(["--", "unshare", "--mount", "--propagation", "private", "--pid", "--fork"])
+            .args([
+                "--",
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "--pid",
+                "--fork",
+            ])
             .args(["--kill-child=SIGKILL", "--", "sh", "-c"])
             .arg(launch_script(plan))
             .stdin(Stdio::null())
@@ -187,7 +195,11 @@ impl ContainerProcess {
     pub fn exit_code(&mut self) -> Option<i32> {
         use std::os::unix::process::ExitStatusExt;
         let status = self.child.try_wait().ok().flatten()?;
-        Some(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(9)))
+        Some(
+            status
+                .code()
+                .unwrap_or_else(|| 128 + status.signal().unwrap_or(9)),
+        )
     }
 
     /// Sends SIGTERM to the container's PID 1.
@@ -235,7 +247,12 @@ fn pid(raw: u32) -> Pid {
 
 /// `nsenter` into a running container (network, mount, pid, root) running `command` as its user:
 /// exec probes and preStop hooks.
-pub fn exec_command(init_pid: u32, user: Option<i64>, group: Option<i64>, command: &[String]) -> tokio::process::Command {
+pub fn exec_command(
+    init_pid: u32,
+    user: Option<i64>,
+    group: Option<i64>,
+    command: &[String],
+) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new("nsenter");
     cmd.arg(format!("--target={init_pid}"))
         .args(["--net", "--mount", "--pid", "--root", "--wd=/", "--"]);
@@ -247,7 +264,10 @@ pub fn exec_command(init_pid: u32, user: Option<i64>, group: Option<i64>, comman
         cmd.args([format!("--regid={gid}"), "--clear-groups".into()]);
     }
     cmd.arg("--").args(command);
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
     cmd
 }
 
@@ -273,7 +293,10 @@ mod tests {
             scratch: "/pods/u/c/server".into(),
         };
         let s = launch_script(&plan);
-        assert!(s.contains("mount --bind '/pods/u/routing' \"$C\"'/r/etc/modelfleet/routing'"), "{s}");
+        assert!(
+            s.contains("mount --bind '/pods/u/routing' \"$C\"'/r/etc/modelfleet/routing'"),
+            "{s}"
+        );
         assert!(s.contains("remount,bind,ro"));
         assert!(s.ends_with("setpriv --reuid=65532 --regid=65532 --groups=65532 -- env -i 'A=b c' '/bin/server' '--name=it'\\''s'\n"), "{s}");
     }

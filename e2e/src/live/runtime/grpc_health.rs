@@ -20,7 +20,12 @@ struct HealthCheckResponse {
 const SERVING: i32 = 1;
 
 /// Ok when the server answers SERVING for `service` (empty: the server as a whole).
-pub async fn check(net: &Arc<FleetNet>, addr: SocketAddr, service: Option<String>, timeout: Duration) -> Result<(), String> {
+pub async fn check(
+    net: &Arc<FleetNet>,
+    addr: SocketAddr,
+    service: Option<String>,
+    timeout: Duration,
+) -> Result<(), String> {
     let net = net.clone();
     let connector = tower::service_fn(move |_: http::Uri| {
         let net = net.clone();
@@ -44,7 +49,11 @@ pub async fn check(net: &Arc<FleetNet>, addr: SocketAddr, service: Option<String
         service: service.unwrap_or_default(),
     };
     let answer: tonic::Response<HealthCheckResponse> = grpc
-        .unary(tonic::Request::new(request), path, tonic_prost::ProstCodec::default())
+        .unary(
+            tonic::Request::new(request),
+            path,
+            tonic_prost::ProstCodec::default(),
+        )
         .await
         .map_err(|status| format!("gRPC health check: {}", status.message()))?;
     match answer.get_ref().status {

@@ -52,6 +52,9 @@ pub struct PodRecord {
     pub containers: Vec<ContainerRecord>,
 }
 
+/// Pod UID → the channel feeding its task, and the task.
+type PodTasks = Arc<Mutex<HashMap<String, (watch::Sender<Option<Pod>>, JoinHandle<()>)>>>;
+
 /// Pod UID → record.
 pub type PodIndex = Arc<Mutex<BTreeMap<String, PodRecord>>>;
 
@@ -65,7 +68,10 @@ pub struct IpPool {
 impl IpPool {
     /// The pool of `a.b.c.0/24`.
     pub fn new(base: [u8; 3]) -> Self {
-        Self { base, used: Default::default() }
+        Self {
+            base,
+            used: Default::default(),
+        }
     }
 
     /// The lowest free address.
@@ -93,7 +99,9 @@ pub struct GpuPool {
 impl GpuPool {
     /// `count` GPUs.
     pub fn new(count: u32) -> Self {
-        Self { free: (0..count).collect() }
+        Self {
+            free: (0..count).collect(),
+        }
     }
 
     /// `n` distinct free GPUs, lowest first, or `None` if fewer are free.
@@ -115,7 +123,6 @@ impl GpuPool {
 }
 
 /// Shared state of a node's runtime.
-#[derive(Debug)]
 pub struct NodeCtx {
     /// API client.
     pub client: Client,
@@ -141,6 +148,15 @@ pub struct NodeCtx {
     pub shutdown: watch::Sender<bool>,
 }
 
+impl std::fmt::Debug for NodeCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCtx")
+            .field("node", &self.node)
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
 impl NodeCtx {
     /// The device ID of GPU `index` on this node: the simulated node agent's UUID.
     pub fn gpu_id(&self, index: u32) -> String {
@@ -158,13 +174,13 @@ impl NodeCtx {
 pub struct NodeRuntime {
     ctx: Arc<NodeCtx>,
     watch: JoinHandle<()>,
-    pods: Arc<Mutex<HashMap<String, (watch::Sender<Option<Pod>>, JoinHandle<()>)>>>,
+    pods: PodTasks,
 }
 
 impl NodeRuntime {
     /// Starts watching the pods bound to `ctx.node`.
     pub fn start(ctx: Arc<NodeCtx>) -> Self {
-        let pods: Arc<Mutex<HashMap<String, (watch::Sender<Option<Pod>>, JoinHandle<()>)>>> = Default::default();
+        let pods: PodTasks = Default::default();
         let watch = tokio::spawn(watch_pods(ctx.clone(), pods.clone()));
         Self { ctx, watch, pods }
     }
@@ -196,10 +212,7 @@ impl Drop for NodeRuntime {
     }
 }
 
-async fn watch_pods(
-    ctx: Arc<NodeCtx>,
-    pods: Arc<Mutex<HashMap<String, (watch::Sender<Option<Pod>>, JoinHandle<()>)>>>,
-) {
+async fn watch_pods(ctx: Arc<NodeCtx>, pods: PodTasks) {
     let api: Api<Pod> = Api::all(ctx.client.clone());
     let config = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.node));
     let mut stream = watcher::watcher(api, config).boxed();
@@ -243,7 +256,10 @@ mod tests {
         let mut ips = IpPool::new([10, 246, 1]);
         let a = ips.allocate().unwrap();
         let b = ips.allocate().unwrap();
-        assert_eq!((a.to_string(), b.to_string()), ("10.246.1.2".into(), "10.246.1.3".into()));
+        assert_eq!(
+            (a.to_string(), b.to_string()),
+            ("10.246.1.2".into(), "10.246.1.3".into())
+        );
         ips.release(a);
         assert_eq!(ips.allocate(), Some(a));
         let mut gpus = GpuPool::new(4);

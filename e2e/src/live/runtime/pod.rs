@@ -32,14 +32,22 @@ const DEFAULT_GRACE: i64 = 30;
 
 /// Runs the pod until it is deleted (or the runtime shuts down).
 pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Pod>>) {
-    let Some(pod) = updates.borrow().clone() else { return };
+    let Some(pod) = updates.borrow().clone() else {
+        return;
+    };
     let uid = pod.uid().unwrap_or_default();
     let Some(ip) = ctx.ips.lock().map(|mut p| p.allocate()).ok().flatten() else {
         tracing::error!(pod = %pod.name_any(), "no free pod IP on this node");
         return;
     };
     let dir = ctx.dir.join("pods").join(&uid);
-    let mut sandbox = Sandbox { ctx: ctx.clone(), ip, dir: dir.clone(), uid: uid.clone(), gpus: Vec::new() };
+    let mut sandbox = Sandbox {
+        ctx: ctx.clone(),
+        ip,
+        dir: dir.clone(),
+        uid: uid.clone(),
+        gpus: Vec::new(),
+    };
     if let Err(e) = sandbox.create(&pod) {
         tracing::error!(pod = %pod.name_any(), error = %e, "cannot create the pod sandbox");
         return;
@@ -59,7 +67,11 @@ pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Pod>>) {
         match PodVolumes::prepare(&ctx.client, &pod, &dir.join("volumes"), &sources).await {
             Ok(v) => break v,
             Err(message) => {
-                let facts = facts(&pod, &ip.to_string(), Some(("CreateContainerConfigError".into(), message)));
+                let facts = facts(
+                    &pod,
+                    &ip.to_string(),
+                    Some(("CreateContainerConfigError".into(), message)),
+                );
                 let views = waiting_views(&pod);
                 write_status(&ctx, &pod, pod_status(&facts, &views, Timestamp::now())).await;
                 tokio::select! {
@@ -78,8 +90,20 @@ pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Pod>>) {
         sources.gpu_devices = gpu_devices.get(index).cloned().unwrap_or_default();
         containers.push(start_container(&ctx, &pod, container, &volumes, &sources, &sandbox).await);
     }
-    ctx.index.lock().map(|mut i| i.insert(uid.clone(), record(&pod, &containers, &gpu_devices))).ok();
-    let grace = serve(&ctx, &pod, &ip.to_string(), &containers, volumes, &sources, &mut updates).await;
+    ctx.index
+        .lock()
+        .map(|mut i| i.insert(uid.clone(), record(&pod, &containers, &gpu_devices)))
+        .ok();
+    let grace = serve(
+        &ctx,
+        &pod,
+        &ip.to_string(),
+        &containers,
+        volumes,
+        &sources,
+        &mut updates,
+    )
+    .await;
     for c in &containers {
         let _ = c.stop.send(Stop(grace)).await;
     }
@@ -118,8 +142,15 @@ impl Sandbox {
         std::fs::create_dir_all(&self.dir)?;
         let namespace = pod.namespace().unwrap_or_default();
         std::fs::write(self.dir.join("resolv.conf"), spec::resolv_conf(&namespace))?;
-        let hostname = pod.spec.as_ref().and_then(|s| s.hostname.clone()).unwrap_or_else(|| pod.name_any());
-        std::fs::write(self.dir.join("hosts"), spec::hosts_file(&self.ip.to_string(), &hostname))?;
+        let hostname = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.hostname.clone())
+            .unwrap_or_else(|| pod.name_any());
+        std::fs::write(
+            self.dir.join("hosts"),
+            spec::hosts_file(&self.ip.to_string(), &hostname),
+        )?;
         std::fs::write(self.dir.join("hostname"), format!("{hostname}\n"))?;
         self.ctx.net.add_address(self.ip).map_err(std::io::Error::other)
     }
@@ -129,9 +160,16 @@ impl Sandbox {
         let mut per_container = Vec::new();
         for container in containers_of(pod) {
             let wanted = gpu_limit(&container);
-            let mut pool = self.ctx.gpus.lock().map_err(|_| "GPU pool lock poisoned".to_string())?;
+            let mut pool = self
+                .ctx
+                .gpus
+                .lock()
+                .map_err(|_| "GPU pool lock poisoned".to_string())?;
             let got = pool.allocate(wanted).ok_or_else(|| {
-                format!("container {} asks for {wanted} nvidia.com/gpu, more than are free on this node", container.name)
+                format!(
+                    "container {} asks for {wanted} nvidia.com/gpu, more than are free on this node",
+                    container.name
+                )
             })?;
             self.gpus.extend(&got);
             per_container.push(got.iter().map(|i| self.ctx.gpu_id(*i)).collect());
@@ -157,7 +195,10 @@ impl Drop for Sandbox {
 }
 
 fn containers_of(pod: &Pod) -> Vec<Container> {
-    pod.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default()
+    pod.spec
+        .as_ref()
+        .map(|s| s.containers.clone())
+        .unwrap_or_default()
 }
 
 fn gpu_limit(container: &Container) -> usize {
@@ -223,8 +264,14 @@ async fn env_sources(ctx: &NodeCtx, pod: &Pod, ip: &str) -> EnvSources {
         }
         for var in c.env.iter().flatten() {
             let from = var.value_from.as_ref();
-            config_maps.extend(from.and_then(|f| f.config_map_key_ref.as_ref()).map(|r| r.name.clone()));
-            secrets.extend(from.and_then(|f| f.secret_key_ref.as_ref()).map(|r| r.name.clone()));
+            config_maps.extend(
+                from.and_then(|f| f.config_map_key_ref.as_ref())
+                    .map(|r| r.name.clone()),
+            );
+            secrets.extend(
+                from.and_then(|f| f.secret_key_ref.as_ref())
+                    .map(|r| r.name.clone()),
+            );
         }
     }
     let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -271,7 +318,11 @@ fn launch_plan(
         Some(command) => {
             let command = expand(command);
             let same = Path::new(&command[0]).file_name() == binary.file_name();
-            let program = if same { binary.clone() } else { command[0].clone().into() };
+            let program = if same {
+                binary.clone()
+            } else {
+                command[0].clone().into()
+            };
             (program, command[1..].iter().cloned().chain(args).collect())
         }
         None => (binary, args),
@@ -286,10 +337,18 @@ fn launch_plan(
             Some(sub) => volume.host_path.join(sub),
             None => volume.host_path.clone(),
         };
-        mounts.push(Mount { source, target: m.mount_path.clone(), read_only: m.read_only.unwrap_or(false) });
+        mounts.push(Mount {
+            source,
+            target: m.mount_path.clone(),
+            read_only: m.read_only.unwrap_or(false),
+        });
     }
     for file in ["resolv.conf", "hosts", "hostname"] {
-        mounts.push(Mount { source: sandbox_dir.join(file), target: format!("/etc/{file}"), read_only: false });
+        mounts.push(Mount {
+            source: sandbox_dir.join(file),
+            target: format!("/etc/{file}"),
+            read_only: false,
+        });
     }
     let pod_security = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
     let security = container.security_context.as_ref();
@@ -298,8 +357,12 @@ fn launch_plan(
         args,
         env,
         mounts,
-        user: security.and_then(|s| s.run_as_user).or(pod_security.and_then(|s| s.run_as_user)),
-        group: security.and_then(|s| s.run_as_group).or(pod_security.and_then(|s| s.run_as_group)),
+        user: security
+            .and_then(|s| s.run_as_user)
+            .or(pod_security.and_then(|s| s.run_as_user)),
+        group: security
+            .and_then(|s| s.run_as_group)
+            .or(pod_security.and_then(|s| s.run_as_group)),
         fs_group: pod_security.and_then(|s| s.fs_group),
         working_dir: container.working_dir.clone(),
         scratch: sandbox_dir.join("containers").join(&container.name),
@@ -325,20 +388,31 @@ async fn start_container(
         netns: ctx.net.path().to_path_buf(),
         log_dir: log_dir.clone(),
     };
-    let (view_tx, view) = watch::channel(waiting_views(pod).into_iter().find(|v| v.name == container.name).unwrap_or_else(|| ContainerView {
-        name: container.name.clone(),
-        image: String::new(),
-        state: RunState::Waiting("ContainerCreating".into(), String::new()),
-        last: None,
-        ready: false,
-        started: false,
-        restart_count: 0,
-        init_pid: None,
-        event: None,
-    }));
+    let (view_tx, view) = watch::channel(
+        waiting_views(pod)
+            .into_iter()
+            .find(|v| v.name == container.name)
+            .unwrap_or_else(|| ContainerView {
+                name: container.name.clone(),
+                image: String::new(),
+                state: RunState::Waiting("ContainerCreating".into(), String::new()),
+                last: None,
+                ready: false,
+                started: false,
+                restart_count: 0,
+                init_pid: None,
+                event: None,
+            }),
+    );
     let (stop, stop_rx) = mpsc::channel(1);
     let task = tokio::spawn(supervisor::supervise(input, view_tx, stop_rx));
-    RunningContainer { view, stop, task, log_dir, name: container.name.clone() }
+    RunningContainer {
+        view,
+        stop,
+        task,
+        log_dir,
+        name: container.name.clone(),
+    }
 }
 
 fn record(pod: &Pod, containers: &[RunningContainer], devices: &[Vec<String>]) -> PodRecord {
@@ -360,7 +434,9 @@ fn record(pod: &Pod, containers: &[RunningContainer], devices: &[Vec<String>]) -
 /// The grace period if the pod is being deleted (`None` if it is not).
 fn deleting(updates: &watch::Receiver<Option<Pod>>) -> Option<Duration> {
     let pod = updates.borrow();
-    let Some(pod) = pod.as_ref() else { return Some(Duration::ZERO) };
+    let Some(pod) = pod.as_ref() else {
+        return Some(Duration::ZERO);
+    };
     pod.metadata.deletion_timestamp.as_ref()?;
     let seconds = pod
         .metadata
@@ -391,10 +467,10 @@ async fn serve(
             _ = tick.tick() => {}
             _ = refresh.tick() => {
                 let current = updates.borrow().clone();
-                if let Some(current) = current {
-                    if let Err(e) = volumes.refresh(&ctx.client, &current, sources).await {
-                        tracing::warn!(pod = %pod.name_any(), error = %e, "volume refresh failed");
-                    }
+                if let Some(current) = current
+                    && let Err(e) = volumes.refresh(&ctx.client, &current, sources).await
+                {
+                    tracing::warn!(pod = %pod.name_any(), error = %e, "volume refresh failed");
                 }
             }
             _ = updates.changed() => {}
@@ -430,7 +506,10 @@ async fn serve(
 async fn write_status(ctx: &NodeCtx, pod: &Pod, status: PodStatus) {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
     let patch = serde_json::json!({"status": status});
-    if let Err(e) = api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
+    if let Err(e) = api
+        .patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
         tracing::debug!(pod = %pod.name_any(), error = %e, "pod status write failed");
     }
 }
@@ -455,13 +534,18 @@ async fn post_event(ctx: &NodeCtx, pod: &Pod, reason: &str, message: &str) {
         reason: Some(reason.into()),
         message: Some(message.into()),
         type_: Some("Warning".into()),
-        source: Some(EventSource { component: Some("kubelet".into()), host: Some(ctx.node.clone()) }),
+        source: Some(EventSource {
+            component: Some("kubelet".into()),
+            host: Some(ctx.node.clone()),
+        }),
         first_timestamp: Some(Time(now)),
         last_timestamp: Some(Time(now)),
         count: Some(1),
         ..Default::default()
     };
-    let _ = Api::<Event>::namespaced(ctx.client.clone(), &namespace).create(&PostParams::default(), &event).await;
+    let _ = Api::<Event>::namespaced(ctx.client.clone(), &namespace)
+        .create(&PostParams::default(), &event)
+        .await;
 }
 
 async fn wait_deleted(ctx: &NodeCtx, updates: &mut watch::Receiver<Option<Pod>>, pod: &Pod) {
@@ -482,7 +566,10 @@ async fn finish(ctx: &NodeCtx, pod: &Pod) {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
     let params = DeleteParams {
         grace_period_seconds: Some(0),
-        preconditions: Some(Preconditions { uid: pod.uid(), resource_version: None }),
+        preconditions: Some(Preconditions {
+            uid: pod.uid(),
+            resource_version: None,
+        }),
         ..Default::default()
     };
     let _ = api.delete(&pod.name_any(), &params).await;

@@ -47,8 +47,12 @@ impl ProbeCounter {
 
 /// `periodSeconds` and `initialDelaySeconds` of a probe.
 pub fn timing(probe: &Probe) -> (Duration, Duration) {
-    let secs = |v: Option<i32>, d: i32| Duration::from_secs(u64::try_from(v.unwrap_or(d).max(0)).unwrap_or(0));
-    (secs(probe.period_seconds, 10).max(Duration::from_secs(1)), secs(probe.initial_delay_seconds, 0))
+    let secs =
+        |v: Option<i32>, d: i32| Duration::from_secs(u64::try_from(v.unwrap_or(d).max(0)).unwrap_or(0));
+    (
+        secs(probe.period_seconds, 10).max(Duration::from_secs(1)),
+        secs(probe.initial_delay_seconds, 0),
+    )
 }
 
 /// What a probe needs to reach the container.
@@ -101,7 +105,12 @@ pub async fn run(probe: &Probe, target: &ProbeTarget) -> Result<(), String> {
         if let Some(tcp) = &probe.tcp_socket {
             let port = port_of(&target.container, &tcp.port)?;
             let addr = socket(tcp.host.as_deref().unwrap_or(&target.pod_ip), port)?;
-            return target.net.connect(addr, timeout).await.map(drop).map_err(|e| e.to_string());
+            return target
+                .net
+                .connect(addr, timeout)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string());
         }
         if let Some(exec) = &probe.exec {
             let init = target.init_pid.ok_or("the container is not running")?;
@@ -118,7 +127,13 @@ pub async fn run(probe: &Probe, target: &ProbeTarget) -> Result<(), String> {
         }
         if let Some(grpc) = &probe.grpc {
             let port = u16::try_from(grpc.port).map_err(|_| "grpc port out of range".to_string())?;
-            return super::grpc_health::check(&target.net, socket(&target.pod_ip, port)?, grpc.service.clone(), timeout).await;
+            return super::grpc_health::check(
+                &target.net,
+                socket(&target.pod_ip, port)?,
+                grpc.service.clone(),
+                timeout,
+            )
+            .await;
         }
         Err("probe has no handler".to_string())
     };
@@ -128,15 +143,27 @@ pub async fn run(probe: &Probe, target: &ProbeTarget) -> Result<(), String> {
 }
 
 fn socket(host: &str, port: u16) -> Result<SocketAddr, String> {
-    let ip: std::net::IpAddr = host.parse().map_err(|_| format!("probe host {host:?} is not an IP"))?;
+    let ip: std::net::IpAddr = host
+        .parse()
+        .map_err(|_| format!("probe host {host:?} is not an IP"))?;
     Ok(SocketAddr::new(ip, port))
 }
 
 /// `GET path` over a fresh connection in the namespace; the status code.
-pub async fn http_status(net: &FleetNet, addr: SocketAddr, path: &str, timeout: Duration) -> Result<u16, String> {
+pub async fn http_status(
+    net: &FleetNet,
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<u16, String> {
     let mut stream = net.connect(addr, timeout).await.map_err(|e| e.to_string())?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kube-probe/1.36\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kube-probe/1.36\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut head = vec![0u8; 64];
     let n = stream.read(&mut head).await.map_err(|e| e.to_string())?;
     String::from_utf8_lossy(&head[..n])
@@ -159,7 +186,11 @@ mod tests {
         };
         let mut c = ProbeCounter::default();
         assert_eq!(c.record(&probe, true), Some(true));
-        assert_eq!(c.record(&probe, false), None, "one failure is under the threshold");
+        assert_eq!(
+            c.record(&probe, false),
+            None,
+            "one failure is under the threshold"
+        );
         assert_eq!(c.record(&probe, false), Some(false));
         assert_eq!(c.record(&probe, false), None, "no change");
         assert_eq!(c.record(&probe, true), Some(true));

@@ -105,7 +105,11 @@ pub struct EnvSources {
 
 /// The container's environment in kubelet's order: `envFrom`, then `env` (each value expanded
 /// against what came before), then what the runtime adds.
-pub fn environment(pod: &Pod, container: &Container, sources: &EnvSources) -> Result<Vec<(String, String)>, String> {
+pub fn environment(
+    pod: &Pod,
+    container: &Container,
+    sources: &EnvSources,
+) -> Result<Vec<(String, String)>, String> {
     let mut env = BTreeMap::new();
     let mut order = Vec::new();
     let mut set = |env: &mut BTreeMap<String, String>, k: String, v: String| {
@@ -133,7 +137,11 @@ pub fn environment(pod: &Pod, container: &Container, sources: &EnvSources) -> Re
     let name = pod.metadata.name.clone().unwrap_or_default();
     set(&mut env, "HOSTNAME".into(), name);
     if !sources.gpu_devices.is_empty() {
-        set(&mut env, "NVIDIA_VISIBLE_DEVICES".into(), sources.gpu_devices.join(","));
+        set(
+            &mut env,
+            "NVIDIA_VISIBLE_DEVICES".into(),
+            sources.gpu_devices.join(","),
+        );
     }
     if !env.contains_key("PATH") {
         set(
@@ -142,10 +150,13 @@ pub fn environment(pod: &Pod, container: &Container, sources: &EnvSources) -> Re
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
         );
     }
-    Ok(order.into_iter().map(|k| {
-        let v = env[&k].clone();
-        (k, v)
-    }).collect())
+    Ok(order
+        .into_iter()
+        .map(|k| {
+            let v = env[&k].clone();
+            (k, v)
+        })
+        .collect())
 }
 
 fn lookup_all(
@@ -177,22 +188,44 @@ fn env_value(
     let what = |kind: &str| format!("env {}: {kind}", var.name);
     if let Some(field) = &from.field_ref {
         return field_value(pod, &field.field_path, sources).ok_or_else(|| {
-            format!("{}: fieldPath {:?} is not supported", what("fieldRef"), field.field_path)
+            format!(
+                "{}: fieldPath {:?} is not supported",
+                what("fieldRef"),
+                field.field_path
+            )
         });
     }
     if let Some(field) = &from.resource_field_ref {
-        return resource_value(container, &field.resource, field.divisor.as_ref().map(|q| q.0.as_str()), sources)
-            .map_err(|e| format!("{}: {e}", what("resourceFieldRef")));
+        return resource_value(
+            container,
+            &field.resource,
+            field.divisor.as_ref().map(|q| q.0.as_str()),
+            sources,
+        )
+        .map_err(|e| format!("{}: {e}", what("resourceFieldRef")));
     }
-    let key_of = |maps: &BTreeMap<String, BTreeMap<String, String>>, name: &str, key: &str, optional: Option<bool>, kind: &str| {
+    let key_of = |maps: &BTreeMap<String, BTreeMap<String, String>>,
+                  name: &str,
+                  key: &str,
+                  optional: Option<bool>,
+                  kind: &str| {
         match maps.get(name).and_then(|d| d.get(key)) {
             Some(v) => Ok(v.clone()),
             None if optional == Some(true) => Ok(String::new()),
-            None => Err(format!("{}: key {key:?} of {kind} {name:?} not found", what(kind))),
+            None => Err(format!(
+                "{}: key {key:?} of {kind} {name:?} not found",
+                what(kind)
+            )),
         }
     };
     if let Some(r) = &from.config_map_key_ref {
-        return key_of(&sources.config_maps, &r.name, &r.key, r.optional, "configMapKeyRef");
+        return key_of(
+            &sources.config_maps,
+            &r.name,
+            &r.key,
+            r.optional,
+            "configMapKeyRef",
+        );
     }
     if let Some(r) = &from.secret_key_ref {
         return key_of(&sources.secrets, &r.name, &r.key, r.optional, "secretKeyRef");
@@ -229,7 +262,12 @@ pub fn field_value(pod: &Pod, path: &str, sources: &EnvSources) -> Option<String
     })
 }
 
-fn resource_value(container: &Container, resource: &str, divisor: Option<&str>, sources: &EnvSources) -> Result<String, String> {
+fn resource_value(
+    container: &Container,
+    resource: &str,
+    divisor: Option<&str>,
+    sources: &EnvSources,
+) -> Result<String, String> {
     let (kind, name) = resource
         .split_once('.')
         .ok_or_else(|| format!("resource {resource:?} is not limits.<name> or requests.<name>"))?;
@@ -239,7 +277,10 @@ fn resource_value(container: &Container, resource: &str, divisor: Option<&str>, 
         "requests" => resources.and_then(|r| r.requests.as_ref()),
         _ => return Err(format!("resource {resource:?}: expected limits or requests")),
     };
-    let set = table.and_then(|t| t.get(name)).map(|q| parse_quantity(&q.0)).transpose()?;
+    let set = table
+        .and_then(|t| t.get(name))
+        .map(|q| parse_quantity(&q.0))
+        .transpose()?;
     let value = match (set, name) {
         (Some(v), _) => v,
         (None, "cpu") => sources.node_cpu,
@@ -298,11 +339,23 @@ mod tests {
 
     #[test]
     fn images_map_to_local_binaries_by_their_last_segment() {
-        let images = LocalImages::new([("modelfleet-server".to_string(), PathBuf::from("/b/modelfleet-server"))]);
-        assert_eq!(images.binary_for("ghcr.io/modelfleet/server:0.1.0").unwrap(), Path::new("/b/modelfleet-server"));
-        assert_eq!(images.binary_for("modelfleet-server@sha256:ab").unwrap(), Path::new("/b/modelfleet-server"));
+        let images = LocalImages::new([(
+            "modelfleet-server".to_string(),
+            PathBuf::from("/b/modelfleet-server"),
+        )]);
+        assert_eq!(
+            images.binary_for("ghcr.io/modelfleet/server:0.1.0").unwrap(),
+            Path::new("/b/modelfleet-server")
+        );
+        assert_eq!(
+            images.binary_for("modelfleet-server@sha256:ab").unwrap(),
+            Path::new("/b/modelfleet-server")
+        );
         let err = images.binary_for("nginx:1.27").unwrap_err();
-        assert!(err.contains("\"nginx:1.27\"") && err.contains("modelfleet-server"), "{err}");
+        assert!(
+            err.contains("\"nginx:1.27\"") && err.contains("modelfleet-server"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -352,7 +405,10 @@ mod tests {
             gpu_devices: vec!["GPU-sim-n-0".into()],
             ..Default::default()
         };
-        let env: BTreeMap<_, _> = environment(&pod, &container, &sources).unwrap().into_iter().collect();
+        let env: BTreeMap<_, _> = environment(&pod, &container, &sources)
+            .unwrap()
+            .into_iter()
+            .collect();
         assert_eq!(env["URL"], "http://10.246.0.9:8080");
         assert_eq!(env["APP"], "x");
         assert_eq!(env["NVIDIA_VISIBLE_DEVICES"], "GPU-sim-n-0");
@@ -360,7 +416,11 @@ mod tests {
             env: Some(vec![field("X", "status.nope")]),
             ..Default::default()
         };
-        assert!(environment(&pod, &bad, &sources).unwrap_err().contains("status.nope"));
+        assert!(
+            environment(&pod, &bad, &sources)
+                .unwrap_err()
+                .contains("status.nope")
+        );
     }
 
     #[test]

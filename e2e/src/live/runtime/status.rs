@@ -3,8 +3,8 @@
 
 use k8s_openapi::{
     api::core::v1::{
-        ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus,
-        PodCondition, PodIP, PodStatus, HostIP,
+        ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+        ContainerStatus, HostIP, PodCondition, PodIP, PodStatus,
     },
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
@@ -45,7 +45,9 @@ fn state(view: &ContainerView) -> ContainerState {
             ..Default::default()
         },
         RunState::Running(at) => ContainerState {
-            running: Some(ContainerStateRunning { started_at: Some(Time(*at)) }),
+            running: Some(ContainerStateRunning {
+                started_at: Some(Time(*at)),
+            }),
             ..Default::default()
         },
         RunState::Terminated(t) => ContainerState {
@@ -126,9 +128,15 @@ pub fn pod_status(facts: &PodFacts, views: &[ContainerView], now: Timestamp) -> 
             condition("PodScheduled", true, None),
         ]),
         host_ip: Some("127.0.0.1".into()),
-        host_ips: Some(vec![HostIP { ip: "127.0.0.1".into() }]),
+        host_ips: Some(vec![HostIP {
+            ip: "127.0.0.1".into(),
+        }]),
         pod_ip: has_ip.then(|| facts.pod_ip.clone()),
-        pod_ips: has_ip.then(|| vec![PodIP { ip: facts.pod_ip.clone() }]),
+        pod_ips: has_ip.then(|| {
+            vec![PodIP {
+                ip: facts.pod_ip.clone(),
+            }]
+        }),
         start_time: Some(Time(facts.start_time)),
         container_statuses: Some(statuses),
         qos_class: Some("Burstable".into()),
@@ -163,19 +171,39 @@ mod tests {
             problem: None,
         };
         let running = view(RunState::Running(Timestamp::UNIX_EPOCH), false, 0);
-        let s = pod_status(&facts, &[running.clone()], Timestamp::UNIX_EPOCH);
+        let s = pod_status(&facts, std::slice::from_ref(&running), Timestamp::UNIX_EPOCH);
         assert_eq!(s.phase.as_deref(), Some("Running"));
-        let ready = |s: &PodStatus| s.conditions.as_ref().unwrap().iter().find(|c| c.type_ == "Ready").unwrap().status.clone();
+        let ready = |s: &PodStatus| {
+            s.conditions
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|c| c.type_ == "Ready")
+                .unwrap()
+                .status
+                .clone()
+        };
         assert_eq!(ready(&s), "False");
-        let s = pod_status(&facts, &[ContainerView { ready: true, ..running }], Timestamp::UNIX_EPOCH);
+        let s = pod_status(
+            &facts,
+            &[ContainerView {
+                ready: true,
+                ..running
+            }],
+            Timestamp::UNIX_EPOCH,
+        );
         assert_eq!(ready(&s), "True");
         assert_eq!(s.pod_ip.as_deref(), Some("10.246.0.2"));
     }
 
     #[test]
     fn a_crash_loop_is_running_with_a_waiting_reason() {
-        let waiting = view(RunState::Waiting("CrashLoopBackOff".into(), "back-off 10s".into()), false, 2);
-        assert_eq!(phase(&[waiting.clone()], "Always"), "Running");
+        let waiting = view(
+            RunState::Waiting("CrashLoopBackOff".into(), "back-off 10s".into()),
+            false,
+            2,
+        );
+        assert_eq!(phase(std::slice::from_ref(&waiting), "Always"), "Running");
         let done = view(
             RunState::Terminated(Terminated {
                 exit_code: 1,

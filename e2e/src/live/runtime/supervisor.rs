@@ -102,7 +102,11 @@ pub fn backoff(restarts: i32) -> Duration {
 }
 
 /// Runs the container until stopped; the final view is published before it returns.
-pub async fn supervise(input: Supervised, view: watch::Sender<ContainerView>, mut stop: mpsc::Receiver<Stop>) {
+pub async fn supervise(
+    input: Supervised,
+    view: watch::Sender<ContainerView>,
+    mut stop: mpsc::Receiver<Stop>,
+) {
     let plan = match &input.plan {
         Ok(plan) => plan.clone(),
         Err((reason, message)) => {
@@ -143,7 +147,11 @@ pub async fn supervise(input: Supervised, view: watch::Sender<ContainerView>, mu
         let ran = finished_at.duration_since(started_at).unsigned_abs();
         let terminated = Terminated {
             exit_code,
-            reason: if exit_code == 0 { "Completed".into() } else { "Error".into() },
+            reason: if exit_code == 0 {
+                "Completed".into()
+            } else {
+                "Error".into()
+            },
             started_at,
             finished_at,
         };
@@ -158,7 +166,11 @@ pub async fn supervise(input: Supervised, view: watch::Sender<ContainerView>, mu
             }
             return;
         }
-        crashes_in_a_row = if ran >= BACKOFF_RESET { 0 } else { crashes_in_a_row + 1 };
+        crashes_in_a_row = if ran >= BACKOFF_RESET {
+            0
+        } else {
+            crashes_in_a_row + 1
+        };
         let wait = backoff(crashes_in_a_row - 1);
         let name = input.container.name.clone();
         view.send_modify(|v| {
@@ -300,7 +312,12 @@ fn unhealthy(view: &watch::Sender<ContainerView>, kind: &str, failure: Option<St
 }
 
 async fn pre_stop(input: &Supervised, view: &watch::Sender<ContainerView>) {
-    let Some(handler) = input.container.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) else {
+    let Some(handler) = input
+        .container
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+    else {
         return;
     };
     let init_pid = view.borrow().init_pid;
@@ -309,7 +326,11 @@ async fn pre_stop(input: &Supervised, view: &watch::Sender<ContainerView>) {
     }
 }
 
-async fn run_handler(handler: &LifecycleHandler, input: &Supervised, init_pid: Option<u32>) -> Result<(), String> {
+async fn run_handler(
+    handler: &LifecycleHandler,
+    input: &Supervised,
+    init_pid: Option<u32>,
+) -> Result<(), String> {
     if let Some(sleep) = &handler.sleep {
         tokio::time::sleep(Duration::from_secs(u64::try_from(sleep.seconds).unwrap_or(0))).await;
         return Ok(());
@@ -321,7 +342,11 @@ async fn run_handler(handler: &LifecycleHandler, input: &Supervised, init_pid: O
         timeout_seconds: Some(30),
         ..Default::default()
     };
-    let (user, group) = input.plan.as_ref().map(|p| (p.user, p.group)).unwrap_or((None, None));
+    let (user, group) = input
+        .plan
+        .as_ref()
+        .map(|p| (p.user, p.group))
+        .unwrap_or((None, None));
     let target = ProbeTarget {
         net: input.net.clone(),
         pod_ip: input.pod_ip.clone(),

@@ -11,11 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::{
-    api::{
-        authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
-        core::v1::{ConfigMap, KeyToPath, Pod, Secret, ServiceAccount, Volume},
-    },
+use k8s_openapi::api::{
+    authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
+    core::v1::{ConfigMap, KeyToPath, Pod, Secret, ServiceAccount, Volume},
 };
 use kube::{Api, Client, api::PostParams};
 
@@ -49,9 +47,20 @@ pub type VolumeError = String;
 
 impl PodVolumes {
     /// Creates every volume of `pod` under `dir`.
-    pub async fn prepare(client: &Client, pod: &Pod, dir: &Path, sources: &EnvSources) -> Result<Self, VolumeError> {
+    pub async fn prepare(
+        client: &Client,
+        pod: &Pod,
+        dir: &Path,
+        sources: &EnvSources,
+    ) -> Result<Self, VolumeError> {
         let mut out = Self::default();
-        for volume in pod.spec.as_ref().and_then(|s| s.volumes.as_ref()).into_iter().flatten() {
+        for volume in pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .into_iter()
+            .flatten()
+        {
             let host_path = dir.join(&volume.name);
             let prepared = if let Some(host) = &volume.host_path {
                 let path = PathBuf::from(&host.path);
@@ -59,15 +68,33 @@ impl PodVolumes {
                     std::fs::create_dir_all(&path).map_err(|e| format!("volume {}: {e}", volume.name))?;
                 }
                 if !path.exists() {
-                    return Err(format!("volume {}: hostPath {} does not exist", volume.name, host.path));
+                    return Err(format!(
+                        "volume {}: hostPath {} does not exist",
+                        volume.name, host.path
+                    ));
                 }
-                PreparedVolume { host_path: path, generated: false, last: None, renew_at: None }
+                PreparedVolume {
+                    host_path: path,
+                    generated: false,
+                    last: None,
+                    renew_at: None,
+                }
             } else if volume.empty_dir.is_some() {
                 std::fs::create_dir_all(&host_path).map_err(|e| format!("volume {}: {e}", volume.name))?;
                 let _ = std::fs::set_permissions(&host_path, std::fs::Permissions::from_mode(0o777));
-                PreparedVolume { host_path, generated: false, last: None, renew_at: None }
+                PreparedVolume {
+                    host_path,
+                    generated: false,
+                    last: None,
+                    renew_at: None,
+                }
             } else if is_generated(volume) {
-                PreparedVolume { host_path, generated: true, last: None, renew_at: None }
+                PreparedVolume {
+                    host_path,
+                    generated: true,
+                    last: None,
+                    renew_at: None,
+                }
             } else {
                 return Err(format!(
                     "volume {}: only emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes run on live nodes",
@@ -81,10 +108,23 @@ impl PodVolumes {
     }
 
     /// Rewrites generated volumes whose content changed (and renews tokens near expiry).
-    pub async fn refresh(&mut self, client: &Client, pod: &Pod, sources: &EnvSources) -> Result<(), VolumeError> {
+    pub async fn refresh(
+        &mut self,
+        client: &Client,
+        pod: &Pod,
+        sources: &EnvSources,
+    ) -> Result<(), VolumeError> {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-        for volume in pod.spec.as_ref().and_then(|s| s.volumes.as_ref()).into_iter().flatten() {
-            let Some(prepared) = self.volumes.get_mut(&volume.name) else { continue };
+        for volume in pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .into_iter()
+            .flatten()
+        {
+            let Some(prepared) = self.volumes.get_mut(&volume.name) else {
+                continue;
+            };
             if !prepared.generated {
                 continue;
             }
@@ -99,7 +139,8 @@ impl PodVolumes {
                 }
             }
             if prepared.last.as_ref() != Some(&files) {
-                write_atomic(&prepared.host_path, &files).map_err(|e| format!("volume {}: {e}", volume.name))?;
+                write_atomic(&prepared.host_path, &files)
+                    .map_err(|e| format!("volume {}: {e}", volume.name))?;
                 prepared.last = Some(files);
             }
             if let Some(renew) = renew {
@@ -111,7 +152,10 @@ impl PodVolumes {
 }
 
 fn is_generated(volume: &Volume) -> bool {
-    volume.config_map.is_some() || volume.secret.is_some() || volume.projected.is_some() || volume.downward_api.is_some()
+    volume.config_map.is_some()
+        || volume.secret.is_some()
+        || volume.projected.is_some()
+        || volume.downward_api.is_some()
 }
 
 /// The files of a generated volume, and when its token (if any) must be renewed. With
@@ -129,18 +173,35 @@ async fn generate(
     let mut renew = None;
     if let Some(cm) = &volume.config_map {
         let data = config_map(client, namespace, &cm.name, cm.optional, name).await?;
-        add_items(&mut files, &data, cm.items.as_deref(), cm.default_mode, name, cm.optional)?;
+        add_items(
+            &mut files,
+            &data,
+            cm.items.as_deref(),
+            cm.default_mode,
+            name,
+            cm.optional,
+        )?;
     }
     if let Some(s) = &volume.secret {
         let secret_name = s.secret_name.clone().unwrap_or_default();
         let data = secret(client, namespace, &secret_name, s.optional, name).await?;
-        add_items(&mut files, &data, s.items.as_deref(), s.default_mode, name, s.optional)?;
+        add_items(
+            &mut files,
+            &data,
+            s.items.as_deref(),
+            s.default_mode,
+            name,
+            s.optional,
+        )?;
     }
     if let Some(d) = &volume.downward_api {
         for item in d.items.iter().flatten() {
             if let Some(field) = &item.field_ref {
                 let value = field_value(pod, &field.field_path, sources).unwrap_or_default();
-                files.insert(item.path.clone(), (value.into_bytes(), mode(item.mode.or(d.default_mode))));
+                files.insert(
+                    item.path.clone(),
+                    (value.into_bytes(), mode(item.mode.or(d.default_mode))),
+                );
             }
         }
     }
@@ -148,17 +209,34 @@ async fn generate(
         for source in projected.sources.iter().flatten() {
             if let Some(cm) = &source.config_map {
                 let data = config_map(client, namespace, &cm.name, cm.optional, name).await?;
-                add_items(&mut files, &data, cm.items.as_deref(), projected.default_mode, name, cm.optional)?;
+                add_items(
+                    &mut files,
+                    &data,
+                    cm.items.as_deref(),
+                    projected.default_mode,
+                    name,
+                    cm.optional,
+                )?;
             }
             if let Some(s) = &source.secret {
                 let data = secret(client, namespace, &s.name, s.optional, name).await?;
-                add_items(&mut files, &data, s.items.as_deref(), projected.default_mode, name, s.optional)?;
+                add_items(
+                    &mut files,
+                    &data,
+                    s.items.as_deref(),
+                    projected.default_mode,
+                    name,
+                    s.optional,
+                )?;
             }
             if let Some(d) = &source.downward_api {
                 for item in d.items.iter().flatten() {
                     if let Some(field) = &item.field_ref {
                         let value = field_value(pod, &field.field_path, sources).unwrap_or_default();
-                        files.insert(item.path.clone(), (value.into_bytes(), mode(item.mode.or(projected.default_mode))));
+                        files.insert(
+                            item.path.clone(),
+                            (value.into_bytes(), mode(item.mode.or(projected.default_mode))),
+                        );
                     }
                 }
             }
@@ -167,9 +245,14 @@ async fn generate(
                 let value = request_token(client, pod, token.audience.clone(), seconds)
                     .await
                     .map_err(|e| format!("volume {name}: service account token: {e}"))?;
-                files.insert(token.path.clone(), (value.into_bytes(), mode(projected.default_mode)));
+                files.insert(
+                    token.path.clone(),
+                    (value.into_bytes(), mode(projected.default_mode)),
+                );
                 // kubelet renews at 80 % of the lifetime.
-                renew = Some(Instant::now() + Duration::from_secs(u64::try_from(seconds * 8 / 10).unwrap_or(480)));
+                renew = Some(
+                    Instant::now() + Duration::from_secs(u64::try_from(seconds * 8 / 10).unwrap_or(480)),
+                );
             }
         }
     }
@@ -198,7 +281,10 @@ fn add_items(
             for item in items {
                 match data.get(&item.key) {
                     Some(value) => {
-                        files.insert(item.path.clone(), (value.clone(), mode(item.mode.or(default_mode))));
+                        files.insert(
+                            item.path.clone(),
+                            (value.clone(), mode(item.mode.or(default_mode))),
+                        );
                     }
                     None if optional == Some(true) => {}
                     None => return Err(format!("volume {volume}: key {:?} not found", item.key)),
@@ -216,7 +302,10 @@ async fn config_map(
     optional: Option<bool>,
     volume: &str,
 ) -> Result<BTreeMap<String, Vec<u8>>, VolumeError> {
-    match Api::<ConfigMap>::namespaced(client.clone(), namespace).get_opt(name).await {
+    match Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+    {
         Ok(Some(cm)) => {
             let mut data: BTreeMap<String, Vec<u8>> = cm
                 .data
@@ -224,7 +313,12 @@ async fn config_map(
                 .into_iter()
                 .map(|(k, v)| (k, v.into_bytes()))
                 .collect();
-            data.extend(cm.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)));
+            data.extend(
+                cm.binary_data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0)),
+            );
             Ok(data)
         }
         Ok(None) if optional == Some(true) => Ok(BTreeMap::new()),
@@ -240,8 +334,16 @@ async fn secret(
     optional: Option<bool>,
     volume: &str,
 ) -> Result<BTreeMap<String, Vec<u8>>, VolumeError> {
-    match Api::<Secret>::namespaced(client.clone(), namespace).get_opt(name).await {
-        Ok(Some(s)) => Ok(s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect()),
+    match Api::<Secret>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+    {
+        Ok(Some(s)) => Ok(s
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect()),
         Ok(None) if optional == Some(true) => Ok(BTreeMap::new()),
         Ok(None) => Err(format!("volume {volume}: secret {name:?} not found")),
         Err(e) => Err(format!("volume {volume}: secret {name:?}: {e}")),
@@ -249,7 +351,12 @@ async fn secret(
 }
 
 /// A token of the pod's service account bound to the pod (TokenRequest), as kubelet obtains it.
-async fn request_token(client: &Client, pod: &Pod, audience: Option<String>, seconds: i64) -> Result<String, String> {
+async fn request_token(
+    client: &Client,
+    pod: &Pod,
+    audience: Option<String>,
+    seconds: i64,
+) -> Result<String, String> {
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let account = pod
         .spec
@@ -275,7 +382,7 @@ async fn request_token(client: &Client, pod: &Pod, audience: Option<String>, sec
         .map_err(|e| e.to_string())?;
     answer
         .status
-        .map(|s| s.token)
+        .and_then(|s| s.token)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| "the TokenRequest came back without a token".into())
 }
@@ -297,8 +404,14 @@ pub fn write_atomic(dir: &Path, files: &Files) -> std::io::Result<()> {
     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))?;
     for (path, (bytes, file_mode)) in files {
         let relative = Path::new(path);
-        if relative.is_absolute() || relative.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-            return Err(std::io::Error::other(format!("path {path:?} must be relative without '..'")));
+        if relative.is_absolute()
+            || relative
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(std::io::Error::other(format!(
+                "path {path:?} must be relative without '..'"
+            )));
         }
         let file = target.join(relative);
         if let Some(parent) = file.parent() {
@@ -344,11 +457,17 @@ mod tests {
         let vol = dir.path().join("routing");
         let one = Files::from([("routing.json".to_string(), (b"{\"v\":1}".to_vec(), 0o644))]);
         write_atomic(&vol, &one).unwrap();
-        assert_eq!(std::fs::read_to_string(vol.join("routing.json")).unwrap(), "{\"v\":1}");
+        assert_eq!(
+            std::fs::read_to_string(vol.join("routing.json")).unwrap(),
+            "{\"v\":1}"
+        );
         let first = std::fs::read_link(vol.join("..data")).unwrap();
         let two = Files::from([("routing.json".to_string(), (b"{\"v\":2}".to_vec(), 0o644))]);
         write_atomic(&vol, &two).unwrap();
-        assert_eq!(std::fs::read_to_string(vol.join("routing.json")).unwrap(), "{\"v\":2}");
+        assert_eq!(
+            std::fs::read_to_string(vol.join("routing.json")).unwrap(),
+            "{\"v\":2}"
+        );
         assert_ne!(std::fs::read_link(vol.join("..data")).unwrap(), first);
         assert!(!vol.join(first).exists(), "the old generation is removed");
         assert_eq!(

@@ -109,6 +109,7 @@ fn embedding(body: &str) -> Vec<f64> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "issue #15: not yet run end to end; run with `cargo test -p modelfleet-e2e --test live -- --ignored`"]
 async fn the_minimal_example_serves_the_same_vector_as_the_server_alone_through_service_dns() {
     let live = shared();
     let (client, ns) = namespace("live-minimal").await;
@@ -210,6 +211,7 @@ async fn reqwest_post(port: u16, body: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "issue #15: not yet run end to end; run with `cargo test -p modelfleet-e2e --test live -- --ignored`"]
 async fn a_killed_server_restarts_once_and_kubectl_logs_shows_both_runs() {
     let live = shared();
     let (client, ns) = namespace("live-restart").await;
@@ -301,6 +303,7 @@ fn container_id(p: &Pod) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "issue #15: not yet run end to end; run with `cargo test -p modelfleet-e2e --test live -- --ignored`"]
 async fn after_stop_no_process_of_the_fleet_is_alive_and_its_namespace_is_gone() {
     let live = shared();
     let config = LiveConfig {

@@ -181,15 +181,7 @@ impl NodeAgents {
             }
             args.extend(config.extra_args.iter().cloned());
             let (program, args) = match &config.netns {
-                Some(net) => {
-                    let mut all = vec![
-                        format!("--net={}", net.path().display()),
-                        "--".into(),
-                        binary.display().to_string(),
-                    ];
-                    all.extend(args);
-                    (PathBuf::from("/usr/bin/nsenter"), all)
-                }
+                Some(net) => net.nsenter(&binary, args),
                 None => (binary.clone(), args),
             };
             let process = ManagedProcess::spawn_with_env(

@@ -160,14 +160,16 @@ impl FleetNet {
         UdpSocket::from_std(socket).map_err(Error::io("register a fleet UDP socket"))
     }
 
-    /// `nsenter --net=<path> --` as a command prefix: `program` runs in the namespace.
-    pub fn command(&self, program: &Path) -> Command {
-        let mut command = Command::new("nsenter");
-        command
-            .arg(format!("--net={}", self.path.display()))
-            .arg("--")
-            .arg(program);
-        command
+    /// `program args…` run inside the namespace: `/usr/bin/nsenter --net=<path> -- program args…`,
+    /// as a program and its arguments for [`crate::process::ManagedProcess`].
+    pub fn nsenter(&self, program: &Path, args: Vec<String>) -> (PathBuf, Vec<String>) {
+        let mut all = vec![
+            format!("--net={}", self.path.display()),
+            "--".into(),
+            program.display().to_string(),
+        ];
+        all.extend(args);
+        (PathBuf::from("/usr/bin/nsenter"), all)
     }
 
     /// Deletes the namespace (every socket and iptables rule in it goes with it).

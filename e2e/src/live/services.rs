@@ -12,20 +12,19 @@ const KUBE_PROXY_HEALTHZ: u16 = 10256;
 /// CoreDNS's `ready` plugin port inside the namespace.
 const COREDNS_READY: u16 = 8181;
 
-fn in_namespace(
+/// Starts `binary args…` in the namespace and waits until `GET 127.0.0.1:<port><path>` answers
+/// 200 there.
+async fn start_ready(
+    cluster: &LocalCluster,
     net: &FleetNet,
     name: &str,
-    binary: &Path,
     args: Vec<String>,
-    dir: &Path,
+    (port, path): (u16, &str),
 ) -> Result<ManagedProcess> {
-    let mut all = vec![
-        format!("--net={}", net.path().display()),
-        "--".into(),
-        binary.display().to_string(),
-    ];
-    all.extend(args);
-    ManagedProcess::spawn(name, Path::new("/usr/bin/nsenter"), &all, dir, true)
+    let (program, args) = net.nsenter(&cluster.toolchain().bin(name), args);
+    let mut process = ManagedProcess::spawn(name, &program, &args, cluster.dir(), true)?;
+    wait_http(&mut process, net, port, path, Duration::from_secs(60)).await?;
+    Ok(process)
 }
 
 async fn wait_http(
@@ -61,22 +60,7 @@ pub async fn start_kube_proxy(cluster: &LocalCluster, net: &FleetNet, node: &str
         "--iptables-min-sync-period=200ms".into(),
         "--v=1".into(),
     ];
-    let mut process = in_namespace(
-        net,
-        "kube-proxy",
-        &cluster.toolchain().bin("kube-proxy"),
-        args,
-        cluster.dir(),
-    )?;
-    wait_http(
-        &mut process,
-        net,
-        KUBE_PROXY_HEALTHZ,
-        "/healthz",
-        Duration::from_secs(60),
-    )
-    .await?;
-    Ok(process)
+    start_ready(cluster, net, "kube-proxy", args, (KUBE_PROXY_HEALTHZ, "/healthz")).await
 }
 
 /// The Corefile: `cluster.local` and reverse zones from the API, nothing forwarded (the
@@ -94,20 +78,5 @@ pub async fn start_coredns(cluster: &LocalCluster, net: &FleetNet) -> Result<Man
     std::fs::write(&file, corefile(cluster.kubeconfig_path()))
         .map_err(crate::Error::io("write the Corefile"))?;
     let args = vec![format!("-conf={}", file.display())];
-    let mut process = in_namespace(
-        net,
-        "coredns",
-        &cluster.toolchain().bin("coredns"),
-        args,
-        cluster.dir(),
-    )?;
-    wait_http(
-        &mut process,
-        net,
-        COREDNS_READY,
-        "/ready",
-        Duration::from_secs(60),
-    )
-    .await?;
-    Ok(process)
+    start_ready(cluster, net, "coredns", args, (COREDNS_READY, "/ready")).await
 }

@@ -229,21 +229,22 @@ fn facts(pod: &Pod, ip: &str, problem: Option<(String, String)>) -> PodFacts {
     }
 }
 
+fn waiting_view(container: &Container) -> ContainerView {
+    ContainerView {
+        name: container.name.clone(),
+        image: container.image.clone().unwrap_or_default(),
+        state: RunState::Waiting("ContainerCreating".into(), String::new()),
+        last: None,
+        ready: false,
+        started: false,
+        restart_count: 0,
+        init_pid: None,
+        event: None,
+    }
+}
+
 fn waiting_views(pod: &Pod) -> Vec<ContainerView> {
-    containers_of(pod)
-        .iter()
-        .map(|c| ContainerView {
-            name: c.name.clone(),
-            image: c.image.clone().unwrap_or_default(),
-            state: RunState::Waiting("ContainerCreating".into(), String::new()),
-            last: None,
-            ready: false,
-            started: false,
-            restart_count: 0,
-            init_pid: None,
-            event: None,
-        })
-        .collect()
+    containers_of(pod).iter().map(waiting_view).collect()
 }
 
 async fn env_sources(ctx: &NodeCtx, pod: &Pod, ip: &str) -> EnvSources {
@@ -388,22 +389,7 @@ async fn start_container(
         netns: ctx.net.path().to_path_buf(),
         log_dir: log_dir.clone(),
     };
-    let (view_tx, view) = watch::channel(
-        waiting_views(pod)
-            .into_iter()
-            .find(|v| v.name == container.name)
-            .unwrap_or_else(|| ContainerView {
-                name: container.name.clone(),
-                image: String::new(),
-                state: RunState::Waiting("ContainerCreating".into(), String::new()),
-                last: None,
-                ready: false,
-                started: false,
-                restart_count: 0,
-                init_pid: None,
-                event: None,
-            }),
-    );
+    let (view_tx, view) = watch::channel(waiting_view(container));
     let (stop, stop_rx) = mpsc::channel(1);
     let task = tokio::spawn(supervisor::supervise(input, view_tx, stop_rx));
     RunningContainer {

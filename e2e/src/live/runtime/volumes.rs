@@ -13,7 +13,7 @@ use std::{
 
 use k8s_openapi::api::{
     authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
-    core::v1::{ConfigMap, KeyToPath, Pod, Secret, ServiceAccount, Volume},
+    core::v1::{ConfigMap, DownwardAPIVolumeFile, KeyToPath, Pod, Secret, ServiceAccount, Volume},
 };
 use kube::{Api, Client, api::PostParams};
 
@@ -195,15 +195,7 @@ async fn generate(
         )?;
     }
     if let Some(d) = &volume.downward_api {
-        for item in d.items.iter().flatten() {
-            if let Some(field) = &item.field_ref {
-                let value = field_value(pod, &field.field_path, sources).unwrap_or_default();
-                files.insert(
-                    item.path.clone(),
-                    (value.into_bytes(), mode(item.mode.or(d.default_mode))),
-                );
-            }
-        }
+        add_fields(&mut files, d.items.as_deref(), d.default_mode, pod, sources);
     }
     if let Some(projected) = &volume.projected {
         for source in projected.sources.iter().flatten() {
@@ -230,15 +222,13 @@ async fn generate(
                 )?;
             }
             if let Some(d) = &source.downward_api {
-                for item in d.items.iter().flatten() {
-                    if let Some(field) = &item.field_ref {
-                        let value = field_value(pod, &field.field_path, sources).unwrap_or_default();
-                        files.insert(
-                            item.path.clone(),
-                            (value.into_bytes(), mode(item.mode.or(projected.default_mode))),
-                        );
-                    }
-                }
+                add_fields(
+                    &mut files,
+                    d.items.as_deref(),
+                    projected.default_mode,
+                    pod,
+                    sources,
+                );
             }
             if let (Some(token), true) = (&source.service_account_token, with_token) {
                 let seconds = token.expiration_seconds.unwrap_or(3600).max(600);
@@ -261,6 +251,25 @@ async fn generate(
 
 fn mode(m: Option<i32>) -> u32 {
     u32::try_from(m.unwrap_or(0o644)).unwrap_or(0o644) & 0o777
+}
+
+/// Downward-API files: one per `fieldRef` item.
+fn add_fields(
+    files: &mut Files,
+    items: Option<&[DownwardAPIVolumeFile]>,
+    default_mode: Option<i32>,
+    pod: &Pod,
+    sources: &EnvSources,
+) {
+    for item in items.into_iter().flatten() {
+        if let Some(field) = &item.field_ref {
+            let value = field_value(pod, &field.field_path, sources).unwrap_or_default();
+            files.insert(
+                item.path.clone(),
+                (value.into_bytes(), mode(item.mode.or(default_mode))),
+            );
+        }
+    }
 }
 
 fn add_items(

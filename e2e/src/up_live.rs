@@ -4,8 +4,8 @@
 use std::{path::PathBuf, time::Instant};
 
 use modelfleet_e2e::{
-    ClusterConfig, GpuNodePool, LocalCluster, agents, crds,
-    live::{LiveConfig, LiveFleet},
+    ClusterConfig, GpuNodePool, LocalCluster, crds,
+    live::{self, LiveConfig, LiveFleet},
     operator_process,
 };
 use serde::{Deserialize, Serialize};
@@ -14,10 +14,10 @@ use serde::{Deserialize, Serialize};
 #[derive(clap::Args, Debug)]
 pub struct LiveArgs {
     /// Live GPU nodes (their pods run for real).
-    #[arg(long = "live-nodes", default_value_t = 2)]
+    #[arg(id = "live_nodes", long = "live-nodes", default_value_t = 2)]
     pub nodes: usize,
     /// GPUs per live node.
-    #[arg(long = "live-gpus-per-node", default_value_t = 4)]
+    #[arg(id = "live_gpus_per_node", long = "live-gpus-per-node", default_value_t = 4)]
     pub gpus_per_node: u32,
 }
 
@@ -72,11 +72,16 @@ pub async fn up(live: LiveArgs, dir: Option<PathBuf>) -> Result<(), String> {
             gpus_per_node: live.gpus_per_node,
             ..Default::default()
         },
+        images: Some(live::build_local_images().await.map_err(text)?),
         ..Default::default()
     };
     step(3, "fleet namespace, kube-proxy, CoreDNS and live nodes", t0);
     let mut fleet = LiveFleet::start(&cluster, config).await.map_err(text)?;
-    step(4, "operator (telemetry hub relayed into the fleet namespace)", t0);
+    step(4, "Prometheus (in the fleet namespace, scraping every live pod) and the operator", t0);
+    let prometheus = fleet
+        .start_prometheus(&cluster, std::time::Duration::from_secs(2))
+        .await
+        .map_err(text)?;
     let binary = fleet
         .images()
         .binary_for("modelfleet-operator")
@@ -85,24 +90,24 @@ pub async fn up(live: LiveArgs, dir: Option<PathBuf>) -> Result<(), String> {
     let hub = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(text)?;
-    let mut operator = operator_process::start_operator(&binary, &cluster, hub, true).map_err(text)?;
+    let mut operator = operator_process::start_operator_with_prometheus(
+        &binary,
+        &cluster,
+        hub,
+        true,
+        Some(&prometheus.url()),
+    )
+    .map_err(text)?;
     fleet.relay_into_namespace(hub.port()).await.map_err(text)?;
     step(
         5,
         "node agents (one process per live node, in the fleet namespace)",
         t0,
     );
-    let mut agent_config = agents::AgentsConfig::new(fleet.node_names(), format!("http://{hub}"));
-    agent_config.binary = Some(
-        fleet
-            .images()
-            .binary_for("modelfleet-node-agent")
-            .map_err(text)?
-            .to_path_buf(),
-    );
-    agent_config.netns = Some(fleet.net().clone());
-    agent_config.extra_args = vec![format!("--simulated-gpus={}", live.gpus_per_node)];
-    let mut node_agents = start_agents(&cluster, &fleet, agent_config).await?;
+    let mut node_agents = fleet
+        .start_node_agents(&cluster, &format!("http://{hub}"))
+        .await
+        .map_err(text)?;
     step(6, "ready", t0);
     let state = LiveState {
         netns: fleet.net().name().to_string(),
@@ -128,6 +133,7 @@ pub async fn up(live: LiveArgs, dir: Option<PathBuf>) -> Result<(), String> {
         fleet.node_names().join(", "),
         fleet.net().name()
     );
+    println!("Prometheus: {}", prometheus.url());
     println!("Try:");
     println!("  kubectl get pods -o wide -w");
     println!("  cargo run -p modelfleet-e2e -- exec -- curl -s http://<name>.<namespace>.svc:8080/v1/models");
@@ -141,29 +147,11 @@ pub async fn up(live: LiveArgs, dir: Option<PathBuf>) -> Result<(), String> {
         agents.stop();
     }
     operator.stop(modelfleet_e2e::process::STOP_GRACE);
+    prometheus.stop();
     fleet.stop().await;
     cluster.stop();
     eprintln!("stopped");
     Ok(())
-}
-
-async fn start_agents(
-    cluster: &LocalCluster,
-    fleet: &LiveFleet,
-    config: agents::AgentsConfig,
-) -> Result<Vec<agents::NodeAgents>, String> {
-    // One agent per node, each reading its own node's PodResources socket.
-    let mut started = Vec::new();
-    for node in fleet.nodes() {
-        let mut one = config.clone();
-        one.nodes = vec![node.name.clone()];
-        one.extra_args.push(format!(
-            "--pod-resources-socket={}",
-            node.pod_resources_socket().display()
-        ));
-        started.push(agents::NodeAgents::start(cluster, one).await.map_err(text)?);
-    }
-    Ok(started)
 }
 
 /// `exec -- <command>`: runs it inside the fleet namespace (`ip netns exec`, which also points

@@ -16,6 +16,7 @@ fn cli(state_dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_modelfleet-e2e"));
     // Keep each test's `up --keep` record apart from the user's.
     cmd.env("MODELFLEET_E2E_STATE", state_dir.join("cluster.json"));
+    cmd.env("MODELFLEET_E2E_LIVE_STATE", state_dir.join("live.json"));
     cmd
 }
 
@@ -102,6 +103,47 @@ fn up_tears_down_on_ctrl_c() {
     assert!(!dir.exists(), "{} survived Ctrl-C", dir.display());
     let survivors = processes_mentioning(&dir.display().to_string());
     assert!(survivors.is_empty(), "components still running: {survivors:#?}");
+}
+
+#[test]
+fn up_live_runs_exec_inside_the_fleet_with_its_dns_and_tears_down_on_ctrl_c() {
+    let home = tempfile::tempdir().unwrap();
+    let args = ["--live", "--live-nodes", "1", "--live-gpus-per-node", "1"];
+    let (mut child, prompted_rx, reader) = start_up(home.path(), &args);
+    // Cold, this builds the workspace binaries the live pods run.
+    prompted_rx
+        .recv_timeout(std::time::Duration::from_secs(900))
+        .expect("`up --live` prompts for Ctrl-C");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(home.path().join("live.json")).unwrap()).unwrap();
+    let netns = state["netns"].as_str().unwrap().to_string();
+    let kubeconfig = state["kubeconfig"].as_str().unwrap().to_string();
+
+    let exec = |command: &[&str]| cli(home.path()).arg("exec").arg("--").args(command).output().unwrap();
+    let resolved = exec(&["getent", "hosts", "kubernetes.default.svc"]);
+    assert!(
+        String::from_utf8_lossy(&resolved.stdout).starts_with("10.96.0.1 "),
+        "the API server's Service through the fleet's CoreDNS: {resolved:?}"
+    );
+    let env = exec(&["sh", "-c", "echo $KUBECONFIG; ip -o route show table all"]);
+    let text = String::from_utf8_lossy(&env.stdout);
+    assert!(text.starts_with(&kubeconfig), "{text}");
+    assert!(text.lines().skip(1).all(|l| l.contains("dev lo")), "a route out of the fleet: {text}");
+    assert_eq!(exec(&["sh", "-c", "exit 3"]).status.code(), Some(3), "exec passes the exit status on");
+
+    let status = child.interrupt();
+    let seen = reader.join().unwrap();
+    assert!(status.success(), "{status}: {seen:#?}");
+    assert!(!Path::new("/run/netns").join(&netns).exists(), "{netns} survived Ctrl-C");
+    assert!(!home.path().join("live.json").exists(), "the state file survived Ctrl-C");
+    let dir = Path::new(&kubeconfig).parent().unwrap();
+    let survivors = processes_mentioning(&dir.display().to_string());
+    assert!(survivors.is_empty(), "components still running: {survivors:#?}");
+    let no_cluster = exec(&["true"]);
+    assert!(
+        String::from_utf8_lossy(&no_cluster.stderr).contains("no live cluster is running"),
+        "{no_cluster:?}"
+    );
 }
 
 /// Command lines of running processes that mention `needle` (every component's flags name the

@@ -143,7 +143,9 @@ impl Agent {
     }
 
     async fn attribute(&self, pods: &[NodePod], readings: &[GpuReading]) -> HashMap<String, PodRef> {
-        if !self.sampler.simulated() {
+        // Simulated GPUs on a kwok node have no kubelet and so no socket; the live fleet's
+        // kubelet stand-in serves one, and then the real path is taken.
+        if !self.sampler.simulated() || self.config.pod_resources_socket.exists() {
             match attribution::list_gpu_devices(&self.config.pod_resources_socket).await {
                 Ok(devices) => return attribution::assign_from_devices(&devices),
                 Err(e) => tracing::debug!(error = %e, "attributing GPUs from the pods bound to the node"),

@@ -37,7 +37,7 @@ pub struct AgentConfig {
     /// Memory of each simulated GPU, MiB.
     #[arg(long, env = "MODELFLEET_SIMULATED_MEMORY_MIB", default_value_t = 81_559)]
     pub simulated_memory_mib: u64,
-    /// The kubelet's PodResources socket; when absent (or simulated), GPUs are attributed from
+    /// The kubelet's PodResources socket; when absent or unreadable, GPUs are attributed from
     /// the pods bound to the node.
     #[arg(
         long,

@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 
 use crate::{
     Error, GpuNodePool, LocalCluster, Result, operator_process::build_binary, process::ManagedProcess,
+    prometheus::Prometheus,
 };
 use netns::FleetNet;
 use runtime::{GpuPool, IpPool, LocalImages, NodeCtx, NodeRuntime};
@@ -70,6 +71,8 @@ impl Default for LiveConfig {
 pub struct LiveNode {
     /// Node name.
     pub name: String,
+    /// Its simulated GPUs.
+    pub gpus: u32,
     runtime: NodeRuntime,
     tasks: Vec<JoinHandle<()>>,
     pod_resources_socket: PathBuf,
@@ -84,6 +87,18 @@ impl LiveNode {
     /// What runs on it.
     pub fn index(&self) -> runtime::PodIndex {
         self.runtime.ctx().index.clone()
+    }
+
+    /// The `nvidia.com/gpu` device IDs the node gave the containers of pod `namespace/name` (what
+    /// its PodResources endpoint reports).
+    pub fn gpu_devices(&self, namespace: &str, name: &str) -> Vec<String> {
+        let index = self.runtime.ctx().index.lock();
+        index
+            .iter()
+            .flat_map(|pods| pods.values())
+            .filter(|p| p.namespace == namespace && p.name == name)
+            .flat_map(|p| p.containers.iter().flat_map(|c| c.devices.clone()))
+            .collect()
     }
 }
 
@@ -201,6 +216,7 @@ impl LiveFleet {
         tasks.push(node::heartbeat(client.clone(), name.clone()));
         Ok(LiveNode {
             name,
+            gpus: pool.gpus_per_node,
             runtime,
             tasks,
             pod_resources_socket: socket,
@@ -225,6 +241,59 @@ impl LiveFleet {
         let (relay, addr) = relay::out_of_namespace(self.net.clone(), port, target).await?;
         self.relays.push(relay);
         Ok(addr)
+    }
+
+    /// Starts Prometheus inside the namespace, scraping every live pod's `metrics` port (pod
+    /// discovery through the API server), reachable from the host at its [`Prometheus::url`].
+    pub async fn start_prometheus(
+        &mut self,
+        cluster: &LocalCluster,
+        scrape_interval: Duration,
+    ) -> Result<Prometheus> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(Error::io("pick a port for Prometheus"))?
+            .port();
+        let inside = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        self.relay_out(port, inside).await?;
+        Prometheus::start_in_fleet(
+            &self.dir.join("prometheus"),
+            scrape_interval,
+            port,
+            &self.net,
+            cluster.kubeconfig_path(),
+        )
+        .await
+    }
+
+    /// Starts the real node agent for every live node (one process each, in the namespace, with
+    /// as many simulated GPUs as the node has and its node's PodResources socket), streaming to
+    /// the telemetry hub at `hub_url` (relay it into the namespace first).
+    pub async fn start_node_agents(
+        &self,
+        cluster: &LocalCluster,
+        hub_url: &str,
+    ) -> Result<Vec<crate::agents::NodeAgents>> {
+        let binary = self
+            .images
+            .binary_for("modelfleet-node-agent")
+            .map_err(Error::Runtime)?
+            .to_path_buf();
+        let mut started = Vec::new();
+        for node in &self.nodes {
+            let mut config = crate::agents::AgentsConfig::new([node.name.clone()], hub_url);
+            config.binary = Some(binary.clone());
+            config.netns = Some(self.net.clone());
+            config.extra_args = vec![
+                format!("--simulated-gpus={}", node.gpus),
+                format!(
+                    "--pod-resources-socket={}",
+                    node.pod_resources_socket.display()
+                ),
+            ];
+            started.push(crate::agents::NodeAgents::start(cluster, config).await?);
+        }
+        Ok(started)
     }
 
     /// The fleet namespace.

@@ -104,12 +104,14 @@ impl GpuPool {
         }
     }
 
-    /// `n` distinct free GPUs, lowest first, or `None` if fewer are free.
+    /// `n` distinct free GPUs, highest first, or `None` if fewer are free. Kubelet's device
+    /// manager promises no order; handing out the highest index first makes any consumer that
+    /// assumes creation order (instead of asking PodResources) visibly wrong.
     pub fn allocate(&mut self, n: usize) -> Option<Vec<u32>> {
         if self.free.len() < n {
             return None;
         }
-        let got: Vec<u32> = self.free.iter().take(n).copied().collect();
+        let got: Vec<u32> = self.free.iter().rev().take(n).copied().collect();
         for g in &got {
             self.free.remove(g);
         }
@@ -263,9 +265,9 @@ mod tests {
         ips.release(a);
         assert_eq!(ips.allocate(), Some(a));
         let mut gpus = GpuPool::new(4);
-        assert_eq!(gpus.allocate(3), Some(vec![0, 1, 2]));
+        assert_eq!(gpus.allocate(3), Some(vec![3, 2, 1]));
         assert_eq!(gpus.allocate(2), None, "only one is left");
-        gpus.release(&[1]);
-        assert_eq!(gpus.allocate(2), Some(vec![1, 3]));
+        gpus.release(&[2]);
+        assert_eq!(gpus.allocate(2), Some(vec![2, 0]));
     }
 }

@@ -84,6 +84,10 @@ pub fn expand(text: &str, env: &BTreeMap<String, String>) -> String {
     out
 }
 
+/// The server's listen-address variable (`modelfleet-server --listen-address`), which the runtime
+/// sets to the pod IP.
+pub const LISTEN_ADDRESS_ENV: &str = "MODELFLEET_LISTEN_ADDRESS";
+
 /// What a pod's environment may refer to beyond the pod itself.
 #[derive(Debug, Clone, Default)]
 pub struct EnvSources {
@@ -142,6 +146,11 @@ pub fn environment(
             "NVIDIA_VISIBLE_DEVICES".into(),
             sources.gpu_devices.join(","),
         );
+    }
+    // Every live pod shares the fleet namespace, so two servers binding 0.0.0.0:8080 would
+    // clash; on a real node each pod has its own namespace and binds the wildcard.
+    if !env.contains_key(LISTEN_ADDRESS_ENV) && !sources.pod_ip.is_empty() {
+        set(&mut env, LISTEN_ADDRESS_ENV.into(), sources.pod_ip.clone());
     }
     if !env.contains_key("PATH") {
         set(
@@ -412,6 +421,7 @@ mod tests {
         assert_eq!(env["URL"], "http://10.246.0.9:8080");
         assert_eq!(env["APP"], "x");
         assert_eq!(env["NVIDIA_VISIBLE_DEVICES"], "GPU-sim-n-0");
+        assert_eq!(env[LISTEN_ADDRESS_ENV], "10.246.0.9", "pods share one namespace");
         let bad = Container {
             env: Some(vec![field("X", "status.nope")]),
             ..Default::default()

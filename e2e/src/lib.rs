@@ -15,6 +15,7 @@ pub mod crds;
 mod error;
 pub mod http;
 pub mod live;
+pub mod live_bench;
 pub mod nodes;
 pub mod operator_process;
 mod pki;

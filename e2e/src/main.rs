@@ -9,7 +9,7 @@ use std::{
 use clap::{Parser, Subcommand};
 use modelfleet_e2e::{
     ClusterConfig, GpuNodePool, LocalCluster, Toolchain, agents, crds, nodes, operator_process, process,
-    startup_bench,
+    live_bench, startup_bench,
 };
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +43,19 @@ enum Command {
     },
     /// Build the pinned toolchain if needed and print its directory.
     Toolchain,
+    /// Measure the live fleet with the real MiniLM: start to the first Ready pod, memory with 4
+    /// replicas, and throughput per replica count (Markdown for docs/benchmarks.md).
+    BenchLive {
+        /// Replica counts to measure, in order (memory is taken at 4).
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        replicas: Vec<i32>,
+        /// Concurrent clients of the closed loop.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Seconds per throughput run.
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
+    },
     /// Measure warm start time to the first Ready GPU node and the cluster's memory.
     BenchStart {
         /// Number of start-ups to measure.
@@ -363,6 +376,34 @@ async fn bench_start(runs: u32) -> Result<(), String> {
     Ok(())
 }
 
+async fn bench_live(replicas: Vec<i32>, clients: usize, seconds: u64) -> Result<(), String> {
+    if clients == 0 || seconds == 0 {
+        return Err("--clients and --seconds must be at least 1".into());
+    }
+    tokio::task::spawn_blocking(Toolchain::ensure)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let script = modelfleet_e2e::operator_process::workspace_root().join("server/scripts/fetch-model.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("--print-dir")
+        .output()
+        .map_err(|e| format!("run {}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!("{} failed", script.display()));
+    }
+    let config = live_bench::LiveBenchConfig {
+        model_dir: String::from_utf8_lossy(&out.stdout).trim().into(),
+        replicas,
+        clients,
+        duration: std::time::Duration::from_secs(seconds),
+    };
+    let bench = live_bench::run(&config).await.map_err(|e| e.to_string())?;
+    println!("{}", live_bench::markdown(&bench, &config));
+    Ok(())
+}
+
 fn down(keep_dir: bool) -> Result<(), String> {
     let path = state_file();
     let text = std::fs::read_to_string(&path)
@@ -410,6 +451,14 @@ fn main() -> ExitCode {
         Command::Down { keep_dir } => down(keep_dir),
         Command::BenchStart { runs } => match tokio::runtime::Runtime::new() {
             Ok(rt) => rt.block_on(bench_start(runs)),
+            Err(e) => Err(format!("cannot start a Tokio runtime: {e}")),
+        },
+        Command::BenchLive {
+            replicas,
+            clients,
+            seconds,
+        } => match tokio::runtime::Runtime::new() {
+            Ok(rt) => rt.block_on(bench_live(replicas, clients, seconds)),
             Err(e) => Err(format!("cannot start a Tokio runtime: {e}")),
         },
         Command::Toolchain => Toolchain::ensure()

@@ -9,7 +9,7 @@ use std::{
 use crate::{Error, LocalCluster, Result, process::ManagedProcess};
 
 /// The workspace this crate belongs to.
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 

@@ -240,7 +240,9 @@ fn spawn_guard(child: u32) -> Result<Child> {
 
 /// Deletes network namespace `name` (and its `/etc/netns` files) once this harness exits.
 pub(crate) fn spawn_netns_guard(name: &str) -> Result<Child> {
+    // Whatever still runs in the namespace once the harness is gone is a leak: killed first.
     let script = "while kill -0 \"$1\" 2>/dev/null; do sleep 1; done; sleep 4; \
+                  for i in 1 2 3; do ip netns pids \"$2\" 2>/dev/null | xargs -r kill -KILL; sleep 0.2; done; \
                   ip netns del \"$2\" 2>/dev/null; rm -rf -- \"/etc/netns/$2\"";
     spawn_shell_guard("modelfleet-e2e-netns-guard", script, name.as_ref())
 }

@@ -60,27 +60,22 @@ impl Prometheus {
     }
 
     /// Starts Prometheus inside the live fleet's namespace on 127.0.0.1:`port` there (relay it out
-    /// first), scraping the `/metrics` port of every pod it discovers through the API server at
-    /// `kubeconfig`, besides the targets file.
+    /// first). Besides the targets file it scrapes the pod targets of [`Prometheus::pods_file`]
+    /// (job `live-pods`), which the fleet keeps current.
     pub async fn start_in_fleet(
         dir: &Path,
         scrape_interval: Duration,
         port: u16,
         net: &crate::live::netns::FleetNet,
-        kubeconfig: &Path,
     ) -> Result<Self> {
-        let launch = FleetLaunch {
-            net,
-            job: pod_scrape_job(kubeconfig),
-        };
-        Self::launch(dir, scrape_interval, port, Some(launch)).await
+        Self::launch(dir, scrape_interval, port, Some(net)).await
     }
 
     async fn launch(
         dir: &Path,
         scrape_interval: Duration,
         port: u16,
-        fleet: Option<FleetLaunch<'_>>,
+        fleet: Option<&crate::live::netns::FleetNet>,
     ) -> Result<Self> {
         let binary = std::env::var_os("MODELFLEET_PROMETHEUS")
             .map(PathBuf::from)
@@ -107,8 +102,13 @@ impl Prometheus {
             "global:\n  scrape_interval: {interval}\n  evaluation_interval: {interval}\nscrape_configs:\n  - job_name: modelfleet\n    file_sd_configs:\n      - files: ['{}']\n        refresh_interval: 1s\n",
             targets_file.display()
         );
-        if let Some(fleet) = &fleet {
-            config.push_str(&fleet.job);
+        let pods_file = dir.join("pods.json");
+        if fleet.is_some() {
+            std::fs::write(&pods_file, "[]").map_err(Error::io("write pods.json"))?;
+            config.push_str(&format!(
+                "  - job_name: live-pods\n    file_sd_configs:\n      - files: ['{}']\n        refresh_interval: 1s\n",
+                pods_file.display()
+            ));
         }
         let config_file = dir.join("prometheus.yml");
         std::fs::write(&config_file, config).map_err(Error::io("write prometheus.yml"))?;
@@ -118,8 +118,8 @@ impl Prometheus {
             format!("--storage.tsdb.path={}", dir.join("data").display()),
             "--web.enable-lifecycle".to_string(),
         ];
-        let (program, args) = match &fleet {
-            Some(fleet) => fleet.net.nsenter(&binary, args),
+        let (program, args) = match fleet {
+            Some(net) => net.nsenter(&binary, args),
             None => (binary, args),
         };
         let mut process = ManagedProcess::spawn("prometheus", &program, &args, dir, true)?;
@@ -136,6 +136,11 @@ impl Prometheus {
             targets_file,
             dir: dir.to_path_buf(),
         })
+    }
+
+    /// The file of pod targets (`live-pods` job) when it runs in the fleet namespace.
+    pub fn pods_file(&self) -> PathBuf {
+        self.dir.join("pods.json")
     }
 
     /// Base URL, e.g. `http://127.0.0.1:40123`.
@@ -187,45 +192,6 @@ impl Prometheus {
     }
 }
 
-/// Prometheus started inside the fleet namespace with a pod-discovery job.
-struct FleetLaunch<'a> {
-    net: &'a crate::live::netns::FleetNet,
-    job: String,
-}
-
-/// The scrape job for live pods: every container port named `metrics` at the pod IP, labelled
-/// with the pod's namespace, name, node and modelfleet deployment, revision and role (the labels
-/// the chart's PodMonitor adds on a real cluster).
-pub fn pod_scrape_job(kubeconfig: &Path) -> String {
-    use modelfleet_crds::constants::labels;
-    let mut job = format!(
-        "  - job_name: live-pods\n    kubernetes_sd_configs:\n      - role: pod\n        kubeconfig_file: '{}'\n    relabel_configs:\n      - source_labels: [__meta_kubernetes_pod_container_port_name]\n        regex: metrics\n        action: keep\n      - source_labels: [__meta_kubernetes_pod_phase]\n        regex: Running\n        action: keep\n",
-        kubeconfig.display()
-    );
-    let copy = |from: &str, to: &str| {
-        format!("      - source_labels: [{from}]\n        target_label: {to}\n")
-    };
-    job.push_str(&copy("__meta_kubernetes_namespace", "namespace"));
-    job.push_str(&copy("__meta_kubernetes_pod_name", "pod"));
-    job.push_str(&copy("__meta_kubernetes_pod_node_name", "node"));
-    for (label, target) in [
-        (labels::DEPLOYMENT, "deployment"),
-        (labels::REVISION, "revision"),
-        (labels::ROLE, "role"),
-    ] {
-        job.push_str(&copy(&format!("__meta_kubernetes_pod_label_{}", sanitize(label)), target));
-    }
-    job
-}
-
-/// A Kubernetes label name as Prometheus service discovery spells it.
-fn sanitize(label: &str) -> String {
-    label
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect()
-}
-
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -235,18 +201,3 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_pod_job_reads_the_revision_label_as_service_discovery_spells_it() {
-        let job = pod_scrape_job(Path::new("/k/kubeconfig"));
-        assert!(job.contains("kubeconfig_file: '/k/kubeconfig'"));
-        assert!(job.contains(
-            "source_labels: [__meta_kubernetes_pod_label_modelfleet_dev_revision]\n        target_label: revision"
-        ));
-        let config: serde_yaml::Value = serde_yaml::from_str(&format!("scrape_configs:\n{job}")).unwrap();
-        assert_eq!(config["scrape_configs"][0]["relabel_configs"].as_sequence().unwrap().len(), 8);
-    }
-}

@@ -14,6 +14,7 @@ pub mod netns;
 pub mod node;
 pub mod relay;
 pub mod runtime;
+pub mod scrape;
 pub mod services;
 
 use std::{
@@ -110,6 +111,8 @@ pub struct LiveFleet {
     nodes: Vec<LiveNode>,
     services: Vec<ManagedProcess>,
     relays: Vec<relay::Relay>,
+    /// Tasks of the fleet itself (the Prometheus pod targets), aborted on stop.
+    background: Vec<JoinHandle<()>>,
     images: LocalImages,
     dir: PathBuf,
 }
@@ -136,17 +139,14 @@ impl LiveFleet {
             nodes: Vec::new(),
             services: Vec::new(),
             relays: Vec::new(),
+            background: Vec::new(),
             images,
             dir,
         };
         fleet.relay_into_namespace(cluster.ports().apiserver).await?;
-        let first = format!("{}-0", config.pool.name_prefix);
         fleet
             .services
             .push(services::start_coredns(cluster, &fleet.net).await?);
-        fleet
-            .services
-            .push(services::start_kube_proxy(cluster, &fleet.net, &first).await?);
         let client = cluster.client().await?;
         for index in 0..config.pool.count {
             let node = fleet.add_node(&client, &config.pool, index, index, true).await?;
@@ -164,6 +164,13 @@ impl LiveFleet {
                 .await?;
             fleet.nodes.push(node);
         }
+        // After the nodes: kube-proxy's healthz stays 503 until its own Node object exists.
+        let first = fleet.nodes.first().map(|n| n.name.clone()).ok_or_else(|| {
+            Error::Runtime("a live fleet needs at least one node".into())
+        })?;
+        fleet
+            .services
+            .push(services::start_kube_proxy(cluster, &fleet.net, &first).await?);
         fleet.net.check_isolated()?;
         Ok(fleet)
     }
@@ -243,8 +250,8 @@ impl LiveFleet {
         Ok(addr)
     }
 
-    /// Starts Prometheus inside the namespace, scraping every live pod's `metrics` port (pod
-    /// discovery through the API server), reachable from the host at its [`Prometheus::url`].
+    /// Starts Prometheus inside the namespace, scraping every live pod's `metrics` port (targets
+    /// from [`scrape::follow_pods`]), reachable from the host at its [`Prometheus::url`].
     pub async fn start_prometheus(
         &mut self,
         cluster: &LocalCluster,
@@ -256,14 +263,11 @@ impl LiveFleet {
             .port();
         let inside = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         self.relay_out(port, inside).await?;
-        Prometheus::start_in_fleet(
-            &self.dir.join("prometheus"),
-            scrape_interval,
-            port,
-            &self.net,
-            cluster.kubeconfig_path(),
-        )
-        .await
+        let prometheus =
+            Prometheus::start_in_fleet(&self.dir.join("prometheus"), scrape_interval, port, &self.net).await?;
+        let follow = scrape::follow_pods(cluster.client().await?, self.node_names(), prometheus.pods_file());
+        self.background.push(follow);
+        Ok(prometheus)
     }
 
     /// Starts the real node agent for every live node (one process each, in the namespace, with
@@ -347,6 +351,9 @@ impl LiveFleet {
             }
         }
         self.nodes.clear();
+        for task in self.background.drain(..) {
+            task.abort();
+        }
         for mut service in self.services.drain(..) {
             service.stop(Duration::from_secs(5));
         }
@@ -357,6 +364,9 @@ impl LiveFleet {
 
 impl Drop for LiveFleet {
     fn drop(&mut self) {
+        for task in &self.background {
+            task.abort();
+        }
         for node in &self.nodes {
             for task in &node.tasks {
                 task.abort();

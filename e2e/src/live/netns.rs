@@ -172,8 +172,30 @@ impl FleetNet {
         (PathBuf::from("/usr/bin/nsenter"), all)
     }
 
-    /// Deletes the namespace (every socket and iptables rule in it goes with it).
+    /// Pids of the processes whose network namespace this is.
+    pub fn pids(&self) -> Vec<u32> {
+        ip(&["netns", "pids", &self.name])
+            .map(|out| out.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Kills what still runs in the namespace (by then a leak), then deletes it (every socket and
+    /// iptables rule in it goes with it).
     pub fn delete(&self) {
+        for _ in 0..3 {
+            let left = self.pids();
+            if left.is_empty() {
+                break;
+            }
+            tracing::warn!(namespace = %self.name, pids = ?left, "killing processes left in the fleet namespace");
+            for pid in left {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX)),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
         if self.path.exists() {
             let _ = ip(&["netns", "del", &self.name]);
         }

@@ -26,6 +26,7 @@ use modelfleet_e2e::{
     testing::TestNamespace,
 };
 
+#[derive(Debug)]
 pub struct Live {
     pub cluster: LocalCluster,
     pub fleet: LiveFleet,
@@ -85,8 +86,10 @@ async fn start() -> modelfleet_e2e::Result<Live> {
 
 /// One live cluster per test binary, on a runtime of its own that lives as long as the process.
 pub fn shared() -> &'static Live {
-    static LIVE: OnceLock<Live> = OnceLock::new();
-    LIVE.get_or_init(|| {
+    // The outcome is kept either way: a fixture that failed to start fails every test at once
+    // with its reason instead of being retried by each.
+    static LIVE: OnceLock<Result<Live, String>> = OnceLock::new();
+    let live = LIVE.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Runtime::new().expect("a runtime");
@@ -96,9 +99,11 @@ pub fn shared() -> &'static Live {
             });
         });
         rx.recv()
-            .expect("the live fixture thread")
-            .unwrap_or_else(|e| panic!("cannot start the live fleet: {e}"))
-    })
+            .map_err(|e| format!("the live fixture thread: {e}"))?
+            .map_err(|e| e.to_string())
+    });
+    live.as_ref()
+        .unwrap_or_else(|e| panic!("cannot start the live fleet: {e}"))
 }
 
 pub async fn namespace(prefix: &str) -> (Client, TestNamespace) {
@@ -204,13 +209,35 @@ pub async fn wait_pods(
         assert!(
             Instant::now() < deadline,
             "{what}: not within {timeout:?}; pods: {:?}",
-            list.items
-                .iter()
-                .map(|p| (p.metadata.name.clone(), p.status.as_ref().and_then(|s| s.phase.clone())))
-                .collect::<Vec<_>>()
+            list.items.iter().map(pod_summary).collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// Name, phase and each container's state, for failure messages.
+pub fn pod_summary(p: &Pod) -> String {
+    let status = p.status.clone().unwrap_or_default();
+    let containers: Vec<String> = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .map(|c| {
+            let state = c.state.clone().unwrap_or_default();
+            let detail = match (&state.waiting, &state.terminated) {
+                (Some(w), _) => format!("waiting {:?}: {:?}", w.reason, w.message),
+                (_, Some(t)) => format!("terminated {} {:?}", t.exit_code, t.reason),
+                _ => "running".into(),
+            };
+            format!("{} ready={} restarts={} {detail}", c.name, c.ready, c.restart_count)
+        })
+        .collect();
+    format!(
+        "{} {:?} [{}]",
+        p.metadata.name.as_deref().unwrap_or(""),
+        status.phase,
+        containers.join("; ")
+    )
 }
 
 /// Waits until the ModelDeployment `name` satisfies `check`.

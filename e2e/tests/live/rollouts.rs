@@ -64,7 +64,6 @@ fn watch_pods(pods: Api<Pod>, stop: Arc<AtomicBool>) -> (Arc<Mutex<PodTimeline>>
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_version_change_without_steps_fails_no_request_and_stops_old_pods_after_new_ones_are_ready() {
-    let live = shared();
     let (client, ns) = namespace("live-replace").await;
     let api: Api<ModelDeployment> = Api::namespaced(client.clone(), ns.name());
     api.create(&PostParams::default(), &synthetic("replace", "1", 16, 2, ""))
@@ -127,9 +126,11 @@ async fn a_version_change_without_steps_fails_no_request_and_stops_old_pods_afte
     assert_eq!((new_ready.len(), old_stopped.len()), (2, 2), "{t:?}");
     let last_ready = new_ready.iter().max().expect("ready");
     let first_stop = old_stopped.iter().min().expect("stopped");
+    // Deletion seen in the same 100 ms poll as the last Ready is allowed: SIGTERM itself comes
+    // only after the 10 s preStop drain that deletion starts.
     assert!(
-        first_stop > last_ready,
-        "an old pod was told to stop {:?} before the last new one was Ready",
+        first_stop >= last_ready,
+        "an old pod was deleted {:?} before the last new one was Ready",
         last_ready.duration_since(*first_stop)
     );
 }
@@ -173,7 +174,6 @@ async fn a_replica_share_canary_gets_its_weight_of_2000_requests_through_the_ser
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_shadow_step_mirrors_through_service_dns_and_the_operator_sees_the_agreement() {
-    let live = shared();
     let (client, ns) = namespace("live-shadow").await;
     let api: Api<ModelDeployment> = Api::namespaced(client.clone(), ns.name());
     let steps = "  rollout:\n    steps:\n      - shadow: {percent: 100, duration: 30m}\n    analysis:\n      interval: 5s\n      checks:\n        - builtin: outputAgreement\n          min: 0.9\n";
@@ -183,9 +183,17 @@ async fn a_shadow_step_mirrors_through_service_dns_and_the_operator_sees_the_agr
     wait_md(&api, "shadow", Duration::from_secs(120), "v1 Available", is_available).await;
     // Same dimension: the synthetic vectors of both versions agree.
     roll_to(&api, "shadow", "2", 16).await;
+    let md = wait_md(&api, "shadow", Duration::from_secs(120), "the shadow step runs", |md| {
+        md.status
+            .as_ref()
+            .and_then(|s| s.candidate.as_ref())
+            .is_some_and(|c| c.ready_replicas == 1 && c.mirror_percent == 100)
+    })
+    .await;
+    let candidate = md.status.and_then(|s| s.candidate).expect("candidate").revision;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
-    let shadow_selector = format!("modelfleet.dev/deployment=shadow,{}={}", labels::ROLE, labels::ROLE_SHADOW);
-    let shadow_pods = wait_pods(&pods, &shadow_selector, Duration::from_secs(120), "a Ready shadow pod", |p| {
+    let shadow_selector = format!("{}={candidate}", labels::REVISION);
+    let shadow_pods = wait_pods(&pods, &shadow_selector, Duration::from_secs(30), "a Ready shadow pod", |p| {
         p.iter().any(is_ready)
     })
     .await;
@@ -219,7 +227,6 @@ async fn a_shadow_step_mirrors_through_service_dns_and_the_operator_sees_the_agr
         mirrored > mirrored_before,
         "the shadow pod received mirrored requests ({mirrored_before} → {mirrored})"
     );
-    let _ = live;
 }
 
 /// The sum of the samples of `metric` in the Prometheus text at `url` (inside the namespace).

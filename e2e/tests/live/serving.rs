@@ -65,6 +65,7 @@ async fn the_minimal_example_serves_the_same_vector_as_the_server_alone_through_
     let dir = tempfile::tempdir().expect("dir");
     let args = vec![
         format!("--model-uri=file://{}", model_dir().display()),
+        "--model-name=all-MiniLM-L6-v2".into(),
         "--listen-address=127.0.0.1".into(),
         format!("--http-port={port}"),
         "--grpc-port=0".into(),

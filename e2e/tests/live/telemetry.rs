@@ -33,7 +33,7 @@ async fn the_node_agent_attributes_the_gpu_through_pod_resources_and_its_utilisa
     let api: Api<ModelDeployment> = Api::namespaced(client.clone(), ns.name());
     let uri = &live.model_uri;
     let md = model_deployment(&format!(
-        "metadata:\n  name: gpu\nspec:\n  model:\n    name: gpu-model\n    version: \"1\"\n    uri: {uri}\n    task: embedding\n  runtime:\n    backend: synthetic\n    args: [\"--synthetic-batch-cost=20ms\", \"--synthetic-dim=8\"]\n  resources:\n    gpus: 1\n  replicas: 1\n"
+        "metadata:\n  name: gpu\nspec:\n  model:\n    name: gpu-model\n    version: \"1\"\n    uri: {uri}\n    task: embedding\n  runtime:\n    device: cpu\n    backend: synthetic\n    args: [\"--synthetic-batch-cost=20ms\", \"--synthetic-input-cost-us=5000\", \"--synthetic-dim=8\"]\n  resources:\n    gpus: 1\n  replicas: 1\n"
     ));
     api.create(&PostParams::default(), &md).await.expect("create");
     wait_md(&api, "gpu", Duration::from_secs(120), "Available", is_available).await;
@@ -74,7 +74,7 @@ async fn the_node_agent_attributes_the_gpu_through_pod_resources_and_its_utilisa
     assert_eq!(idle.iter().map(|(u, _)| u.clone()).collect::<Vec<_>>(), devices);
 
     let url = format!("http://gpu.{}.svc:8080/v1/embeddings", ns.name());
-    let load = tokio::spawn(async move { send(&url, 400, 8).await });
+    let load = tokio::spawn(async move { send(&url, 600, 8).await });
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut busiest = 0.0f64;
     while !load.is_finished() && Instant::now() < deadline {
@@ -140,6 +140,7 @@ async fn after_stop_no_process_of_the_fleet_is_alive_and_its_namespace_is_gone()
         "metadata": {"name": "sleeper"},
         "spec": {
             "nodeName": "stop-gpu-0",
+            "securityContext": {"runAsUser": 65532, "runAsGroup": 65532},
             "containers": [{"name": "server", "image": "modelfleet-server",
                 "args": ["--backend=synthetic", format!("--model-uri={}", live.model_uri)]}],
         },
@@ -148,6 +149,22 @@ async fn after_stop_no_process_of_the_fleet_is_alive_and_its_namespace_is_gone()
     pods.create(&PostParams::default(), &pod).await.expect("create");
     let running = wait_pods(&pods, "", Duration::from_secs(60), "the pod runs", |p| {
         p.iter().any(|p| container_pid(p).is_some())
+    })
+    .await;
+    // The container's parent dying (as when the harness is killed) takes the program with it,
+    // although dropping to runAsUser cleared the program's own parent-death signal.
+    let init = running.iter().find_map(container_pid).expect("a container");
+    let server = first_child(init).expect("the program under the container's PID 1");
+    let parent = parent_of(init).expect("unshare");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(parent as i32), nix::sys::signal::Signal::SIGKILL)
+        .expect("kill the container's parent");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while is_alive(server) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!is_alive(server), "the program (pid {server}) outlived its container's parent");
+    let running = wait_pods(&pods, "", Duration::from_secs(60), "the pod runs again", |p| {
+        p.iter().filter_map(container_pid).any(|pid| pid != init)
     })
     .await;
     let name = fleet.net().name().to_string();
@@ -164,6 +181,20 @@ async fn after_stop_no_process_of_the_fleet_is_alive_and_its_namespace_is_gone()
     );
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client);
     let _ = nodes.delete("stop-gpu-0", &Default::default()).await;
+}
+
+fn first_child(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn container_pid(p: &Pod) -> Option<u32> {

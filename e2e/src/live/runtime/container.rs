@@ -59,7 +59,18 @@ pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// The `sh` script that builds the container's root and execs its program as PID 1.
+/// PID 1 of every container: a root shell that runs the program as its child, passes SIGTERM and
+/// SIGINT on, and exits with the program's status. The program does not run as PID 1 itself
+/// because dropping to `runAsUser` clears the parent-death signal: a root PID 1 keeps it, so when
+/// the harness dies (even by SIGKILL) `unshare` dies, PID 1 dies, and the kernel kills the whole
+/// pid namespace with it.
+const INIT: &str = "\"$@\" & child=$!\n\
+    trap 'kill -TERM $child 2>/dev/null' TERM\n\
+    trap 'kill -INT $child 2>/dev/null' INT\n\
+    while :; do wait $child; status=$?; kill -0 $child 2>/dev/null || exit $status; done";
+
+/// The `sh` script that builds the container's root and execs [`INIT`] there as PID 1, which
+/// runs the program.
 pub fn launch_script(plan: &LaunchPlan) -> String {
     let c = sh_quote(&plan.scratch.to_string_lossy());
     let mut s = String::from("set -e\n");
@@ -78,7 +89,12 @@ pub fn launch_script(plan: &LaunchPlan) -> String {
             s += &format!("mount -o remount,bind,ro \"$C\"{target}\n");
         }
     }
-    let mut exec = vec!["exec chroot \"$C/r\"".to_string(), "setpriv".into()];
+    let mut exec = vec![
+        "exec chroot \"$C/r\" /bin/sh -c".to_string(),
+        sh_quote(INIT),
+        "modelfleet-init".into(),
+        "setpriv".into(),
+    ];
     if let Some(uid) = plan.user {
         exec.push(format!("--reuid={uid}"));
     }
@@ -298,6 +314,7 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("remount,bind,ro"));
-        assert!(s.ends_with("setpriv --reuid=65532 --regid=65532 --groups=65532 -- env -i 'A=b c' '/bin/server' '--name=it'\\''s'\n"), "{s}");
+        assert!(s.contains("exec chroot \"$C/r\" /bin/sh -c '\"$@\" & child=$!"), "{s}");
+        assert!(s.ends_with("modelfleet-init setpriv --reuid=65532 --regid=65532 --groups=65532 -- env -i 'A=b c' '/bin/server' '--name=it'\\''s'\n"), "{s}");
     }
 }

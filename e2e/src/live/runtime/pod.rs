@@ -388,6 +388,12 @@ async fn start_container(
         pod_ip: sandbox.ip.to_string(),
         netns: ctx.net.path().to_path_buf(),
         log_dir: log_dir.clone(),
+        pod_grace: seconds(
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+                .unwrap_or(DEFAULT_GRACE),
+        ),
     };
     let (view_tx, view) = watch::channel(waiting_view(container));
     let (stop, stop_rx) = mpsc::channel(1);
@@ -424,12 +430,16 @@ fn deleting(updates: &watch::Receiver<Option<Pod>>) -> Option<Duration> {
         return Some(Duration::ZERO);
     };
     pod.metadata.deletion_timestamp.as_ref()?;
-    let seconds = pod
+    let grace = pod
         .metadata
         .deletion_grace_period_seconds
         .or(pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
         .unwrap_or(DEFAULT_GRACE);
-    Some(Duration::from_secs(u64::try_from(seconds).unwrap_or(0)))
+    Some(seconds(grace))
+}
+
+fn seconds(n: i64) -> Duration {
+    Duration::from_secs(u64::try_from(n).unwrap_or(0))
 }
 
 /// Writes status while the containers run; returns the grace period once deletion starts.
@@ -496,7 +506,7 @@ async fn write_status(ctx: &NodeCtx, pod: &Pod, status: PodStatus) {
         .patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(patch))
         .await
     {
-        tracing::debug!(pod = %pod.name_any(), error = %e, "pod status write failed");
+        tracing::warn!(pod = %pod.name_any(), error = %e, "pod status write failed");
     }
 }
 

@@ -139,7 +139,9 @@ pub fn pod_status(facts: &PodFacts, views: &[ContainerView], now: Timestamp) -> 
         }),
         start_time: Some(Time(facts.start_time)),
         container_statuses: Some(statuses),
-        qos_class: Some("Burstable".into()),
+        // qosClass is set by the API server at creation and immutable: a merge patch without it
+        // keeps it, one with another class is refused (and the whole status with it).
+        qos_class: None,
         ..Default::default()
     }
 }
@@ -173,6 +175,8 @@ mod tests {
         let running = view(RunState::Running(Timestamp::UNIX_EPOCH), false, 0);
         let s = pod_status(&facts, std::slice::from_ref(&running), Timestamp::UNIX_EPOCH);
         assert_eq!(s.phase.as_deref(), Some("Running"));
+        // A BestEffort pod refused every status carrying "Burstable" (qosClass is immutable).
+        assert_eq!(s.qos_class, None, "qosClass is the API server's");
         let ready = |s: &PodStatus| {
             s.conditions
                 .as_ref()

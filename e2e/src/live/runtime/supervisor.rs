@@ -81,6 +81,9 @@ pub struct Supervised {
     pub netns: PathBuf,
     /// Log directory of this container: one file per run, `<restart>.log`.
     pub log_dir: PathBuf,
+    /// The pod's `terminationGracePeriodSeconds` (kubelet's default 30 s when unset): the grace
+    /// of a kill after a failed startup or liveness probe without a grace of its own.
+    pub pod_grace: Duration,
 }
 
 /// A request to stop, with the grace period left.
@@ -239,7 +242,7 @@ async fn run_once(
     view: &watch::Sender<ContainerView>,
     stop: &mut mpsc::Receiver<Stop>,
 ) -> Outcome {
-    let c = &input.container;
+    let (c, pod_grace) = (&input.container, input.pod_grace);
     let mut startup = ProbeLoop::new(c.startup_probe.as_ref());
     let mut readiness = ProbeLoop::new(c.readiness_probe.as_ref());
     let mut liveness = ProbeLoop::new(c.liveness_probe.as_ref());
@@ -273,7 +276,7 @@ async fn run_once(
                     view.send_modify(|v| v.started = true);
                 } else if verdict == Some(false) {
                     unhealthy(view, "Startup", failure);
-                    return Outcome::Unhealthy(grace(c));
+                    return Outcome::Unhealthy(grace(c.startup_probe.as_ref(), pod_grace));
                 }
             }
             continue;
@@ -294,16 +297,18 @@ async fn run_once(
             let (verdict, failure) = liveness.run(probe, &target).await;
             if verdict == Some(false) {
                 unhealthy(view, "Liveness", failure);
-                return Outcome::Unhealthy(grace(c));
+                return Outcome::Unhealthy(grace(c.liveness_probe.as_ref(), pod_grace));
             }
         }
     }
 }
 
-fn grace(_container: &Container) -> Duration {
-    // kubelet uses the pod's terminationGracePeriodSeconds; the pod task passes it on stop, and a
-    // liveness kill gets kubelet's default.
-    Duration::from_secs(30)
+/// The grace of a probe kill: the probe's own `terminationGracePeriodSeconds`, else the pod's.
+fn grace(probe: Option<&Probe>, pod_grace: Duration) -> Duration {
+    probe
+        .and_then(|p| p.termination_grace_period_seconds)
+        .and_then(|s| u64::try_from(s).ok())
+        .map_or(pod_grace, Duration::from_secs)
 }
 
 fn unhealthy(view: &watch::Sender<ContainerView>, kind: &str, failure: Option<String>) {
@@ -366,5 +371,17 @@ mod tests {
     fn backoff_doubles_from_ten_seconds_to_five_minutes() {
         let secs: Vec<u64> = (0..8).map(|n| backoff(n).as_secs()).collect();
         assert_eq!(secs, [0, 10, 20, 40, 80, 160, 300, 300]);
+    }
+
+    #[test]
+    fn a_probe_kill_takes_the_probes_grace_else_the_pods() {
+        let pod = Duration::from_secs(60);
+        assert_eq!(grace(None, pod), pod);
+        let own = Probe {
+            termination_grace_period_seconds: Some(5),
+            ..Default::default()
+        };
+        assert_eq!(grace(Some(&own), pod), Duration::from_secs(5));
+        assert_eq!(grace(Some(&Probe::default()), pod), pod);
     }
 }

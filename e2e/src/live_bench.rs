@@ -103,7 +103,10 @@ pub async fn run(config: &LiveBenchConfig) -> Result<LiveBench> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     wait_ready(&pods, 1, Duration::from_secs(300)).await?;
     let first_ready_pod = t0.elapsed();
-    eprintln!("bench-live: first Ready pod after {:.1}s", first_ready_pod.as_secs_f64());
+    eprintln!(
+        "bench-live: first Ready pod after {:.1}s",
+        first_ready_pod.as_secs_f64()
+    );
 
     let mut runs = Vec::new();
     let mut rss = Vec::new();
@@ -115,7 +118,10 @@ pub async fn run(config: &LiveBenchConfig) -> Result<LiveBench> {
         if replicas == 4 {
             rss = memory(&cluster, &fleet, operator.pid());
         }
-        eprintln!("bench-live: {replicas} replica(s), {} clients for {:?}", config.clients, config.duration);
+        eprintln!(
+            "bench-live: {replicas} replica(s), {} clients for {:?}",
+            config.clients, config.duration
+        );
         runs.push(throughput(&fleet, replicas, config).await);
     }
     operator.stop(crate::process::STOP_GRACE);
@@ -130,7 +136,8 @@ pub async fn run(config: &LiveBenchConfig) -> Result<LiveBench> {
 
 async fn scale(api: &Api<ModelDeployment>, replicas: i32) -> Result<()> {
     let patch = serde_json::json!({"spec": {"replicas": replicas}});
-    api.patch(NAME, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    api.patch(NAME, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
     Ok(())
 }
 
@@ -144,7 +151,9 @@ async fn wait_ready(pods: &Api<Pod>, n: i32, timeout: Duration) -> Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(Error::Runtime(format!("not {n} Ready {NAME} pods within {timeout:?}")));
+            return Err(Error::Runtime(format!(
+                "not {n} Ready {NAME} pods within {timeout:?}"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -191,9 +200,7 @@ fn pids_in_netns(netns: &Path) -> Vec<u32> {
     };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| m.ino() == target)
-        })
+        .filter(|pid| std::fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| m.ino() == target))
         .collect()
 }
 
@@ -218,7 +225,10 @@ async fn throughput(fleet: &LiveFleet, replicas: i32, config: &LiveBenchConfig) 
     let failures = results.iter().map(|(_, f)| f).sum();
     let mut all: Vec<Duration> = results.into_iter().flat_map(|(l, _)| l).collect();
     all.sort();
-    let at = |q: f64| all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1))).copied();
+    let at = |q: f64| {
+        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+    };
     ThroughputRun {
         replicas,
         rps: all.len() as f64 / config.duration.as_secs_f64(),

@@ -8,8 +8,8 @@ use std::{
 
 use clap::{Parser, Subcommand};
 use modelfleet_e2e::{
-    ClusterConfig, GpuNodePool, LocalCluster, Toolchain, agents, crds, nodes, operator_process, process,
-    live_bench, startup_bench,
+    ClusterConfig, GpuNodePool, LocalCluster, Toolchain, agents, crds, live_bench, nodes, operator_process,
+    process, startup_bench,
 };
 use serde::{Deserialize, Serialize};
 

@@ -200,4 +200,3 @@ fn urlencode(s: &str) -> String {
         })
         .collect()
 }
-

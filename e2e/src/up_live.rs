@@ -77,7 +77,11 @@ pub async fn up(live: LiveArgs, dir: Option<PathBuf>) -> Result<(), String> {
     };
     step(3, "fleet namespace, kube-proxy, CoreDNS and live nodes", t0);
     let mut fleet = LiveFleet::start(&cluster, config).await.map_err(text)?;
-    step(4, "Prometheus (in the fleet namespace, scraping every live pod) and the operator", t0);
+    step(
+        4,
+        "Prometheus (in the fleet namespace, scraping every live pod) and the operator",
+        t0,
+    );
     let prometheus = fleet
         .start_prometheus(&cluster, std::time::Duration::from_secs(2))
         .await

@@ -119,7 +119,14 @@ fn up_live_runs_exec_inside_the_fleet_with_its_dns_and_tears_down_on_ctrl_c() {
     let netns = state["netns"].as_str().unwrap().to_string();
     let kubeconfig = state["kubeconfig"].as_str().unwrap().to_string();
 
-    let exec = |command: &[&str]| cli(home.path()).arg("exec").arg("--").args(command).output().unwrap();
+    let exec = |command: &[&str]| {
+        cli(home.path())
+            .arg("exec")
+            .arg("--")
+            .args(command)
+            .output()
+            .unwrap()
+    };
     let resolved = exec(&["getent", "hosts", "kubernetes.default.svc"]);
     assert!(
         String::from_utf8_lossy(&resolved.stdout).starts_with("10.96.0.1 "),
@@ -128,14 +135,27 @@ fn up_live_runs_exec_inside_the_fleet_with_its_dns_and_tears_down_on_ctrl_c() {
     let env = exec(&["sh", "-c", "echo $KUBECONFIG; ip -o route show table all"]);
     let text = String::from_utf8_lossy(&env.stdout);
     assert!(text.starts_with(&kubeconfig), "{text}");
-    assert!(text.lines().skip(1).all(|l| l.contains("dev lo")), "a route out of the fleet: {text}");
-    assert_eq!(exec(&["sh", "-c", "exit 3"]).status.code(), Some(3), "exec passes the exit status on");
+    assert!(
+        text.lines().skip(1).all(|l| l.contains("dev lo")),
+        "a route out of the fleet: {text}"
+    );
+    assert_eq!(
+        exec(&["sh", "-c", "exit 3"]).status.code(),
+        Some(3),
+        "exec passes the exit status on"
+    );
 
     let status = child.interrupt();
     let seen = reader.join().unwrap();
     assert!(status.success(), "{status}: {seen:#?}");
-    assert!(!Path::new("/run/netns").join(&netns).exists(), "{netns} survived Ctrl-C");
-    assert!(!home.path().join("live.json").exists(), "the state file survived Ctrl-C");
+    assert!(
+        !Path::new("/run/netns").join(&netns).exists(),
+        "{netns} survived Ctrl-C"
+    );
+    assert!(
+        !home.path().join("live.json").exists(),
+        "the state file survived Ctrl-C"
+    );
     let dir = Path::new(&kubeconfig).parent().unwrap();
     let survivors = processes_mentioning(&dir.display().to_string());
     assert!(survivors.is_empty(), "components still running: {survivors:#?}");

@@ -165,9 +165,11 @@ impl LiveFleet {
             fleet.nodes.push(node);
         }
         // After the nodes: kube-proxy's healthz stays 503 until its own Node object exists.
-        let first = fleet.nodes.first().map(|n| n.name.clone()).ok_or_else(|| {
-            Error::Runtime("a live fleet needs at least one node".into())
-        })?;
+        let first = fleet
+            .nodes
+            .first()
+            .map(|n| n.name.clone())
+            .ok_or_else(|| Error::Runtime("a live fleet needs at least one node".into()))?;
         fleet
             .services
             .push(services::start_kube_proxy(cluster, &fleet.net, &first).await?);
@@ -264,7 +266,8 @@ impl LiveFleet {
         let inside = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         self.relay_out(port, inside).await?;
         let prometheus =
-            Prometheus::start_in_fleet(&self.dir.join("prometheus"), scrape_interval, port, &self.net).await?;
+            Prometheus::start_in_fleet(&self.dir.join("prometheus"), scrape_interval, port, &self.net)
+                .await?;
         let follow = scrape::follow_pods(cluster.client().await?, self.node_names(), prometheus.pods_file());
         self.background.push(follow);
         Ok(prometheus)
@@ -290,10 +293,7 @@ impl LiveFleet {
             config.netns = Some(self.net.clone());
             config.extra_args = vec![
                 format!("--simulated-gpus={}", node.gpus),
-                format!(
-                    "--pod-resources-socket={}",
-                    node.pod_resources_socket.display()
-                ),
+                format!("--pod-resources-socket={}", node.pod_resources_socket.display()),
             ];
             started.push(crate::agents::NodeAgents::start(cluster, config).await?);
         }

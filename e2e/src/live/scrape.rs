@@ -23,7 +23,10 @@ pub fn pod_targets(pods: &[Pod], nodes: &[String]) -> serde_json::Value {
             let spec = pod.spec.as_ref()?;
             let status = pod.status.as_ref()?;
             let node = spec.node_name.as_ref().filter(|n| nodes.contains(n))?;
-            let ip = status.pod_ip.as_ref().filter(|_| status.phase.as_deref() == Some("Running"))?;
+            let ip = status
+                .pod_ip
+                .as_ref()
+                .filter(|_| status.phase.as_deref() == Some("Running"))?;
             let port = spec
                 .containers
                 .iter()

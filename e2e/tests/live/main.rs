@@ -72,7 +72,9 @@ async fn start() -> modelfleet_e2e::Result<Live> {
         Some(&prometheus.url()),
     )?;
     fleet.relay_into_namespace(hub.port()).await?;
-    let agents = fleet.start_node_agents(&cluster, &format!("http://{hub}")).await?;
+    let agents = fleet
+        .start_node_agents(&cluster, &format!("http://{hub}"))
+        .await?;
     let model_uri = live::stage_model(&model_dir(), "all-MiniLM-L6-v2")?;
     Ok(Live {
         cluster,
@@ -229,7 +231,10 @@ pub fn pod_summary(p: &Pod) -> String {
                 (_, Some(t)) => format!("terminated {} {:?}", t.exit_code, t.reason),
                 _ => "running".into(),
             };
-            format!("{} ready={} restarts={} {detail}", c.name, c.ready, c.restart_count)
+            format!(
+                "{} ready={} restarts={} {detail}",
+                c.name, c.ready, c.restart_count
+            )
         })
         .collect();
     format!(

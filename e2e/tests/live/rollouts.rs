@@ -37,7 +37,10 @@ struct PodTimeline {
     terminating: BTreeMap<String, (String, Instant)>,
 }
 
-fn watch_pods(pods: Api<Pod>, stop: Arc<AtomicBool>) -> (Arc<Mutex<PodTimeline>>, tokio::task::JoinHandle<()>) {
+fn watch_pods(
+    pods: Api<Pod>,
+    stop: Arc<AtomicBool>,
+) -> (Arc<Mutex<PodTimeline>>, tokio::task::JoinHandle<()>) {
     let timeline = Arc::new(Mutex::new(PodTimeline::default()));
     let seen = timeline.clone();
     let task = tokio::spawn(async move {
@@ -69,7 +72,14 @@ async fn a_version_change_without_steps_fails_no_request_and_stops_old_pods_afte
     api.create(&PostParams::default(), &synthetic("replace", "1", 16, 2, ""))
         .await
         .expect("create");
-    let v1 = wait_md(&api, "replace", Duration::from_secs(120), "v1 Available", is_available).await;
+    let v1 = wait_md(
+        &api,
+        "replace",
+        Duration::from_secs(120),
+        "v1 Available",
+        is_available,
+    )
+    .await;
     let old_revision = v1.status.and_then(|s| s.stable).expect("stable").revision;
     let url = format!("http://replace.{}.svc:8080/v1/embeddings", ns.name());
 
@@ -94,22 +104,41 @@ async fn a_version_change_without_steps_fails_no_request_and_stops_old_pods_afte
     tokio::time::sleep(Duration::from_secs(2)).await;
     roll_to(&api, "replace", "2", 32).await;
     let v2 = wait_md(&api, "replace", Duration::from_secs(180), "v2 Available", |md| {
-        is_available(md) && md.status.as_ref().and_then(|s| s.stable.as_ref()).is_some_and(|s| s.version == "2")
+        is_available(md)
+            && md
+                .status
+                .as_ref()
+                .and_then(|s| s.stable.as_ref())
+                .is_some_and(|s| s.version == "2")
     })
     .await;
     let new_revision = v2.status.and_then(|s| s.stable).expect("stable").revision;
-    wait_pods(&pods, &format!("{}={old_revision}", labels::REVISION), Duration::from_secs(120), "old pods gone", |p| {
-        p.is_empty()
-    })
+    wait_pods(
+        &pods,
+        &format!("{}={old_revision}", labels::REVISION),
+        Duration::from_secs(120),
+        "old pods gone",
+        |p| p.is_empty(),
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     let (dims, failures) = stream.await.expect("the request stream");
     watcher.await.expect("the pod watcher");
 
-    assert!(failures.is_empty(), "{} failed requests: {failures:?}", failures.len());
-    assert!(dims.get(&16).is_some_and(|n| *n > 20), "v1 served before: {dims:?}");
-    assert!(dims.get(&32).is_some_and(|n| *n > 20), "v2 served after: {dims:?}");
+    assert!(
+        failures.is_empty(),
+        "{} failed requests: {failures:?}",
+        failures.len()
+    );
+    assert!(
+        dims.get(&16).is_some_and(|n| *n > 20),
+        "v1 served before: {dims:?}"
+    );
+    assert!(
+        dims.get(&32).is_some_and(|n| *n > 20),
+        "v2 served after: {dims:?}"
+    );
     let t = timeline.lock().expect("timeline");
     let new_ready: Vec<Instant> = t
         .ready
@@ -143,21 +172,42 @@ async fn a_replica_share_canary_gets_its_weight_of_2000_requests_through_the_ser
     api.create(&PostParams::default(), &synthetic("canary", "1", 16, 3, steps))
         .await
         .expect("create");
-    wait_md(&api, "canary", Duration::from_secs(120), "v1 Available", is_available).await;
-    roll_to(&api, "canary", "2", 32).await;
-    let md = wait_md(&api, "canary", Duration::from_secs(120), "the canary step runs", |md| {
-        md.status
-            .as_ref()
-            .and_then(|s| s.candidate.as_ref())
-            .is_some_and(|c| c.ready_replicas == 1 && c.traffic_weight > 0)
-    })
+    wait_md(
+        &api,
+        "canary",
+        Duration::from_secs(120),
+        "v1 Available",
+        is_available,
+    )
     .await;
-    let weight = md.status.and_then(|s| s.candidate).expect("candidate").traffic_weight;
+    roll_to(&api, "canary", "2", 32).await;
+    let md = wait_md(
+        &api,
+        "canary",
+        Duration::from_secs(120),
+        "the canary step runs",
+        |md| {
+            md.status
+                .as_ref()
+                .and_then(|s| s.candidate.as_ref())
+                .is_some_and(|c| c.ready_replicas == 1 && c.traffic_weight > 0)
+        },
+    )
+    .await;
+    let weight = md
+        .status
+        .and_then(|s| s.candidate)
+        .expect("candidate")
+        .traffic_weight;
     assert_eq!(weight, 25, "one of four Ready replicas");
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
-    wait_pods(&pods, "modelfleet.dev/deployment=canary", Duration::from_secs(60), "4 Ready", |p| {
-        p.iter().filter(|p| is_ready(p)).count() == 4
-    })
+    wait_pods(
+        &pods,
+        "modelfleet.dev/deployment=canary",
+        Duration::from_secs(60),
+        "4 Ready",
+        |p| p.iter().filter(|p| is_ready(p)).count() == 4,
+    )
     .await;
     let url = format!("http://canary.{}.svc:8080/v1/embeddings", ns.name());
     // kube-proxy programs the new endpoint within a moment of the EndpointSlice update.
@@ -180,35 +230,59 @@ async fn a_shadow_step_mirrors_through_service_dns_and_the_operator_sees_the_agr
     api.create(&PostParams::default(), &synthetic("shadow", "1", 16, 1, steps))
         .await
         .expect("create");
-    wait_md(&api, "shadow", Duration::from_secs(120), "v1 Available", is_available).await;
+    wait_md(
+        &api,
+        "shadow",
+        Duration::from_secs(120),
+        "v1 Available",
+        is_available,
+    )
+    .await;
     // Same dimension: the synthetic vectors of both versions agree.
     roll_to(&api, "shadow", "2", 16).await;
-    let md = wait_md(&api, "shadow", Duration::from_secs(120), "the shadow step runs", |md| {
-        md.status
-            .as_ref()
-            .and_then(|s| s.candidate.as_ref())
-            .is_some_and(|c| c.ready_replicas == 1 && c.mirror_percent == 100)
-    })
+    let md = wait_md(
+        &api,
+        "shadow",
+        Duration::from_secs(120),
+        "the shadow step runs",
+        |md| {
+            md.status
+                .as_ref()
+                .and_then(|s| s.candidate.as_ref())
+                .is_some_and(|c| c.ready_replicas == 1 && c.mirror_percent == 100)
+        },
+    )
     .await;
     let candidate = md.status.and_then(|s| s.candidate).expect("candidate").revision;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
     let shadow_selector = format!("{}={candidate}", labels::REVISION);
-    let shadow_pods = wait_pods(&pods, &shadow_selector, Duration::from_secs(30), "a Ready shadow pod", |p| {
-        p.iter().any(is_ready)
-    })
+    let shadow_pods = wait_pods(
+        &pods,
+        &shadow_selector,
+        Duration::from_secs(30),
+        "a Ready shadow pod",
+        |p| p.iter().any(is_ready),
+    )
     .await;
     let shadow_ip = shadow_pods
         .iter()
         .find(|p| is_ready(p))
         .and_then(|p| p.status.as_ref()?.pod_ip.clone())
         .expect("the shadow pod's IP");
-    let mirrored_before = counter(&format!("http://{shadow_ip}:9090/metrics"), "modelfleet_requests_total").await;
+    let mirrored_before = counter(
+        &format!("http://{shadow_ip}:9090/metrics"),
+        "modelfleet_requests_total",
+    )
+    .await;
     let url = format!("http://shadow.{}.svc:8080/v1/embeddings", ns.name());
     let deadline = Instant::now() + Duration::from_secs(90);
     let agreement = loop {
         let (dims, failures) = send(&url, 20, 2).await;
         assert!(failures.is_empty(), "{failures:?}");
-        assert!(dims.keys().all(|d| *d == 16), "the shadow never answers clients: {dims:?}");
+        assert!(
+            dims.keys().all(|d| *d == 16),
+            "the shadow never answers clients: {dims:?}"
+        );
         let md = api.get("shadow").await.expect("get");
         let value = md
             .status
@@ -218,11 +292,18 @@ async fn a_shadow_step_mirrors_through_service_dns_and_the_operator_sees_the_agr
         if let Some(v) = value {
             break v;
         }
-        assert!(Instant::now() < deadline, "no agreement in status.analysis within 90 s");
+        assert!(
+            Instant::now() < deadline,
+            "no agreement in status.analysis within 90 s"
+        );
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     assert!(agreement >= 0.9, "agreement {agreement}");
-    let mirrored = counter(&format!("http://{shadow_ip}:9090/metrics"), "modelfleet_requests_total").await;
+    let mirrored = counter(
+        &format!("http://{shadow_ip}:9090/metrics"),
+        "modelfleet_requests_total",
+    )
+    .await;
     assert!(
         mirrored > mirrored_before,
         "the shadow pod received mirrored requests ({mirrored_before} → {mirrored})"
@@ -231,7 +312,11 @@ async fn a_shadow_step_mirrors_through_service_dns_and_the_operator_sees_the_agr
 
 /// The sum of the samples of `metric` in the Prometheus text at `url` (inside the namespace).
 async fn counter(url: &str, metric: &str) -> f64 {
-    let answer = shared().fleet.request("GET", url, None, &[]).await.expect("metrics");
+    let answer = shared()
+        .fleet
+        .request("GET", url, None, &[])
+        .await
+        .expect("metrics");
     answer
         .body
         .lines()

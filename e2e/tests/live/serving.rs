@@ -28,18 +28,32 @@ async fn the_minimal_example_serves_the_same_vector_as_the_server_alone_through_
     api.create(&PostParams::default(), &minimal(&live.model_uri))
         .await
         .expect("create minilm");
-    wait_md(&api, "minilm", Duration::from_secs(240), "Available", is_available).await;
+    wait_md(
+        &api,
+        "minilm",
+        Duration::from_secs(240),
+        "Available",
+        is_available,
+    )
+    .await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
-    let list = wait_pods(&pods, "modelfleet.dev/deployment=minilm", Duration::from_secs(5), "a pod", |p| {
-        !p.is_empty()
-    })
+    let list = wait_pods(
+        &pods,
+        "modelfleet.dev/deployment=minilm",
+        Duration::from_secs(5),
+        "a pod",
+        |p| !p.is_empty(),
+    )
     .await;
     let node = list[0]
         .spec
         .as_ref()
         .and_then(|s| s.node_name.clone())
         .unwrap_or_default();
-    assert!(node.starts_with("live-"), "the pod runs on a live node, not {node}");
+    assert!(
+        node.starts_with("live-"),
+        "the pod runs on a live node, not {node}"
+    );
 
     let body = r#"{"model":"all-MiniLM-L6-v2","input":["the fleet serves for real"]}"#;
     let url = format!("http://minilm.{}.svc:8080/v1/embeddings", ns.name());
@@ -115,9 +129,13 @@ async fn a_killed_server_restarts_once_and_kubectl_logs_shows_both_runs() {
     let md = super::synthetic("restart", "1", 384, 1, "");
     api.create(&PostParams::default(), &md).await.expect("create");
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
-    let ready = wait_pods(&pods, "modelfleet.dev/deployment=restart", Duration::from_secs(120), "a Ready pod", |p| {
-        p.iter().any(is_ready)
-    })
+    let ready = wait_pods(
+        &pods,
+        "modelfleet.dev/deployment=restart",
+        Duration::from_secs(120),
+        "a Ready pod",
+        |p| p.iter().any(is_ready),
+    )
     .await;
     let pod = ready.into_iter().find(is_ready).expect("a Ready pod");
     let name = pod.metadata.name.clone().expect("name");
@@ -135,8 +153,11 @@ async fn a_killed_server_restarts_once_and_kubectl_logs_shows_both_runs() {
     assert_ne!(container_id(&restarted), pid.to_string());
     let logs = |previous: bool| {
         let mut cmd = std::process::Command::new(live.cluster.toolchain().bin("kubectl"));
-        cmd.arg(format!("--kubeconfig={}", live.cluster.kubeconfig_path().display()))
-            .args(["logs", "-n", ns.name(), &name]);
+        cmd.arg(format!(
+            "--kubeconfig={}",
+            live.cluster.kubeconfig_path().display()
+        ))
+        .args(["logs", "-n", ns.name(), &name]);
         if previous {
             cmd.arg("--previous");
         }
@@ -228,16 +249,22 @@ async fn a_pod_whose_readiness_fails_leaves_the_endpoints_and_gets_no_traffic() 
     .await;
     let url = format!("http://gated.{}.svc:8080/v1/embeddings", ns.name());
     let both = wait_spread(&url, |dims| dims.len() == 2).await;
-    assert!(both.get(&4).is_some() && both.get(&5).is_some(), "{both:?}");
+    assert!(both.contains_key(&4) && both.contains_key(&5), "{both:?}");
 
     std::fs::remove_file(flags.path().join("five")).expect("unflag");
-    wait::wait_for(&pods, "five", Duration::from_secs(30), "not Ready", |p: &Pod| !is_ready(p))
-        .await
-        .expect("the readiness probe fails");
+    wait::wait_for(&pods, "five", Duration::from_secs(30), "not Ready", |p: &Pod| {
+        !is_ready(p)
+    })
+    .await
+    .expect("the readiness probe fails");
     let only_four = wait_spread(&url, |dims| dims.keys().eq([&4])).await;
     let (dims, failures) = send(&url, 200, 4).await;
     assert!(failures.is_empty(), "{failures:?}");
-    assert_eq!(dims.keys().collect::<Vec<_>>(), [&4], "{dims:?} after {only_four:?}");
+    assert_eq!(
+        dims.keys().collect::<Vec<_>>(),
+        [&4],
+        "{dims:?} after {only_four:?}"
+    );
     let running = pods.get("five").await.expect("five");
     assert_eq!(
         running.status.and_then(|s| s.phase).as_deref(),

@@ -38,13 +38,21 @@ async fn the_node_agent_attributes_the_gpu_through_pod_resources_and_its_utilisa
     api.create(&PostParams::default(), &md).await.expect("create");
     wait_md(&api, "gpu", Duration::from_secs(120), "Available", is_available).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
-    let pod = wait_pods(&pods, "modelfleet.dev/deployment=gpu", Duration::from_secs(10), "Ready", |p| {
-        p.iter().any(is_ready)
-    })
+    let pod = wait_pods(
+        &pods,
+        "modelfleet.dev/deployment=gpu",
+        Duration::from_secs(10),
+        "Ready",
+        |p| p.iter().any(is_ready),
+    )
     .await
     .remove(0);
     let name = pod.metadata.name.clone().expect("name");
-    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).expect("bound");
+    let node = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .expect("bound");
     assert!(node.starts_with("live-gpu-"), "{node}");
     // The runtime hands out the highest free GPU first, so only PodResources names it: the
     // fallback (pods take GPUs in creation order) would say index 0.
@@ -68,7 +76,10 @@ async fn the_node_agent_attributes_the_gpu_through_pod_resources_and_its_utilisa
         if !seen.is_empty() {
             break seen;
         }
-        assert!(Instant::now() < deadline, "the agent never attributed a GPU to {name}");
+        assert!(
+            Instant::now() < deadline,
+            "the agent never attributed a GPU to {name}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert_eq!(idle.iter().map(|(u, _)| u.clone()).collect::<Vec<_>>(), devices);
@@ -97,10 +108,20 @@ async fn prometheus_scrapes_every_live_server_pod_with_its_revision() {
     let live = shared();
     let (client, ns) = namespace("live-prom").await;
     let api: Api<ModelDeployment> = Api::namespaced(client.clone(), ns.name());
-    api.create(&PostParams::default(), &super::synthetic("scraped", "1", 8, 2, ""))
-        .await
-        .expect("create");
-    let md = wait_md(&api, "scraped", Duration::from_secs(120), "Available", is_available).await;
+    api.create(
+        &PostParams::default(),
+        &super::synthetic("scraped", "1", 8, 2, ""),
+    )
+    .await
+    .expect("create");
+    let md = wait_md(
+        &api,
+        "scraped",
+        Duration::from_secs(120),
+        "Available",
+        is_available,
+    )
+    .await;
     let revision = md.status.and_then(|s| s.stable).expect("stable").revision;
     let query = format!(
         "up{{job=\"live-pods\",namespace=\"{}\",deployment=\"scraped\",revision=\"{revision}\"}} == 1",
@@ -156,13 +177,19 @@ async fn after_stop_no_process_of_the_fleet_is_alive_and_its_namespace_is_gone()
     let init = running.iter().find_map(container_pid).expect("a container");
     let server = first_child(init).expect("the program under the container's PID 1");
     let parent = parent_of(init).expect("unshare");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(parent as i32), nix::sys::signal::Signal::SIGKILL)
-        .expect("kill the container's parent");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(parent as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the container's parent");
     let deadline = Instant::now() + Duration::from_secs(5);
     while is_alive(server) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(!is_alive(server), "the program (pid {server}) outlived its container's parent");
+    assert!(
+        !is_alive(server),
+        "the program (pid {server}) outlived its container's parent"
+    );
     let running = wait_pods(&pods, "", Duration::from_secs(60), "the pod runs again", |p| {
         p.iter().filter_map(container_pid).any(|pid| pid != init)
     })

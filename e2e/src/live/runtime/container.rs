@@ -314,7 +314,10 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("remount,bind,ro"));
-        assert!(s.contains("exec chroot \"$C/r\" /bin/sh -c '\"$@\" & child=$!"), "{s}");
+        assert!(
+            s.contains("exec chroot \"$C/r\" /bin/sh -c '\"$@\" & child=$!"),
+            "{s}"
+        );
         assert!(s.ends_with("modelfleet-init setpriv --reuid=65532 --regid=65532 --groups=65532 -- env -i 'A=b c' '/bin/server' '--name=it'\\''s'\n"), "{s}");
     }
 }

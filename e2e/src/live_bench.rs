@@ -146,7 +146,7 @@ async fn wait_ready(pods: &Api<Pod>, n: i32, timeout: Duration) -> Result<()> {
     let selector = format!("{}={NAME}", modelfleet_crds::constants::labels::DEPLOYMENT);
     loop {
         let list = pods.list(&ListParams::default().labels(&selector)).await?;
-        let ready = list.items.iter().filter(|p| is_ready(p)).count();
+        let ready = list.items.iter().filter(|p| crate::wait::pod_is_ready(p)).count();
         if i32::try_from(ready).unwrap_or(0) >= n {
             return Ok(());
         }
@@ -157,13 +157,6 @@ async fn wait_ready(pods: &Api<Pod>, n: i32, timeout: Duration) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn is_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// Resident memory of the control plane, the operator, and every process in the fleet namespace

@@ -76,3 +76,11 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Whether the pod's `Ready` condition is `True`.
+pub fn pod_is_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}

@@ -176,12 +176,7 @@ pub async fn send(url: &str, n: usize, concurrency: usize) -> (BTreeMap<usize, u
     (dims, failures)
 }
 
-pub fn is_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
+pub use modelfleet_e2e::wait::pod_is_ready as is_ready;
 
 pub fn label<'a>(p: &'a Pod, key: &str) -> &'a str {
     p.metadata

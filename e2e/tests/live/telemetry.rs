@@ -175,7 +175,8 @@ async fn after_stop_no_process_of_the_fleet_is_alive_and_its_namespace_is_gone()
     // The container's parent dying (as when the harness is killed) takes the program with it,
     // although dropping to runAsUser cleared the program's own parent-death signal.
     let init = running.iter().find_map(container_pid).expect("a container");
-    let server = first_child(init).expect("the program under the container's PID 1");
+    let server = modelfleet_e2e::live::runtime::container::first_child(init)
+        .expect("the program under the container's PID 1");
     let parent = parent_of(init).expect("unshare");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(parent as i32),
@@ -208,15 +209,6 @@ async fn after_stop_no_process_of_the_fleet_is_alive_and_its_namespace_is_gone()
     );
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client);
     let _ = nodes.delete("stop-gpu-0", &Default::default()).await;
-}
-
-fn first_child(pid: u32) -> Option<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 fn parent_of(pid: u32) -> Option<u32> {

@@ -198,13 +198,7 @@ impl ContainerProcess {
 
     /// The host pid of the container's PID 1, once it exists.
     pub fn init_pid(&self) -> Option<u32> {
-        let pid = self.child.id();
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .ok()?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
+        first_child(self.child.id())
     }
 
     /// The exit code if it has exited (128 + signal for a signal).
@@ -255,6 +249,16 @@ impl Drop for ContainerProcess {
             self.kill_now();
         }
     }
+}
+
+/// The first child of process `pid` (from `/proc`), if it has one.
+pub fn first_child(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn pid(raw: u32) -> Pid {

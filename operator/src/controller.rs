@@ -3,7 +3,6 @@
 use std::{
     future::Future,
     sync::{Arc, atomic::Ordering},
-    time::Duration,
 };
 
 use futures::{Stream, StreamExt};
@@ -29,6 +28,7 @@ use serde::de::DeserializeOwned;
 use crate::{
     Error, OperatorConfig,
     autoscaler::{Decisions, control},
+    backoff::Failures,
     http::HttpState,
     leader::{LeaderElector, LeaseConfig},
     metrics::Metrics,
@@ -54,6 +54,16 @@ pub struct Context {
     pub telemetry: TelemetryStore,
     /// What this process last wrote (its own status, the HTTPRoute).
     pub written: Written,
+    /// Consecutive failures per object, for the retry backoff.
+    pub failures: Failures,
+}
+
+impl Context {
+    /// Drops every memory of the ModelDeployments for which `live` (uid) does not hold.
+    pub fn retain(&self, live: impl Fn(&str) -> bool) {
+        self.written.retain(&live);
+        self.failures.retain(&live);
+    }
 }
 
 impl std::fmt::Debug for Context {
@@ -64,9 +74,34 @@ impl std::fmt::Debug for Context {
     }
 }
 
-fn error_policy(md: Arc<ModelDeployment>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(name = %md.name_any(), category = error.category(), error = %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+/// Retries a failed reconcile after a backoff that doubles per failure in a row, slower for a
+/// failure that will repeat (see [`Retry`](crate::Retry)).
+pub fn error_policy(md: Arc<ModelDeployment>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx.failures.fail(&md.uid().unwrap_or_default());
+    let retry = error.retry();
+    let delay = retry.delay(failures);
+    tracing::warn!(
+        name = %md.name_any(), category = error.category(), ?retry, failures,
+        retry_in_s = delay.as_secs(), error = %error, "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+/// Forgets a deleted ModelDeployment at once, and after a relist (which reports no deletes)
+/// every one the cache no longer holds.
+fn evict_deleted(ctx: &Context, cache: &Store<ModelDeployment>, event: &watcher::Event<ModelDeployment>) {
+    match event {
+        watcher::Event::Delete(md) => {
+            let uid = md.uid().unwrap_or_default();
+            ctx.retain(|live| live != uid);
+        }
+        watcher::Event::InitDone => {
+            let live: std::collections::HashSet<String> =
+                cache.state().iter().filter_map(|md| md.uid()).collect();
+            ctx.retain(|uid| live.contains(uid));
+        }
+        _ => {}
+    }
 }
 
 /// A watch with a cache: returns the cache and the stream that fills it (managedFields dropped to
@@ -119,38 +154,45 @@ async fn run_controller(base: Base, shutdown: impl Future<Output = ()> + Send + 
         ready: Default::default(),
     };
 
+    let decisions = Decisions::default();
+    let ctx = Arc::new(Context {
+        client: base.client.clone(),
+        recorder: base.recorder,
+        metrics: base.metrics.clone(),
+        config: base.config,
+        stores: stores.clone(),
+        decisions: decisions.clone(),
+        telemetry: base.telemetry.clone(),
+        written: Written::default(),
+        failures: Failures::default(),
+    });
     // Status writes bump neither generation nor annotations, so they do not retrigger reconciles.
     let (md_reader, md_writer) = reflector::store();
+    let (evict_ctx, evict_cache) = (ctx.clone(), md_reader.clone());
     let md_events = watcher(Api::<ModelDeployment>::all(client), watcher::Config::default())
         .default_backoff()
         .reflect(md_writer)
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                evict_deleted(&evict_ctx, &evict_cache, event);
+            }
+        })
         .applied_objects()
         .predicate_filter(
             predicates::generation.combine(predicates::annotations),
             Default::default(),
         );
 
-    let decisions = Decisions::default();
     let (trigger, triggered) = tokio::sync::mpsc::channel(1024);
     let autoscaler = control::LoopContext {
         model_deployments: md_reader.clone(),
-        stores: stores.clone(),
-        telemetry: base.telemetry.clone(),
-        decisions: decisions.clone(),
-        trigger,
-        metrics: base.metrics.clone(),
-        interval: base.config.autoscale_interval,
-    };
-    let ctx = Arc::new(Context {
-        client: base.client,
-        recorder: base.recorder,
-        metrics: base.metrics,
-        config: base.config,
         stores,
-        decisions,
         telemetry: base.telemetry,
-        written: Written::default(),
-    });
+        decisions,
+        trigger,
+        metrics: base.metrics,
+        interval: ctx.config.autoscale_interval,
+    };
     // The loop starts once the children's caches are warm, and stops with the controller. It
     // does not wait on the ModelDeployment cache: kube-runtime 5.0's `Store::wait_until_ready`
     // wakes only one of several waiters and the controller waits on that store too (a lost
@@ -296,4 +338,49 @@ impl Drop for AbortOnDrop {
 fn default_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!("{}-{}", host.trim(), std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::fake_api;
+
+    fn api_error(code: u16) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure("refused", "Test")
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    fn apply_error(code: u16) -> Error {
+        Error::Apply {
+            kind: "Deployment".into(),
+            name: "m-abc".into(),
+            source: api_error(code),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_permanent_error_backs_off_and_a_success_resets_the_backoff() {
+        let mut md = ModelDeployment::new(
+            "m",
+            serde_yaml::from_str("model: {name: m, version: '1', uri: 'hf://o/m'}").expect("fixture"),
+        );
+        md.metadata.uid = Some("uid-1".into());
+        let (client, _) = fake_api::client(&md, Arc::new(|_: &fake_api::Seen| None));
+        let ctx = fake_api::context(client);
+        let md = Arc::new(md);
+        let retry = |error: Error| error_policy(md.clone(), &error, ctx.clone());
+        // The API refuses the object as invalid (422): it will again until someone changes it.
+        assert_eq!(retry(apply_error(422)), Action::requeue(Duration::from_secs(30)));
+        assert_eq!(retry(apply_error(422)), Action::requeue(Duration::from_secs(60)));
+        assert_eq!(retry(apply_error(422)), Action::requeue(Duration::from_secs(120)));
+        ctx.failures.succeeded("uid-1");
+        // A server error may pass on the next try.
+        assert_eq!(retry(apply_error(500)), Action::requeue(Duration::from_secs(5)));
+        assert_eq!(retry(apply_error(500)), Action::requeue(Duration::from_secs(10)));
+    }
 }

@@ -6,9 +6,12 @@
 //! writes them with server-side apply, and [`reconcile::status`] reports what happened.
 
 pub mod autoscaler;
+pub mod backoff;
 pub mod config;
 pub mod controller;
 mod error;
+#[cfg(test)]
+mod fake_api;
 pub mod http;
 pub mod leader;
 pub mod metrics;
@@ -17,4 +20,4 @@ pub mod rollout;
 pub mod telemetry;
 
 pub use config::OperatorConfig;
-pub use error::{Error, Result};
+pub use error::{Error, Result, Retry};

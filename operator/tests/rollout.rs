@@ -401,6 +401,7 @@ async fn a_bad_version_rolls_back_by_itself_within_interval_times_failure_limit_
     .await
     .unwrap_or_else(|e| panic!("{e}"));
     let mut ready_at = None;
+    let started = Instant::now();
     let rolled_back_at = loop {
         let (_, snap) = snapshot(&client, &ns, "bad").await;
         if snap.running && ready_at.is_none() {
@@ -417,9 +418,16 @@ async fn a_bad_version_rolls_back_by_itself_within_interval_times_failure_limit_
             ready_at.is_none_or(|t| t.elapsed() < Duration::from_secs(30)),
             "no rollback: {snap:?}"
         );
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the candidate never ran: {snap:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let took = rolled_back_at - ready_at.unwrap_or(rolled_back_at);
+    // The clock starts when the candidate was seen ready: a rollback before that (or one whose
+    // start was never seen) measures nothing, so it fails instead of passing as "0 s".
+    let ready_at = ready_at.expect("the candidate was never seen ready before it was rolled back");
+    let took = rolled_back_at - ready_at;
     // The route is written in the same reconcile as the status, concurrently.
     wait_route_weight(&client, &ns, "bad", 0).await;
     eprintln!("rolled back {took:?} after the candidate was ready");

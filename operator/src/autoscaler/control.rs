@@ -67,7 +67,8 @@ impl Outcome {
     }
 }
 
-type Key = (String, String);
+/// The ModelDeployment's uid: a deleted and re-created object of the same name starts afresh.
+type Key = String;
 
 /// The latest outcome per ModelDeployment, shared by the loop (writer) and the reconcile.
 #[derive(Debug, Clone, Default)]
@@ -76,13 +77,9 @@ pub struct Decisions {
 }
 
 impl Decisions {
-    /// The outcome for `namespace/name`, if the loop has decided one.
-    pub fn get(&self, namespace: &str, name: &str) -> Option<Outcome> {
-        self.inner
-            .read()
-            .ok()?
-            .get(&(namespace.to_string(), name.to_string()))
-            .cloned()
+    /// The outcome for the ModelDeployment with this uid, if the loop has decided one.
+    pub fn get(&self, uid: &str) -> Option<Outcome> {
+        self.inner.read().ok()?.get(uid).cloned()
     }
 
     fn set(&self, key: Key, outcome: Outcome) {
@@ -184,8 +181,9 @@ fn tick(
         if validate(&md.spec).is_err() {
             continue;
         }
-        let name = md.name_any();
-        let key = (namespace.clone(), name.clone());
+        let (name, Some(key)) = (md.name_any(), md.uid()) else {
+            continue;
+        };
         seen.insert(key.clone());
         let entry = tracked.entry(key.clone()).or_insert_with(|| Tracked {
             autoscaler: Autoscaler::default(),

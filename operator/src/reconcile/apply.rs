@@ -7,7 +7,7 @@ use std::{
     time::Instant,
 };
 
-use futures::future::try_join_all;
+use futures::future::join_all;
 
 use k8s_openapi::NamespaceResourceScope;
 use kube::{
@@ -19,6 +19,7 @@ use modelfleet_crds::{
     constants::{FIELD_MANAGER, labels},
 };
 use serde::{Serialize, de::DeserializeOwned};
+use sha2::{Digest, Sha256};
 
 use crate::{
     Error, Result,
@@ -39,11 +40,32 @@ pub fn apply_params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force().validation_ignore()
 }
 
-/// A stable hash of the object as the operator would write it.
-fn spec_hash<K: Serialize>(obj: &K) -> String {
+/// The hash of an object as the operator would write it, kept in [`SPEC_HASH_ANNOTATION`]:
+/// SHA-256 of its JSON, in hex. A cryptographic hash of a fixed encoding never changes with the
+/// toolchain, so an operator upgrade does not rewrite every child.
+pub fn spec_hash<K: Serialize>(obj: &K) -> String {
+    hex::encode(Sha256::digest(serde_json::to_vec(obj).unwrap_or_default()))
+}
+
+/// The hash operators up to 0.1 wrote: std's `DefaultHasher` over the same JSON, 16 hex digits.
+/// Its algorithm may change with any Rust release, so it is only ever compared, never written:
+/// a child that carries it for what we would write now is unchanged (upgrading the operator
+/// does not rewrite it) and gets the stable hash with its next real change.
+pub(crate) fn legacy_spec_hash(json: &[u8]) -> String {
     let mut hasher = std::hash::DefaultHasher::new();
-    serde_json::to_vec(obj).unwrap_or_default().hash(&mut hasher);
+    json.hash(&mut hasher);
     format!("{:016x}", hasher.finish())
+}
+
+/// Whether the hash a child carries says it already is `obj` (by either hash).
+fn carries<K: Serialize>(cached: Option<&str>, hash: &str, obj: &K) -> bool {
+    match cached {
+        Some(cached) if cached == hash => true,
+        Some(cached) if cached.len() == 16 => {
+            cached == legacy_spec_hash(&serde_json::to_vec(obj).unwrap_or_default())
+        }
+        _ => false,
+    }
 }
 
 /// What the applies of one reconcile share.
@@ -106,7 +128,7 @@ where
     let hash = spec_hash(obj);
     let key = format!("{}/{name}", K::kind(&()));
     let cached = target.observed.applied.get(&key).map(String::as_str);
-    if !replicas_drift && cached == Some(hash.as_str()) {
+    if !replicas_drift && carries(cached, &hash, obj) {
         return Ok(Outcome::Unchanged);
     }
     let now = Instant::now();
@@ -128,9 +150,10 @@ where
     Ok(Outcome::Written)
 }
 
-/// Applies every changed desired object, all at once. A pod created before its routing
-/// ConfigMap exists waits for the kubelet to retry the mount, which never happens in practice:
-/// the ConfigMap lands within the same round trip.
+/// Applies every changed desired object, all at once, and waits for every write to finish: one
+/// failed write neither cancels the others nor hides them (the first error is returned once all
+/// are done). A pod created before its routing ConfigMap exists waits for the kubelet to retry
+/// the mount, which never happens in practice: the ConfigMap lands within the same round trip.
 pub async fn apply(target: Target<'_>, desired: &DesiredObjects) -> Result<Applied> {
     let mut writes: Vec<Pin<Box<dyn Future<Output = Result<Outcome>> + Send + '_>>> = vec![
         Box::pin(apply_one(target, &desired.routing, false)),
@@ -152,7 +175,7 @@ pub async fn apply(target: Target<'_>, desired: &DesiredObjects) -> Result<Appli
             .is_some_and(|r| Some(r.replicas) != want);
         writes.push(Box::pin(apply_one(target, deployment, drift)));
     }
-    let outcomes = try_join_all(writes).await?;
+    let outcomes = join_all(writes).await.into_iter().collect::<Result<Vec<_>>>()?;
     let count = |o: Outcome| outcomes.iter().filter(|x| **x == o).count();
     Ok(Applied {
         written: count(Outcome::Written),
@@ -206,5 +229,38 @@ pub async fn apply_route(
                 source,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spec_hash_is_sha256_of_the_json_and_never_changes() {
+        let obj = serde_json::json!({"kind": "ConfigMap", "data": {"a": "1"}});
+        // A fixed value: a change here rewrites every child of every user on upgrade.
+        assert_eq!(
+            spec_hash(&obj),
+            "c048185b46f86d7f1fabe35bd41ee3efbd9d51e9846fb6bf5b91b6581888a050"
+        );
+    }
+
+    #[test]
+    fn a_child_carrying_the_legacy_hash_of_the_same_object_is_unchanged() {
+        let obj = serde_json::json!({"kind": "ConfigMap", "data": {"a": "1"}});
+        let other = serde_json::json!({"kind": "ConfigMap", "data": {"a": "2"}});
+        let hash = spec_hash(&obj);
+        let legacy = legacy_spec_hash(&serde_json::to_vec(&obj).expect("json"));
+        assert!(carries(Some(&hash), &hash, &obj));
+        assert!(
+            carries(Some(&legacy), &hash, &obj),
+            "written by 0.1: not rewritten"
+        );
+        assert!(
+            !carries(Some(&legacy), &spec_hash(&other), &other),
+            "a real change is written"
+        );
+        assert!(!carries(None, &hash, &obj));
     }
 }

@@ -14,6 +14,12 @@
 //!   is skipped while the cache shows exactly what it showed before ours, for at most
 //!   [`CACHE_LAG_LIMIT`]; past that the cache is trusted again, so a child someone deleted at
 //!   once is still recreated.
+//!
+//! Entries are keyed by the object's uid, never its name: a ModelDeployment deleted and
+//! re-created under the same name is a new object and starts from its own (empty) status. They
+//! are evicted when the object is deleted ([`Written::forget`] on the watch's delete event, and
+//! [`Written::retain`] against the cache for deletes a relist hid), so the map is bounded by the
+//! live objects.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -24,7 +30,8 @@ use std::{
 use kube::ResourceExt;
 use modelfleet_crds::{ModelDeployment, ModelDeploymentStatus};
 
-type Key = (String, String);
+/// The owner's uid.
+type Key = String;
 
 /// Statuses kept as "ours but older" per object: the cache lags by a few writes at most.
 const OLDER_KEPT: usize = 4;
@@ -60,7 +67,7 @@ pub struct Written {
 }
 
 fn key(md: &ModelDeployment) -> Key {
-    (md.namespace().unwrap_or_default(), md.name_any())
+    md.uid().unwrap_or_default()
 }
 
 impl Written {
@@ -141,6 +148,30 @@ impl Written {
             .is_ok_and(|m| m.get(&key(md)).and_then(|e| e.route_hash.as_deref()) == Some(hash))
     }
 
+    /// Drops everything remembered for the object with this uid (it was deleted).
+    pub fn forget(&self, uid: &str) {
+        if let Ok(mut m) = self.inner.lock() {
+            m.remove(uid);
+        }
+    }
+
+    /// Keeps only the objects whose uid `live` holds (the cache's objects).
+    pub fn retain(&self, live: impl Fn(&str) -> bool) {
+        if let Ok(mut m) = self.inner.lock() {
+            m.retain(|uid, _| live(uid));
+        }
+    }
+
+    /// How many objects are remembered.
+    pub fn len(&self) -> usize {
+        self.inner.lock().map_or(0, |m| m.len())
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Records the HTTPRoute written (None: forget it, so the next reconcile writes again).
     pub fn remember_route(&self, md: &ModelDeployment, hash: Option<String>) {
         if let Ok(mut m) = self.inner.lock() {
@@ -154,11 +185,50 @@ mod tests {
     use super::*;
 
     fn md(replicas: Option<i32>) -> ModelDeployment {
+        md_with_uid("uid-1", replicas)
+    }
+
+    fn md_with_uid(uid: &str, replicas: Option<i32>) -> ModelDeployment {
         let spec = serde_yaml::from_str("model: {name: m, version: '1', uri: 'hf://o/m'}").expect("fixture");
         let mut md = ModelDeployment::new("m", spec);
         md.metadata.namespace = Some("ns".into());
+        md.metadata.uid = Some(uid.into());
         md.status = replicas.map(status);
         md
+    }
+
+    #[test]
+    fn a_model_deployment_re_created_under_the_same_name_starts_from_its_own_empty_status() {
+        let w = Written::default();
+        // The first object's reconciles wrote statuses 1 then 2 (the first built on no status).
+        w.remember_status(&md_with_uid("old", None), &status(1));
+        w.remember_status(&md_with_uid("old", Some(1)), &status(2));
+        // Deleted and re-created: same namespace and name, a new uid, no status yet.
+        let recreated = md_with_uid("new", None);
+        assert_eq!(
+            w.status_of(&recreated),
+            None,
+            "the new object must not be reconciled on the deleted one's status"
+        );
+        w.remember_child(&md_with_uid("old", None), "Service/m", None, "h1", Instant::now());
+        assert!(
+            !w.awaits_cache(&recreated, "Service/m", None, "h1", Instant::now()),
+            "the deleted object's writes do not stop the new one's"
+        );
+    }
+
+    #[test]
+    fn deleted_objects_are_forgotten() {
+        let w = Written::default();
+        for uid in ["a", "b", "c"] {
+            w.remember_status(&md_with_uid(uid, None), &status(1));
+        }
+        w.forget("a");
+        assert_eq!(w.len(), 2);
+        w.retain(|uid| uid == "b");
+        assert_eq!(w.len(), 1, "only the live object is kept");
+        assert_eq!(w.status_of(&md_with_uid("c", None)), None);
+        assert!(w.status_of(&md_with_uid("b", None)).is_some());
     }
 
     fn status(replicas: i32) -> ModelDeploymentStatus {

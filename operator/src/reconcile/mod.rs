@@ -4,6 +4,7 @@ pub mod apply;
 pub mod build;
 pub mod conditions;
 pub mod diagnose;
+pub mod effects;
 pub mod fetch;
 pub mod memory;
 pub mod plan;
@@ -15,20 +16,19 @@ use std::{
 };
 
 use k8s_openapi::jiff::Timestamp;
-use kube::{
-    Api, ResourceExt,
-    api::{Patch, PatchParams},
-    runtime::controller::Action,
-};
+use kube::{ResourceExt, runtime::controller::Action};
 use modelfleet_crds::{
-    ModelDeployment, ModelDeploymentStatus, constants::annotations, revision::revision_hash,
-    v1alpha1::RolloutResult, validate,
+    ModelDeployment, ModelDeploymentStatus, revision::revision_hash, v1alpha1::RolloutResult, validate,
 };
 
 use crate::{
     Error, Result,
     controller::Context,
-    reconcile::{fetch::Observed, plan::RevisionPlan},
+    reconcile::{
+        effects::{Controls, Effects},
+        fetch::Observed,
+        plan::RevisionPlan,
+    },
     rollout::{
         engine::{self, EngineInput, RolloutDecision},
         prometheus::Placeholders,
@@ -49,6 +49,9 @@ pub async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Ac
         "reconcile finished"
     );
     ctx.metrics.observe_reconcile(took, result.as_ref().err());
+    if result.is_ok() {
+        ctx.failures.succeeded(&md.uid().unwrap_or_default());
+    }
     result
 }
 
@@ -61,14 +64,11 @@ async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
         .name
         .clone()
         .ok_or(Error::MissingObjectKey(".metadata.name"))?;
-    let client = ctx.client.clone();
-
     if let Err(invalid) = validate(&md.spec) {
         // An invalid spec waits for a change: no retries, one Event, Degraded/InvalidSpec.
-        status::report_invalid(&client, &ctx.recorder, md, &invalid).await?;
+        status::report_invalid(&ctx.client, &ctx.recorder, md, &invalid).await?;
         return Ok(Action::await_change());
     }
-
     ctx.stores.ready().await?;
     // Build on our own last status while the cache has not caught up with it.
     let mut md = md.clone();
@@ -76,57 +76,26 @@ async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
     let md = &md;
     let recorded = md.status.clone().unwrap_or_default();
     let observed = fetch::observe(&ctx.stores, &namespace, &name);
-    let current = revision_hash(&md.spec, &ctx.config.default_image);
-    let recorded_stable = recorded.stable.as_ref().map(|s| s.revision.as_str());
-    let decided = ctx.decisions.get(&namespace, &name);
-    let desired_total = plan::desired_replicas(md, decided.as_ref().map(|o| o.replicas));
+    let decided = md.uid().and_then(|uid| ctx.decisions.get(&uid));
     let view = View {
         md,
         namespace: &namespace,
         name: &name,
         observed: &observed,
         recorded: &recorded,
-        current: &current,
-        desired: desired_total,
+        current: &revision_hash(&md.spec, &ctx.config.default_image),
+        desired: plan::desired_replicas(md, decided.as_ref().map(|o| o.replicas)),
         now: Timestamp::now(),
     };
     let controls = Controls::of(md);
-
     let rollout = progressive(&view, ctx, controls).await;
+    let recorded_stable = recorded.stable.as_ref().map(|s| s.revision.as_str());
     let mut plan = match &rollout {
         Some(decision) => decision.plan.clone(),
-        None => plan::plan(desired_total, &current, recorded_stable, &observed.revisions),
+        None => plan::plan(view.desired, view.current, recorded_stable, &observed.revisions),
     };
     let drain_left = drain_after_promotion(&view, &mut plan);
     let desired = build::build(md, &plan, &observed, &ctx.config.default_image);
-
-    // The writes, the retirement of dead revisions and the status write go out together: status
-    // describes what the caches show (the writes come back as watch events and trigger the next
-    // reconcile, which reports them), so it need not wait for them. One round trip to the API
-    // server instead of four keeps reconciles short while it is busy.
-    let target = apply::Target {
-        client: &client,
-        namespace: &namespace,
-        md,
-        observed: &observed,
-        written: &ctx.written,
-    };
-    let writes = async {
-        let applied = apply::apply(target, &desired).await?;
-        if let Some(route) = &desired.route
-            && let Err(e) = apply::apply_route(&client, md, route, &ctx.written).await
-        {
-            // Visible in `kubectl describe mdep` (repeats aggregate), not only in the logs.
-            let (recorder, md, note) = (ctx.recorder.clone(), md.clone(), e.to_string());
-            tokio::spawn(async move {
-                let warning = kube::runtime::events::EventType::Warning;
-                status::publish_event(&recorder, &md, warning, "HTTPRouteFailed", "Apply", note).await
-            });
-            return Err(e);
-        }
-        apply::retire(&client, &namespace, &name, &plan.retire).await?;
-        Ok(applied)
-    };
     let report = status::compute(
         md,
         &plan,
@@ -134,38 +103,42 @@ async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
         decided.as_ref(),
         rollout.as_ref().map(|d| &d.report),
     );
-    let status_write = async {
-        if md.status.as_ref() != Some(&report.status) {
-            status::patch(&client, md, &report.status).await?;
-            ctx.written.remember_status(md, &report.status);
-        }
-        Ok(())
+    let why = decided.as_ref().and_then(|o| o.last_reason());
+    let plan_events = plan::events(&observed.revisions, &plan)
+        .into_iter()
+        .map(|e| status::plan_event(md, e, why));
+    let rollout_events = rollout
+        .iter()
+        .flat_map(|d| d.events.clone())
+        .map(|e| status::rollout_event(md, e));
+    let effects = Effects {
+        md,
+        observed: &observed,
+        desired: &desired,
+        retire: &plan.retire,
+        status: &report.status,
+        controls,
+        events: plan_events.chain(rollout_events).collect(),
     };
-    let consume = async {
-        if controls.any() {
-            controls.consume(&client, md).await?;
-        }
-        Ok(())
-    };
-    let (applied, (), ()) = tokio::try_join!(writes, status_write, consume)?;
+    let applied = effects::write(ctx, effects).await?;
     tracing::debug!(
         written = applied.written,
         awaiting_cache = applied.awaiting_cache,
         "children applied"
     );
+    Ok(next_action(ctx, &rollout, drain_left, applied, report.settled))
+}
 
-    // Events are best effort and published in the background, as client-go's recorder does.
-    let why = decided.as_ref().and_then(|o| o.last_reason()).map(str::to_owned);
-    for event in plan::events(&observed.revisions, &plan) {
-        let (recorder, md, why) = (ctx.recorder.clone(), md.clone(), why.clone());
-        tokio::spawn(async move { status::publish(&recorder, &md, event, why.as_deref()).await });
-    }
-    for event in rollout.iter().flat_map(|d| d.events.clone()) {
-        let (recorder, md) = (ctx.recorder.clone(), md.clone());
-        tokio::spawn(async move { status::publish_rollout(&recorder, &md, event).await });
-    }
+/// When to look again: soon while a rollout step, a drain or a write the cache has yet to show
+/// waits on time, at the resync interval once settled.
+fn next_action(
+    ctx: &Context,
+    rollout: &Option<RolloutDecision>,
+    drain_left: Option<i64>,
+    applied: apply::Applied,
+    settled: bool,
+) -> Action {
     let soon = Duration::from_secs(5);
-    // A write the cache has yet to show is checked again once the cache is trusted again.
     let awaiting = (applied.awaiting_cache > 0).then_some(memory::CACHE_LAG_LIMIT.as_secs() as i64);
     let next = [
         rollout.as_ref().and_then(|d| d.next_check_seconds),
@@ -176,44 +149,10 @@ async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
     .flatten()
     .map(|s| Duration::from_secs(s.max(1) as u64))
     .min();
-    Ok(match next {
+    match next {
         Some(next) => Action::requeue(next.min(soon)),
-        None if report.settled => Action::requeue(ctx.config.resync),
+        None if settled => Action::requeue(ctx.config.resync),
         None => Action::requeue(soon),
-    })
-}
-
-/// The promote and abort annotations.
-#[derive(Debug, Clone, Copy)]
-struct Controls {
-    promote: bool,
-    abort: bool,
-}
-
-impl Controls {
-    fn of(md: &ModelDeployment) -> Self {
-        let set = |key: &str| md.annotations().contains_key(key);
-        Self {
-            promote: set(annotations::PROMOTE),
-            abort: set(annotations::ABORT),
-        }
-    }
-
-    fn any(self) -> bool {
-        self.promote || self.abort
-    }
-
-    /// Removes the annotations once acted on, so they fire once.
-    async fn consume(self, client: &kube::Client, md: &ModelDeployment) -> Result<()> {
-        let api: Api<ModelDeployment> = Api::namespaced(client.clone(), &md.namespace().unwrap_or_default());
-        let patch = serde_json::json!({"metadata": {"annotations": {
-            annotations::PROMOTE: serde_json::Value::Null,
-            annotations::ABORT: serde_json::Value::Null,
-        }}});
-        api.patch(&md.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(Error::Annotations)?;
-        Ok(())
     }
 }
 

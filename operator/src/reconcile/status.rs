@@ -374,15 +374,13 @@ pub async fn report_invalid(
     };
     patch(client, md, &status).await?;
     if !already {
-        publish_event(
-            recorder,
-            md,
-            EventType::Warning,
-            "InvalidSpec",
-            "Validate",
-            message,
-        )
-        .await;
+        let event = EventNote {
+            warning: true,
+            reason: "InvalidSpec",
+            action: "Validate",
+            note: message,
+        };
+        publish(recorder, md, &event).await;
     }
     Ok(())
 }
@@ -398,14 +396,21 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-/// Publishes one Event for a plan change; `scale_reason` explains an autoscaler's change.
-/// Event failures are logged, never fatal.
-pub async fn publish(
-    recorder: &Recorder,
-    md: &ModelDeployment,
-    change: PlanEvent,
-    scale_reason: Option<&str>,
-) {
+/// One Event to publish, as data: the reconcile decides it, the shell sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventNote {
+    /// Warning rather than Normal.
+    pub warning: bool,
+    /// `reason` (CamelCase, stable).
+    pub reason: &'static str,
+    /// `action`.
+    pub action: &'static str,
+    /// Human-readable note (cut to the API's 1 KiB when sent).
+    pub note: String,
+}
+
+/// The Event for a plan change; `scale_reason` explains an autoscaler's change.
+pub fn plan_event(md: &ModelDeployment, change: PlanEvent, scale_reason: Option<&str>) -> EventNote {
     let (reason, action, note) = match change {
         PlanEvent::RevisionCreated { revision, replicas } => (
             "RevisionCreated",
@@ -429,40 +434,23 @@ pub async fn publish(
             format!("revision {revision} is ready; retired {}", retired.join(", ")),
         ),
     };
-    publish_event(recorder, md, EventType::Normal, reason, action, note).await;
-}
-
-/// Publishes one Event about `md`, its note cut to the API's 1 KiB. Event failures are logged,
-/// never fatal.
-pub async fn publish_event(
-    recorder: &Recorder,
-    md: &ModelDeployment,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(truncate(&note, 1000)),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(e) = recorder.publish(&event, &md.object_ref(&())).await {
-        tracing::warn!(error = %e, reason, "cannot publish event");
+    EventNote {
+        warning: false,
+        reason,
+        action,
+        note,
     }
 }
 
-/// Publishes one Event for a rollout change. Event failures are logged, never fatal.
-pub async fn publish_rollout(recorder: &Recorder, md: &ModelDeployment, change: RolloutEvent) {
-    let (type_, reason, action, note) = match change {
+/// The Event for a rollout change.
+pub fn rollout_event(md: &ModelDeployment, change: RolloutEvent) -> EventNote {
+    let (warning, reason, action, note) = match change {
         RolloutEvent::StepStarted {
             number,
             steps,
             description,
         } => (
-            EventType::Normal,
+            false,
             "RolloutStep",
             "Rollout",
             format!(
@@ -471,13 +459,13 @@ pub async fn publish_rollout(recorder: &Recorder, md: &ModelDeployment, change: 
             ),
         ),
         RolloutEvent::Promoted { revision, version } => (
-            EventType::Normal,
+            false,
             "Promoted",
             "Promote",
             format!("version {version} (revision {revision}) passed every step and is now stable"),
         ),
         RolloutEvent::RolledBack { reason, message } => (
-            EventType::Warning,
+            true,
             "RolledBack",
             "Rollback",
             format!(
@@ -486,7 +474,31 @@ pub async fn publish_rollout(recorder: &Recorder, md: &ModelDeployment, change: 
             ),
         ),
     };
-    publish_event(recorder, md, type_, reason, action, note).await;
+    EventNote {
+        warning,
+        reason,
+        action,
+        note,
+    }
+}
+
+/// Publishes one Event about `md`, its note cut to the API's 1 KiB. Event failures are logged,
+/// never fatal.
+pub async fn publish(recorder: &Recorder, md: &ModelDeployment, event: &EventNote) {
+    let sent = Event {
+        type_: if event.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: event.reason.into(),
+        note: Some(truncate(&event.note, 1000)),
+        action: event.action.into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&sent, &md.object_ref(&())).await {
+        tracing::warn!(error = %e, reason = event.reason, "cannot publish event");
+    }
 }
 
 #[cfg(test)]

@@ -29,50 +29,15 @@ use crate::{
     Error, OperatorConfig,
     autoscaler::{Decisions, control},
     backoff::Failures,
+    cache::Stores,
+    context::Context,
     http::HttpState,
     leader::{LeaderElector, LeaseConfig},
+    memory::Written,
     metrics::Metrics,
-    reconcile::{self, fetch::Stores, memory::Written},
+    reconcile,
     telemetry::{Authenticator, Hub, TelemetryStore},
 };
-
-/// What every reconcile shares.
-pub struct Context {
-    /// API client.
-    pub client: Client,
-    /// The one Event recorder (it aggregates repeated Events).
-    pub recorder: Recorder,
-    /// Metrics.
-    pub metrics: Metrics,
-    /// Settings.
-    pub config: OperatorConfig,
-    /// Watch caches of the children.
-    pub stores: Stores,
-    /// The autoscaler's latest outcomes (the replica source with `spec.scaling`).
-    pub decisions: Decisions,
-    /// Node-agent telemetry (the built-in analysis checks read it).
-    pub telemetry: TelemetryStore,
-    /// What this process last wrote (its own status, the HTTPRoute).
-    pub written: Written,
-    /// Consecutive failures per object, for the retry backoff.
-    pub failures: Failures,
-}
-
-impl Context {
-    /// Drops every memory of the ModelDeployments for which `live` (uid) does not hold.
-    pub fn retain(&self, live: impl Fn(&str) -> bool) {
-        self.written.retain(&live);
-        self.failures.retain(&live);
-    }
-}
-
-impl std::fmt::Debug for Context {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
-}
 
 /// Retries a failed reconcile after a backoff that doubles per failure in a row, slower for a
 /// failure that will repeat (see [`Retry`](crate::Retry)).

@@ -20,13 +20,8 @@ use kube::{
 use modelfleet_crds::ModelDeployment;
 
 use crate::{
-    OperatorConfig,
-    autoscaler::Decisions,
-    backoff::Failures,
-    controller::Context,
-    metrics::Metrics,
-    reconcile::{fetch::Stores, memory::Written},
-    telemetry::TelemetryStore,
+    OperatorConfig, autoscaler::Decisions, backoff::Failures, cache::Stores, context::Context,
+    memory::Written, metrics::Metrics, telemetry::TelemetryStore,
 };
 
 /// One request the fake received.

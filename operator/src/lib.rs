@@ -1,22 +1,28 @@
-//! modelfleet-operator: reconciles `ModelDeployment`s into serving workloads.
+//! modelfleet-operator: the shell around [`modelfleet_operator_core`], which decides. This crate
+//! watches (the caches in [`cache`]), runs the rollout [`analysis`] when one is due, calls the
+//! core's `decide`, and writes the effects in a fixed order ([`reconcile::effects`]). It also
+//! runs the autoscaler's decision loop ([`autoscaler`]), the telemetry hub ([`telemetry`]) and
+//! leader election ([`leader`]).
 //!
-//! Each reconcile is a pipeline, one module per step: [`reconcile::fetch`] reads the object's
-//! children, [`modelfleet_crds::validate`] checks the spec, [`reconcile::plan`] and
-//! [`reconcile::build`] compute the desired objects as pure functions, [`reconcile::apply`]
-//! writes them with server-side apply, and [`reconcile::status`] reports what happened.
+//! Module dependencies point one way: [`controller`] → [`reconcile`] → {[`context`], [`cache`],
+//! [`memory`], [`analysis`]} → the core; [`autoscaler`] → {[`cache`], [`telemetry`]}; nothing
+//! imports [`controller`]. `tests/layout.rs` fails on a cycle.
 
+pub mod analysis;
 pub mod autoscaler;
 pub mod backoff;
+pub mod cache;
 pub mod config;
+pub mod context;
 pub mod controller;
 mod error;
 #[cfg(test)]
 mod fake_api;
 pub mod http;
 pub mod leader;
+pub mod memory;
 pub mod metrics;
 pub mod reconcile;
-pub mod rollout;
 pub mod telemetry;
 
 pub use config::OperatorConfig;

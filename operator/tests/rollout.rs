@@ -22,7 +22,8 @@ use modelfleet_crds::{
     v1alpha1::{RolloutResult, RolloutResultStatus},
 };
 use modelfleet_e2e::prometheus::{Prometheus, Target};
-use modelfleet_operator::{config::DEFAULT_SERVER_IMAGE, reconcile::build::route};
+use modelfleet_operator::config::DEFAULT_SERVER_IMAGE;
+use modelfleet_operator_core::build::route;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SCRAPE: Duration = Duration::from_millis(500);

@@ -11,10 +11,8 @@ use std::{path::Path, time::Duration};
 use common::*;
 use modelfleet_crds::v1alpha1::AnalysisCheck;
 use modelfleet_node_agent::scrape::{load_between, parse::parse, read_counters};
-use modelfleet_operator::{
-    rollout::{analysis::evaluate_builtin, machine::CheckOutcome},
-    telemetry::TelemetryStore,
-};
+use modelfleet_operator::telemetry::TelemetryStore;
+use modelfleet_operator_core::rollout::{analysis::evaluate_builtin, machine::CheckOutcome};
 use modelfleet_proto::telemetry::{NodeReport, PodRef, ServerSample};
 use serde_json::json;
 

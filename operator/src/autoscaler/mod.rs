@@ -1,9 +1,9 @@
-//! The built-in autoscaler: the decision [`algorithm`] (pure, injected clock) and the decision
-//! loop ([`control`]) that feeds it telemetry and publishes its outcomes for the reconcile,
-//! which writes them (one writer for replicas).
+//! The autoscaler's decision loop: each tick it turns the telemetry and the watch caches into a
+//! fleet view per ModelDeployment, asks the core's evaluation
+//! ([`modelfleet_operator_core::autoscale`]), and publishes the outcome for the reconcile, which
+//! writes it (one writer for replicas).
 
-pub mod algorithm;
 pub mod control;
 
-pub use algorithm::{Autoscaler, Decision, Observation, Params, Reason, Signals};
-pub use control::{Decisions, LoopContext, Outcome, resume_replicas};
+pub use control::{Decisions, LoopContext};
+pub use modelfleet_operator_core::autoscale::Outcome;

@@ -21,17 +21,15 @@ use modelfleet_crds::{
 use serde::{Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
 
-use crate::{
-    Error, Result,
-    reconcile::{
-        build::{
-            DesiredObjects,
-            route::{self, HttpRoute},
-        },
-        fetch::{Observed, SPEC_HASH_ANNOTATION},
-        memory::Written,
+use modelfleet_operator_core::{
+    build::{
+        DesiredObjects,
+        route::{self, HttpRoute},
     },
+    observed::{Observed, SPEC_HASH_ANNOTATION},
 };
+
+use crate::{Error, Result, memory::Written};
 
 /// Parameters of every server-side apply the operator sends. Field validation is off: the
 /// objects are built from typed structs, so they cannot carry unknown or duplicate fields, and
@@ -108,7 +106,7 @@ pub struct Applied {
     /// Objects written.
     pub written: usize,
     /// Writes skipped because the cache has yet to show the same write of ours: the reconcile
-    /// comes back once [`CACHE_LAG_LIMIT`](crate::reconcile::memory::CACHE_LAG_LIMIT) has
+    /// comes back once [`CACHE_LAG_LIMIT`](crate::memory::CACHE_LAG_LIMIT) has
     /// passed, in case the cache never shows it.
     pub awaiting_cache: usize,
 }

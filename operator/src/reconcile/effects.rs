@@ -16,41 +16,16 @@ use kube::{
 };
 use modelfleet_crds::{ModelDeployment, ModelDeploymentStatus, constants::annotations};
 
+use modelfleet_operator_core::{Controls, build::DesiredObjects, events::EventNote, observed::Observed};
+
 use crate::{
     Error, Result,
-    controller::Context,
+    context::Context,
     reconcile::{
         apply::{self, Applied},
-        build::DesiredObjects,
-        fetch::Observed,
-        status::{self, EventNote},
+        status,
     },
 };
-
-/// The promote and abort annotations.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Controls {
-    /// `modelfleet.dev/promote` is set.
-    pub promote: bool,
-    /// `modelfleet.dev/abort` is set.
-    pub abort: bool,
-}
-
-impl Controls {
-    /// The controls set on `md`.
-    pub fn of(md: &ModelDeployment) -> Self {
-        let set = |key: &str| md.annotations().contains_key(key);
-        Self {
-            promote: set(annotations::PROMOTE),
-            abort: set(annotations::ABORT),
-        }
-    }
-
-    /// Whether either is set.
-    pub fn any(self) -> bool {
-        self.promote || self.abort
-    }
-}
 
 /// Everything the effects of one reconcile write.
 #[derive(Debug)]
@@ -239,7 +214,9 @@ mod tests {
 
     #[tokio::test]
     async fn children_written_with_the_legacy_hash_are_not_rewritten_after_an_upgrade() {
-        use crate::reconcile::{apply::legacy_spec_hash, build, fetch::Observed, plan};
+        use modelfleet_operator_core::{build, observed::Observed, plan};
+
+        use crate::reconcile::apply::legacy_spec_hash;
         use kube::{Resource, ResourceExt};
 
         let md = model_deployment(None);

@@ -1,14 +1,14 @@
 //! `build` is pure: each example's desired objects are compared with a golden file
-//! (`UPDATE_GOLDEN=1 cargo test -p modelfleet-operator --test build_golden` rewrites them), and
+//! (`UPDATE_GOLDEN=1 cargo test -p modelfleet-operator-core --test build_golden` rewrites them), and
 //! the properties a user relies on are asserted directly.
 
 use std::path::PathBuf;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use modelfleet_crds::{ModelDeployment, manifest::model_deployments_from_yaml, revision::revision_hash};
-use modelfleet_operator::reconcile::{
+use modelfleet_operator_core::{
     build::{DesiredObjects, build},
-    fetch::Observed,
+    observed::Observed,
     plan::{desired_replicas, plan},
 };
 
@@ -58,7 +58,7 @@ fn every_example_matches_its_golden_file() {
     ];
     for file in files {
         let yaml = serde_yaml::to_string(&desired(&example(file))).expect("serializes");
-        let golden = root().join("operator/tests/golden").join(file);
+        let golden = root().join("operator-core/tests/golden").join(file);
         if std::env::var_os("UPDATE_GOLDEN").is_some() {
             std::fs::write(&golden, &yaml).expect("write golden");
         }
@@ -260,7 +260,7 @@ fn children_are_named_labelled_and_owned() {
 
 #[test]
 fn during_a_rollout_the_stable_revision_keeps_its_own_template_and_the_shadow_mirror_is_on_stable_only() {
-    use modelfleet_operator::reconcile::{fetch::ObservedRevision, plan::Traffic};
+    use modelfleet_operator_core::{observed::ObservedRevision, plan::Traffic};
     let old = example("minimal.yaml");
     let old_rev = revision_hash(&old.spec, IMAGE);
     let old_template = desired(&old).deployments[0]

@@ -6,9 +6,10 @@ use k8s_openapi::{
 };
 
 /// A condition to set: type, status, reason, message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Desired {
     /// Condition type.
+    #[serde(rename = "type")]
     pub type_: &'static str,
     /// True or False.
     pub status: bool,

@@ -12,7 +12,7 @@ use k8s_openapi::{
     },
     apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
-use kube::ResourceExt;
+use kube_core::ResourceExt;
 use modelfleet_crds::{
     ModelDeployment,
     constants::{GPU_RESOURCE, labels},

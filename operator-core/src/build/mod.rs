@@ -16,12 +16,12 @@ use k8s_openapi::{
         util::intstr::IntOrString,
     },
 };
-use kube::{Resource, ResourceExt};
+use kube_core::{Resource, ResourceExt};
 use modelfleet_crds::{ModelDeployment, constants::labels};
 
 pub use self::pod::{GRPC_PORT, HTTP_PORT, METRICS_PORT, ROUTING_FILE};
-use crate::reconcile::{
-    fetch::{Observed, VERSION_ANNOTATION},
+use crate::{
+    observed::{Observed, VERSION_ANNOTATION},
     plan::RevisionPlan,
 };
 

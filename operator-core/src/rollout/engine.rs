@@ -18,10 +18,8 @@ use modelfleet_crds::{
 };
 
 use crate::{
-    reconcile::{
-        fetch::ObservedRevision,
-        plan::{RevisionPlan, Traffic},
-    },
+    observed::ObservedRevision,
+    plan::{RevisionPlan, Traffic},
     rollout::machine::{self, CheckOutcome, HoldReason, Inputs, RollbackReason, RolloutState, Verdict},
 };
 
@@ -55,7 +53,8 @@ pub struct EngineInput<'a> {
 }
 
 /// Where a rollout stands after this reconcile.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub enum RolloutPhase {
     /// A step runs; `hold` says why it does not advance.
     Running {
@@ -78,7 +77,8 @@ pub enum RolloutPhase {
 }
 
 /// The rollout parts of the status, computed by the engine.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RolloutReport {
     /// `status.candidate`.
     pub candidate: Option<CandidateStatus>,
@@ -554,7 +554,7 @@ fn held_back(input: &EngineInput<'_>, result: RolloutResultStatus) -> RolloutDec
 }
 
 /// The candidate becomes stable; the old stable revision keeps its replicas for `scaleDownDelay`
-/// (see [`crate::reconcile::plan::drain`]).
+/// (see [`crate::plan::drain`]).
 fn promoted(input: &EngineInput<'_>, analysis: Option<AnalysisStatus>) -> RolloutDecision {
     let now = input.now.as_second();
     let mut plan = base_plan(input, input.desired);

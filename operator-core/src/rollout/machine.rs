@@ -118,7 +118,8 @@ impl RollbackReason {
 }
 
 /// Why a rollout holds.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub enum HoldReason {
     /// The candidate's replicas are starting.
     CandidateNotReady,

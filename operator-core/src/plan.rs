@@ -8,14 +8,17 @@
 
 use std::collections::BTreeMap;
 
-use modelfleet_crds::ModelDeployment;
+use k8s_openapi::jiff::Timestamp;
+use modelfleet_crds::{ModelDeployment, ModelDeploymentStatus, v1alpha1::RolloutResult};
 
-use crate::autoscaler::resume_replicas;
-
-use crate::reconcile::fetch::ObservedRevision;
+use crate::{
+    autoscale::resume_replicas,
+    observed::{Observed, ObservedRevision},
+};
 
 /// The revisions to run after this reconcile.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RevisionPlan {
     /// The revision the spec asks for.
     pub current: String,
@@ -34,7 +37,8 @@ pub struct RevisionPlan {
 }
 
 /// How traffic reaches the candidate.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Traffic {
     /// Percent of live traffic on the candidate through the HTTPRoute.
     pub weight: i32,
@@ -105,6 +109,34 @@ pub fn plan(
         desired,
         traffic: Traffic::default(),
     }
+}
+
+/// After a promotion the previous stable revision drains for `scaleDownDelay`: keeps it in
+/// `plan` while the delay runs and the new stable is not fully ready; returns the seconds left
+/// when it still runs.
+pub fn drain_after_promotion(
+    md: &ModelDeployment,
+    recorded: &ModelDeploymentStatus,
+    observed: &Observed,
+    plan: &mut RevisionPlan,
+    now: Timestamp,
+) -> Option<i64> {
+    let last = recorded
+        .last_rollout
+        .as_ref()
+        .filter(|r| r.result == RolloutResult::Promoted && r.revision == plan.stable)?;
+    let previous = observed.revision(last.previous_stable.as_deref()?)?;
+    let delay = md.spec.rollout.as_ref().map_or(0, |r| {
+        std::time::Duration::from(r.scale_down_delay).as_secs() as i64
+    });
+    let left = last.finished_at.0.as_second() + delay - now.as_second();
+    let stable_ready = observed
+        .revision(&plan.stable)
+        .is_some_and(|r| r.ready_replicas >= plan.desired);
+    drain(plan, previous, left <= 0, stable_ready);
+    plan.replicas
+        .contains_key(&previous.revision)
+        .then_some(left.max(1))
 }
 
 /// What changed between the observed revisions and the plan, for Events.

@@ -8,12 +8,12 @@
 //! leaves every other field to other managers. It is applied as a dynamic object.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::{ResourceExt, core::ApiResource};
+use kube_core::{ApiResource, ResourceExt};
 use modelfleet_crds::ModelDeployment;
 use serde::Serialize;
 
 use super::{HTTP_PORT, common_labels, meta};
-use crate::reconcile::plan::RevisionPlan;
+use crate::plan::RevisionPlan;
 
 /// Gateway API group.
 pub const GROUP: &str = "gateway.networking.k8s.io";

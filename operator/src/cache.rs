@@ -1,58 +1,20 @@
-//! Reading the children a ModelDeployment owns.
+//! The watch caches of the children, and reading one ModelDeployment's children from them.
 
 use std::{collections::BTreeMap, sync::Arc};
 
+pub use modelfleet_operator_core::observed::{
+    Observed, ObservedRevision, SPEC_HASH_ANNOTATION, VERSION_ANNOTATION,
+};
+
 use k8s_openapi::api::{
     apps::v1::Deployment,
-    core::v1::{ConfigMap, Pod, PodTemplateSpec, Service},
+    core::v1::{ConfigMap, Pod, Service},
     policy::v1::PodDisruptionBudget,
 };
 use kube::{Resource, ResourceExt, runtime::reflector::Store};
 use modelfleet_crds::constants::labels;
 
 use crate::{Error, Result};
-
-/// Annotation on each revision's Deployment with the model version it serves.
-pub const VERSION_ANNOTATION: &str = "modelfleet.dev/model-version";
-/// Annotation on every child: a hash of what the operator last applied, to skip identical writes.
-pub const SPEC_HASH_ANNOTATION: &str = "modelfleet.dev/spec-hash";
-
-/// One revision's Deployment as observed.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ObservedRevision {
-    /// Revision hash.
-    pub revision: String,
-    /// Model version it serves.
-    pub version: String,
-    /// Desired replicas (its spec).
-    pub replicas: i32,
-    /// Ready replicas.
-    pub ready_replicas: i32,
-    /// The pod template it runs: a revision other than the current one keeps its own, never the
-    /// current spec's.
-    pub template: Option<Box<PodTemplateSpec>>,
-}
-
-/// Everything a reconcile reads.
-#[derive(Debug, Clone, Default)]
-pub struct Observed {
-    /// Deployments of every revision, ordered by revision.
-    pub revisions: Vec<ObservedRevision>,
-    /// Serving pods of every revision.
-    pub pods: Vec<Pod>,
-    /// `Kind/name` → the spec hash annotation of each existing child, so unchanged objects are
-    /// not written again.
-    pub applied: BTreeMap<String, String>,
-    /// Service name → its `spec.clusterIP` (`None` when headless), for the existing Services.
-    pub cluster_ips: BTreeMap<String, String>,
-}
-
-impl Observed {
-    /// The observed revision with this hash.
-    pub fn revision(&self, revision: &str) -> Option<&ObservedRevision> {
-        self.revisions.iter().find(|r| r.revision == revision)
-    }
-}
 
 /// Watch caches of every child kind, filled by the controller's watches.
 #[derive(Debug, Clone)]

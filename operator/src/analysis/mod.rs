@@ -1,19 +1,26 @@
-//! One analysis run: every check of `spec.rollout.analysis`, the built-in ones from the telemetry
-//! store and the Prometheus ones over HTTP, concurrently and bounded by a timeout.
+//! One analysis run, the I/O before a decision: every check of `spec.rollout.analysis`, the
+//! built-in ones from the telemetry store and the Prometheus ones over HTTP, concurrently and
+//! bounded by a timeout. Judging the values is the core's
+//! ([`modelfleet_operator_core::rollout::analysis`]).
 
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use modelfleet_crds::v1alpha1::{AnalysisCheck, BuiltinCheck};
+use modelfleet_crds::v1alpha1::BuiltinCheck;
 
-use crate::{
+use modelfleet_operator_core::{
+    AnalysisDue,
     rollout::{
         analysis::{check_name, evaluate_builtin, judge},
         machine::CheckOutcome,
-        prometheus::{self, Placeholders},
     },
-    telemetry::TelemetryStore,
 };
+
+use crate::telemetry::TelemetryStore;
+
+pub mod prometheus;
+
+pub use prometheus::Placeholders;
 
 /// How long one Prometheus query may take before it counts as inconclusive.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -25,25 +32,31 @@ pub struct AnalysisEnv<'a> {
     pub telemetry: &'a TelemetryStore,
     /// The operator's `--prometheus-url`, for checks without an `address`.
     pub prometheus_url: Option<&'a str>,
-    /// Query placeholders (namespace, deployment, candidate and stable revisions).
-    pub placeholders: Placeholders<'a>,
-    /// The current step mirrors traffic: `outputAgreement` is measured only then.
-    pub shadow_step: bool,
+    /// The ModelDeployment's namespace.
+    pub namespace: &'a str,
+    /// The ModelDeployment's name.
+    pub deployment: &'a str,
 }
 
 /// Runs the checks that apply to the current step.
-pub async fn run(checks: &[AnalysisCheck], env: &AnalysisEnv<'_>) -> Vec<CheckOutcome> {
+pub async fn run(due: &AnalysisDue<'_>, env: &AnalysisEnv<'_>) -> Vec<CheckOutcome> {
     let now = Instant::now();
-    let p = env.placeholders;
+    let p = Placeholders {
+        namespace: env.namespace,
+        deployment: env.deployment,
+        revision: &due.revision,
+        stable_revision: &due.stable_revision,
+    };
     let candidate = env
         .telemetry
         .aggregate(p.namespace, p.deployment, Some(p.revision), now);
     let stable = env
         .telemetry
         .aggregate(p.namespace, p.deployment, Some(p.stable_revision), now);
-    let runs = checks
+    let runs = due
+        .checks
         .iter()
-        .filter(|c| env.shadow_step || c.builtin != Some(BuiltinCheck::OutputAgreement))
+        .filter(|c| due.shadow_step || c.builtin != Some(BuiltinCheck::OutputAgreement))
         .map(|check| {
             let (candidate, stable) = (&candidate, &stable);
             async move {

@@ -194,6 +194,7 @@ pub fn compute(
         ),
         canary_weight: Some(candidate.as_ref().map_or(0, |c| c.traffic_weight)),
         stable: Some(stable),
+        rollout: rollout.and_then(|r| r.state.clone()),
         candidate,
         analysis: rollout.and_then(|r| r.analysis.clone()),
         last_rollout: match rollout {

@@ -86,9 +86,7 @@ fn skip_string(chars: &[char], mut i: usize, out: &mut String) -> usize {
     while i < chars.len() {
         match chars[i] {
             '\\' if !raw => i += 2,
-            '"' if chars[i + 1..].iter().take(hashes).all(|&c| c == '#')
-                && chars.len() >= i + 1 + hashes =>
-            {
+            '"' if chars[i + 1..].iter().take(hashes).all(|&c| c == '#') && chars.len() >= i + 1 + hashes => {
                 out.push('"');
                 return i + 1 + hashes;
             }
@@ -138,7 +136,11 @@ fn fn_name(line: &str) -> Option<String> {
     let before_ok = words[..at]
         .iter()
         .all(|w| w.starts_with("pub") || matches!(*w, "async" | "const" | "unsafe" | "extern"));
-    let name: String = words.get(at + 1)?.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+    let name: String = words
+        .get(at + 1)?
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_')
+        .collect();
     (before_ok && !name.is_empty()).then_some(name)
 }
 
@@ -157,7 +159,10 @@ fn crate_references(code: &str) -> BTreeSet<String> {
         rest = &rest[at + "crate::".len()..];
         let preceded_by_ident = code.len() > rest.len() + 7 && {
             let before = &code[..code.len() - rest.len() - 7];
-            before.chars().next_back().is_some_and(|c| c.is_alphanumeric() || c == '_')
+            before
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_alphanumeric() || c == '_')
         };
         if preceded_by_ident {
             continue;
@@ -199,13 +204,22 @@ fn first_segment(path: &str) -> String {
 fn root_reexports(src: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for root in ["lib.rs", "main.rs"] {
-        let Ok(text) = std::fs::read_to_string(src.join(root)) else { continue };
+        let Ok(text) = std::fs::read_to_string(src.join(root)) else {
+            continue;
+        };
         for line in code_only(&text).lines() {
-            let Some(used) = line.trim().strip_prefix("pub use ") else { continue };
+            let Some(used) = line.trim().strip_prefix("pub use ") else {
+                continue;
+            };
             let module = first_segment(used);
             let items = used.split_once("::").map_or("", |(_, items)| items);
             for item in items.trim_matches(|c| "{};".contains(c)).split(',') {
-                let name = item.rsplit("::").next().unwrap_or("").trim().trim_end_matches(['}', ';']);
+                let name = item
+                    .rsplit("::")
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .trim_end_matches(['}', ';']);
                 out.insert(name.to_string(), module.clone());
             }
         }
@@ -219,7 +233,9 @@ fn module_graph(src: &Path) -> Graph {
     let reexports = root_reexports(src);
     let mut graph = Graph::new();
     for file in rust_files(src) {
-        let Some(from) = top_module(src, &file) else { continue };
+        let Some(from) = top_module(src, &file) else {
+            continue;
+        };
         let code = code_only(&std::fs::read_to_string(&file).expect("read"));
         let edges = graph.entry(from.clone()).or_default();
         for name in crate_references(&code) {
@@ -238,7 +254,12 @@ fn module_graph(src: &Path) -> Graph {
 
 /// One cycle in `graph`, as the path that closes it.
 fn find_cycle(graph: &Graph) -> Option<Vec<String>> {
-    fn visit(node: &str, graph: &Graph, path: &mut Vec<String>, done: &mut BTreeSet<String>) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        graph: &Graph,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
         if let Some(at) = path.iter().position(|n| n == node) {
             let mut cycle = path[at..].to_vec();
             cycle.push(node.to_string());
@@ -258,7 +279,9 @@ fn find_cycle(graph: &Graph) -> Option<Vec<String>> {
         None
     }
     let mut done = BTreeSet::new();
-    graph.keys().find_map(|node| visit(node, graph, &mut Vec::new(), &mut done))
+    graph
+        .keys()
+        .find_map(|node| visit(node, graph, &mut Vec::new(), &mut done))
 }
 
 #[test]
@@ -300,9 +323,15 @@ fn the_checks_see_cycles_long_functions_and_ignore_literals() {
     assert_eq!(find_cycle(&graph).map(|c| c.len()), Some(4), "a -> b -> c -> a");
 
     let refs = crate_references("use crate::{Error, reconcile::{a, b}, cache};\nlet x = crate::memory::X;");
-    assert_eq!(refs.into_iter().collect::<Vec<_>>(), ["Error", "cache", "memory", "reconcile"]);
+    assert_eq!(
+        refs.into_iter().collect::<Vec<_>>(),
+        ["Error", "cache", "memory", "reconcile"]
+    );
 
-    let long = format!("fn long() {{\n{}}}\nfn short() {{ let s = \"}}}}\"; }}\n", "    x();\n".repeat(85));
+    let long = format!(
+        "fn long() {{\n{}}}\nfn short() {{ let s = \"}}}}\"; }}\n",
+        "    x();\n".repeat(85)
+    );
     let found = long_functions(&code_only(&long));
     assert_eq!(found, [("long".to_string(), 1, 87)]);
     let braces_in_literals = "fn f() {\n    let s = \"{\"; let c = '{'; // {\n}\nfn g() {}\n";

@@ -37,10 +37,14 @@ pub struct ModelDeploymentStatus {
     /// Percent of traffic on the candidate, 0 when no rollout runs: feeds the WEIGHT printer column.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_weight: Option<i32>,
-    /// The revision being rolled out, if any.
+    /// Where the rollout with steps stands: the operator's memory of it, so a new leader carries
+    /// on where the old one stopped. `candidate` and `analysis` show the same for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutState>,
+    /// The revision being rolled out, if any (display).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub candidate: Option<CandidateStatus>,
-    /// The latest rollout analysis.
+    /// The latest rollout analysis (display).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisStatus>,
     /// How the latest rollout ended. A rolled-back revision is not tried again until the spec
@@ -84,6 +88,68 @@ pub struct RevisionStatus {
     /// Ready replicas of this revision.
     #[serde(default)]
     pub ready_replicas: i32,
+}
+
+/// Where a rollout with steps stands (`status.rollout`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutState {
+    /// The state.
+    pub state: RolloutStateName,
+    /// The candidate revision (the promoted or rolled-back one once finished).
+    pub revision: String,
+    /// When the candidate first appeared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// Index of the step in `spec.rollout.steps` (`Step` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<i32>,
+    /// When this state (or step) began: `progressDeadline` and step durations count from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
+    /// `Step` only: the step's replicas are not all Ready yet, so it holds the previous step's
+    /// traffic.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub waiting: bool,
+    /// Consecutive failed analysis runs per check.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub failures: std::collections::BTreeMap<String, i32>,
+    /// Whether the latest analysis run passed every check.
+    #[serde(default = "passed", skip_serializing_if = "is_true")]
+    pub last_passed: bool,
+    /// When the analysis last ran for this candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_analysis_at: Option<Time>,
+    /// `RolledBack` only: the condition reason (`AnalysisFailed`, `ProgressDeadlineExceeded`,
+    /// `Aborted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `RolledBack` only: the message naming the check, value and threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+fn passed() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// The states of a rollout with steps.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RolloutStateName {
+    /// The candidate's first replicas are starting.
+    Starting,
+    /// A step runs (or waits for its replicas).
+    Step,
+    /// Every step passed: the candidate grows to full size before it becomes stable.
+    Growing,
+    /// The candidate became stable.
+    Promoted,
+    /// The candidate was rolled back; it is not tried again until the spec changes.
+    RolledBack,
 }
 
 /// The revision being rolled out.

@@ -16,9 +16,10 @@ use std::collections::BTreeMap;
 
 use modelfleet_crds::v1alpha1::{RolloutSpec, StepKind};
 
-/// The rollout's memory, as `status.candidate` and `status.analysis` keep it.
+/// What the step machine works on: the step, its timing and the analysis counts (the
+/// [`RolloutState`](crate::rollout::state::RolloutState) of a starting or stepping candidate).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct RolloutState {
+pub struct StepMemory {
     /// Index of the current step.
     pub step: usize,
     /// When the current step started (seconds), None while the candidate is not yet ready.
@@ -147,6 +148,8 @@ pub enum Verdict {
     Promote,
     /// Weight 0, mirror off, candidate to 0 replicas; not retried until the spec changes.
     Rollback(RollbackReason),
+    /// Rolled back earlier and the spec still asks for it: stays at weight 0 and 0 replicas.
+    HeldBack,
 }
 
 /// The traffic of step `index`: (weight, mirror).
@@ -178,8 +181,15 @@ fn duration_seconds(rollout: &RolloutSpec, index: usize) -> i64 {
     std::time::Duration::from(d).as_secs() as i64
 }
 
+/// The rollback when a candidate waiting for its replicas since `since` is past
+/// `progressDeadline` at `now`.
+pub fn deadline_exceeded(rollout: &RolloutSpec, since: i64, now: i64) -> Option<RollbackReason> {
+    let deadline = std::time::Duration::from(rollout.progress_deadline).as_secs() as i64;
+    (now - since >= deadline).then_some(RollbackReason::ProgressDeadlineExceeded { seconds: deadline })
+}
+
 /// Advances `state` by one reconcile.
-pub fn step(state: &mut RolloutState, inputs: &Inputs<'_>) -> Verdict {
+pub fn step(state: &mut StepMemory, inputs: &Inputs<'_>) -> Verdict {
     let rollout = inputs.rollout;
     if inputs.abort {
         return Verdict::Rollback(RollbackReason::Aborted);
@@ -219,10 +229,9 @@ pub fn step(state: &mut RolloutState, inputs: &Inputs<'_>) -> Verdict {
         state.last_passed = outcomes.iter().all(|o| matches!(o, CheckOutcome::Passed { .. }));
     }
     if !inputs.candidate_ready {
-        let deadline = std::time::Duration::from(rollout.progress_deadline).as_secs() as i64;
         let since = state.step_started_at.unwrap_or(state.created_at);
-        if inputs.now - since >= deadline {
-            return Verdict::Rollback(RollbackReason::ProgressDeadlineExceeded { seconds: deadline });
+        if let Some(exceeded) = deadline_exceeded(rollout, since, inputs.now) {
+            return Verdict::Rollback(exceeded);
         }
         // Never route weight to pods that are not Ready: before the first step none; while the
         // candidate grows for a later step, the previous step's share, which its Ready pods carry.
@@ -337,7 +346,7 @@ progressDeadline: 120s",
         analysis: impl Fn(i64) -> Option<Vec<CheckOutcome>>,
         controls: impl Fn(i64) -> (bool, bool),
     ) -> Vec<(i64, Verdict, usize)> {
-        let mut state = RolloutState {
+        let mut state = StepMemory {
             last_passed: true,
             ..Default::default()
         };
@@ -472,7 +481,7 @@ progressDeadline: 120s",
     fn pause_freezes_the_step_and_resume_continues() {
         let mut r = three_steps();
         r.paused = true;
-        let mut state = RolloutState {
+        let mut state = StepMemory {
             last_passed: true,
             ..Default::default()
         };

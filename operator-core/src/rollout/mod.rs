@@ -9,3 +9,4 @@
 pub mod analysis;
 pub mod engine;
 pub mod machine;
+pub mod state;

@@ -36,6 +36,51 @@ impl Desired {
     }
 }
 
+/// Who says something about a ModelDeployment's conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The rollout engine (a step, a hold, a rollback).
+    Rollout,
+    /// Problems found on the pods (image pulls, crash loops, missing GPUs).
+    Diagnosis,
+    /// Ready replicas against the desired count.
+    Replicas,
+    /// The autoscaler (MetricsAvailable, ScalingLimited).
+    Autoscaler,
+    /// Fields of the spec that have no effect.
+    Spec,
+}
+
+/// When several sources set the same condition type, the one listed first wins: a rollout's
+/// account of Available, Progressing and Degraded replaces the replica counts' and the pods'.
+pub const PRECEDENCE: [Source; 5] = [
+    Source::Rollout,
+    Source::Diagnosis,
+    Source::Replicas,
+    Source::Autoscaler,
+    Source::Spec,
+];
+
+/// One condition per type from what every source says, each type where it first appears and
+/// set by the source [`PRECEDENCE`] ranks first.
+pub fn resolve(said: &[(Source, Desired)]) -> Vec<Desired> {
+    let rank = |s: Source| {
+        PRECEDENCE
+            .iter()
+            .position(|p| *p == s)
+            .unwrap_or(PRECEDENCE.len())
+    };
+    let mut out: Vec<(Source, Desired)> = Vec::new();
+    for (source, desired) in said {
+        match out.iter_mut().find(|(_, d)| d.type_ == desired.type_) {
+            Some(held) if rank(*source) < rank(held.0) => *held = (*source, desired.clone()),
+            Some(_) => {}
+            None => out.push((*source, desired.clone())),
+        }
+    }
+    out.into_iter().map(|(_, d)| d).collect()
+}
+
 /// Merges `desired` into `existing`: a condition keeps its `lastTransitionTime` unless its status
 /// changes. Types not in `desired` are dropped.
 pub fn merge(
@@ -68,6 +113,35 @@ pub fn merge(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_source_in_the_precedence_table_wins_each_type_in_place() {
+        let said = [
+            (
+                Source::Replicas,
+                Desired::new("Available", true, "AllReplicasReady", ""),
+            ),
+            (
+                Source::Diagnosis,
+                Desired::new("Degraded", false, "AsExpected", ""),
+            ),
+            (
+                Source::Rollout,
+                Desired::new("Degraded", true, "AnalysisFailed", ""),
+            ),
+            (Source::Rollout, Desired::new("Paused", false, "Running", "")),
+            (Source::Spec, Desired::new("Available", false, "Ignored", "")),
+        ];
+        let resolved: Vec<_> = resolve(&said).into_iter().map(|d| (d.type_, d.reason)).collect();
+        assert_eq!(
+            resolved,
+            [
+                ("Available", "AllReplicasReady".to_string()),
+                ("Degraded", "AnalysisFailed".to_string()),
+                ("Paused", "Running".to_string()),
+            ]
+        );
+    }
 
     #[test]
     fn transition_time_moves_only_with_the_status() {

@@ -10,7 +10,7 @@ use modelfleet_crds::{
 
 use crate::{
     autoscale::Outcome,
-    conditions::{self, Desired},
+    conditions::{self, Desired, Source},
     diagnose,
     events::EventNote,
     observed::Observed,
@@ -30,6 +30,37 @@ pub struct StatusReport {
     pub settled: bool,
 }
 
+/// What the status is computed from.
+#[derive(Debug, Clone, Copy)]
+struct Facts<'a> {
+    md: &'a ModelDeployment,
+    plan: &'a RevisionPlan,
+    observed: &'a Observed,
+    /// `spec.model.version`.
+    version: &'a str,
+    /// The stable revision's version.
+    stable_version: &'a str,
+    /// Ready replicas of the current revision.
+    current_ready: i32,
+    /// Ready replicas of the stable revision.
+    stable_ready: i32,
+}
+
+impl Facts<'_> {
+    fn ready(&self, revision: &str) -> i32 {
+        self.observed.revision(revision).map_or(0, |r| r.ready_replicas)
+    }
+
+    fn running(&self, revision: &str) -> i32 {
+        self.plan.replicas.get(revision).copied().unwrap_or(0)
+    }
+
+    /// The current revision serves with every replica ready and no rollout in the way.
+    fn available(&self) -> bool {
+        self.plan.candidate.is_none() && self.current_ready >= self.plan.desired
+    }
+}
+
 /// Computes the status from the plan, the children observed, with `spec.scaling` the
 /// autoscaler's outcome, and during a rollout with steps the engine's report.
 pub fn compute(
@@ -40,104 +71,36 @@ pub fn compute(
     rollout: Option<&RolloutReport>,
     now: Timestamp,
 ) -> StatusReport {
-    let name = md.name_any();
-    let ready = |rev: &str| observed.revision(rev).map_or(0, |r| r.ready_replicas);
-    let running = |rev: &str| plan.replicas.get(rev).copied().unwrap_or(0);
-    let replicas: i32 = plan.replicas.values().sum();
-    let ready_replicas: i32 = plan.replicas.keys().map(|r| ready(r)).sum();
-    let current_ready = ready(&plan.current);
-    let gpus = i64::from(md.spec.resources.gpus);
-    let problem = diagnose::diagnose(&observed.pods, &plan.current, gpus);
-    let available = plan.candidate.is_none() && current_ready >= plan.desired;
     let stable_version = observed
         .revision(&plan.stable)
         .map(|r| r.version.clone())
         .unwrap_or_default();
-    let version = md.spec.model.version.clone();
-
-    let (available_cond, progressing) = if available {
-        (
-            Desired::new(
-                types::AVAILABLE,
-                true,
-                "AllReplicasReady",
-                format!(
-                    "{current_ready}/{} replicas of revision {} (version {version}) are ready",
-                    plan.desired, plan.current
-                ),
-            ),
-            Desired::new(
-                types::PROGRESSING,
-                false,
-                "Complete",
-                format!("revision {} is fully rolled out", plan.current),
-            ),
-        )
-    } else if let Some(candidate) = &plan.candidate {
-        let msg = format!(
-            "revision {candidate} (version {version}) has {current_ready}/{} ready replicas; revision {} (version {stable_version}) keeps serving until then",
-            plan.desired, plan.stable
-        );
-        (
-            Desired::new(types::AVAILABLE, false, "RevisionRollingOut", msg.clone()),
-            Desired::new(types::PROGRESSING, true, "NewRevision", msg),
-        )
-    } else {
-        let msg = format!(
-            "{current_ready}/{} replicas of revision {} are ready",
-            plan.desired, plan.current
-        );
-        let reason = problem.as_ref().map_or("ReplicasNotReady", |p| p.reason);
-        (
-            Desired::new(types::AVAILABLE, false, reason, msg.clone()),
-            Desired::new(types::PROGRESSING, true, "ReplicasStarting", msg),
-        )
+    let facts = Facts {
+        md,
+        plan,
+        observed,
+        version: &md.spec.model.version,
+        stable_version: &stable_version,
+        current_ready: observed.revision(&plan.current).map_or(0, |r| r.ready_replicas),
+        stable_ready: observed.revision(&plan.stable).map_or(0, |r| r.ready_replicas),
     };
-    let degraded = match &problem {
-        Some(p) => Desired::new(types::DEGRADED, true, p.reason, p.message.clone()),
-        None => Desired::new(types::DEGRADED, false, "AsExpected", "no problem found"),
-    };
-    let mut desired = vec![available_cond, progressing, degraded];
-    if md.spec.scaling.is_some() {
-        match autoscaling {
-            Some(o) => desired.extend([o.metrics_available.clone(), o.scaling_limited.clone()]),
-            None => desired.push(Desired::new(
-                types::METRICS_AVAILABLE,
-                false,
-                "AwaitingTelemetry",
-                format!(
-                    "the autoscaler has not evaluated this ModelDeployment yet; holding {} replicas",
-                    plan.desired
-                ),
-            )),
-        }
-    }
-    if md
-        .spec
-        .rollout
-        .as_ref()
-        .is_some_and(|r| r.steps.is_empty() && r.analysis.is_some())
-    {
-        desired.push(Desired::new(
-            FIELDS_NOT_ACTIVE,
-            true,
-            "AnalysisWithoutSteps",
-            "spec.rollout.analysis runs only during rollout steps: with no spec.rollout.steps a new revision replaces the stable one once all its replicas are ready, unchecked",
-        ));
-    }
-    let mut rolled_back = false;
+    let problem = diagnose::diagnose(&observed.pods, &plan.current, i64::from(md.spec.resources.gpus));
+    let mut said = replica_conditions(&facts, problem.as_ref());
+    said.push((Source::Diagnosis, degraded(problem.as_ref())));
+    said.extend(autoscaler_conditions(&facts, autoscaling));
+    said.extend(spec_conditions(md));
     if let Some(report) = rollout {
-        rolled_back = matches!(report.phase, RolloutPhase::RolledBack { .. });
-        rollout_conditions(&mut desired, report, plan, &version, &stable_version);
+        said.extend(rollout_conditions(&facts, report));
     }
     let existing = md
         .status
         .as_ref()
-        .map(|s| s.conditions.clone())
+        .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
-    let conditions = conditions::merge(&existing, &desired, md.metadata.generation, now);
-
-    let phase = if available && problem.is_none() {
+    let conditions = conditions::merge(existing, &conditions::resolve(&said), md.metadata.generation, now);
+    let rolled_back = rollout.is_some_and(|r| matches!(r.phase, RolloutPhase::RolledBack { .. }));
+    let ready_replicas: i32 = plan.replicas.keys().map(|r| facts.ready(r)).sum();
+    let phase = if facts.available() && problem.is_none() {
         Phase::Available
     } else if problem.is_some() || rolled_back {
         Phase::Degraded
@@ -146,47 +109,46 @@ pub fn compute(
     } else {
         Phase::Progressing
     };
+    StatusReport {
+        settled: phase == Phase::Available,
+        status: assemble(&facts, autoscaling, rollout, phase, conditions),
+    }
+}
+
+/// The status fields around the conditions and the phase.
+fn assemble(
+    facts: &Facts<'_>,
+    autoscaling: Option<&Outcome>,
+    rollout: Option<&RolloutReport>,
+    phase: Phase,
+    conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+) -> ModelDeploymentStatus {
+    let (md, plan) = (facts.md, facts.plan);
+    let replicas: i32 = plan.replicas.values().sum();
+    let ready_replicas: i32 = plan.replicas.keys().map(|r| facts.ready(r)).sum();
     let stable = RevisionStatus {
         revision: plan.stable.clone(),
         version: if plan.stable == plan.current {
-            version.clone()
+            facts.version
         } else {
-            stable_version
-        },
-        replicas: running(&plan.stable),
-        ready_replicas: ready(&plan.stable),
+            facts.stable_version
+        }
+        .to_string(),
+        replicas: facts.running(&plan.stable),
+        ready_replicas: facts.stable_ready,
     };
     let candidate = match rollout {
         Some(r) => r.candidate.clone(),
-        None => plan.candidate.as_ref().map(|c| {
-            let stable_ready = ready(&plan.stable);
-            // Without steps the entry Service selects both revisions: traffic follows ready replicas.
-            let weight = if current_ready + stable_ready > 0 {
-                100 * current_ready / (current_ready + stable_ready)
-            } else {
-                0
-            };
-            CandidateStatus {
-                revision: c.clone(),
-                version: version.clone(),
-                started_at: None,
-                step: 0,
-                step_started_at: None,
-                step_remaining_seconds: None,
-                traffic_weight: weight,
-                mirror_percent: 0,
-                replicas: running(c),
-                ready_replicas: current_ready,
-            }
-        }),
+        None => stepless_candidate(facts),
     };
-    let status = ModelDeploymentStatus {
+    let recorded = md.status.as_ref();
+    ModelDeploymentStatus {
         observed_generation: md.metadata.generation,
         phase: Some(phase),
         replicas,
         ready_replicas,
         ready: Some(format!("{ready_replicas}/{replicas}")),
-        selector: Some(format!("{}={name}", labels::DEPLOYMENT)),
+        selector: Some(format!("{}={}", labels::DEPLOYMENT, md.name_any())),
         canary: Some(
             candidate
                 .as_ref()
@@ -199,19 +161,128 @@ pub fn compute(
         analysis: rollout.and_then(|r| r.analysis.clone()),
         last_rollout: match rollout {
             Some(r) => r.last_rollout.clone(),
-            None => md.status.as_ref().and_then(|s| s.last_rollout.clone()),
+            None => recorded.and_then(|s| s.last_rollout.clone()),
         },
         autoscaling: md.spec.scaling.as_ref().and(
             autoscaling
                 .map(|o| o.status.clone())
-                .or_else(|| md.status.as_ref().and_then(|s| s.autoscaling.clone())),
+                .or_else(|| recorded.and_then(|s| s.autoscaling.clone())),
         ),
         conditions,
-    };
-    StatusReport {
-        settled: phase == Phase::Available,
-        status,
     }
+}
+
+/// Without rollout steps the entry Service selects both revisions: the candidate's traffic
+/// follows its share of the ready replicas.
+fn stepless_candidate(facts: &Facts<'_>) -> Option<CandidateStatus> {
+    let candidate = facts.plan.candidate.as_ref()?;
+    let ready = facts.current_ready + facts.stable_ready;
+    Some(CandidateStatus {
+        revision: candidate.clone(),
+        version: facts.version.to_string(),
+        started_at: None,
+        step: 0,
+        step_started_at: None,
+        step_remaining_seconds: None,
+        traffic_weight: if ready > 0 {
+            100 * facts.current_ready / ready
+        } else {
+            0
+        },
+        mirror_percent: 0,
+        replicas: facts.running(candidate),
+        ready_replicas: facts.current_ready,
+    })
+}
+
+/// Available and Progressing from the replica counts.
+fn replica_conditions(facts: &Facts<'_>, problem: Option<&diagnose::Problem>) -> Vec<(Source, Desired)> {
+    let (plan, version, ready) = (facts.plan, facts.version, facts.current_ready);
+    let (available, progressing) = if facts.available() {
+        (
+            Desired::new(
+                types::AVAILABLE,
+                true,
+                "AllReplicasReady",
+                format!(
+                    "{ready}/{} replicas of revision {} (version {version}) are ready",
+                    plan.desired, plan.current
+                ),
+            ),
+            Desired::new(
+                types::PROGRESSING,
+                false,
+                "Complete",
+                format!("revision {} is fully rolled out", plan.current),
+            ),
+        )
+    } else if let Some(candidate) = &plan.candidate {
+        let msg = format!(
+            "revision {candidate} (version {version}) has {ready}/{} ready replicas; revision {} (version {}) keeps serving until then",
+            plan.desired, plan.stable, facts.stable_version
+        );
+        (
+            Desired::new(types::AVAILABLE, false, "RevisionRollingOut", msg.clone()),
+            Desired::new(types::PROGRESSING, true, "NewRevision", msg),
+        )
+    } else {
+        let msg = format!(
+            "{ready}/{} replicas of revision {} are ready",
+            plan.desired, plan.current
+        );
+        let reason = problem.map_or("ReplicasNotReady", |p| p.reason);
+        (
+            Desired::new(types::AVAILABLE, false, reason, msg.clone()),
+            Desired::new(types::PROGRESSING, true, "ReplicasStarting", msg),
+        )
+    };
+    vec![(Source::Replicas, available), (Source::Replicas, progressing)]
+}
+
+/// Degraded from the pods' problems.
+fn degraded(problem: Option<&diagnose::Problem>) -> Desired {
+    match problem {
+        Some(p) => Desired::new(types::DEGRADED, true, p.reason, p.message.clone()),
+        None => Desired::new(types::DEGRADED, false, "AsExpected", "no problem found"),
+    }
+}
+
+/// MetricsAvailable and ScalingLimited, with `spec.scaling`.
+fn autoscaler_conditions(facts: &Facts<'_>, autoscaling: Option<&Outcome>) -> Vec<(Source, Desired)> {
+    if facts.md.spec.scaling.is_none() {
+        return Vec::new();
+    }
+    let said = match autoscaling {
+        Some(o) => vec![o.metrics_available.clone(), o.scaling_limited.clone()],
+        None => vec![Desired::new(
+            types::METRICS_AVAILABLE,
+            false,
+            "AwaitingTelemetry",
+            format!(
+                "the autoscaler has not evaluated this ModelDeployment yet; holding {} replicas",
+                facts.plan.desired
+            ),
+        )],
+    };
+    said.into_iter().map(|d| (Source::Autoscaler, d)).collect()
+}
+
+/// FieldsNotActive for accepted fields that do nothing in this spec.
+fn spec_conditions(md: &ModelDeployment) -> Vec<(Source, Desired)> {
+    let analysis_without_steps = md
+        .spec
+        .rollout
+        .as_ref()
+        .is_some_and(|r| r.steps.is_empty() && r.analysis.is_some());
+    let said = analysis_without_steps.then(|| {
+        Desired::new(
+            FIELDS_NOT_ACTIVE,
+            true,
+            "AnalysisWithoutSteps",
+            "spec.rollout.analysis runs only during rollout steps: with no spec.rollout.steps a new revision replaces the stable one once all its replicas are ready, unchecked",
+        )
+    });
+    said.into_iter().map(|d| (Source::Spec, d)).collect()
 }
 
 /// Condition type: an accepted field that has no effect in this spec.
@@ -220,90 +291,88 @@ pub const FIELDS_NOT_ACTIVE: &str = "FieldsNotActive";
 /// Condition type: the rollout waits (paused by the spec, or analysis without an answer).
 pub const PAUSED: &str = "Paused";
 
-/// Replaces Available, Progressing and Degraded with what the rollout says, and adds Paused.
-fn rollout_conditions(
-    desired: &mut Vec<Desired>,
-    report: &RolloutReport,
-    plan: &RevisionPlan,
-    version: &str,
-    stable_version: &str,
-) {
-    let mut set = |d: Desired| match desired.iter_mut().find(|x| x.type_ == d.type_) {
-        Some(x) => *x = d,
-        None => desired.push(d),
-    };
-    let stable = &plan.stable;
-    match &report.phase {
+/// Available, Progressing and Degraded as the rollout tells them, and Paused.
+fn rollout_conditions(facts: &Facts<'_>, report: &RolloutReport) -> Vec<(Source, Desired)> {
+    let said = match &report.phase {
         RolloutPhase::Running { step, steps, hold } => {
-            let c = report.candidate.as_ref();
-            let weight = c.map_or(0, |c| c.traffic_weight);
-            let mirror = c.map_or(0, |c| c.mirror_percent);
-            let at = if step < steps {
-                format!("step {}/{steps}", step + 1)
-            } else {
-                "growing to full size for promotion".into()
-            };
-            let summary = format!(
-                "version {version} (revision {}) is at {at}: weight {weight}%, mirror {mirror}%; version {stable_version} (revision {stable}) serves the rest",
-                plan.current
-            );
-            set(Desired::new(
-                types::AVAILABLE,
-                false,
-                "RolloutInProgress",
-                summary.clone(),
-            ));
-            let (reason, paused, detail) = match hold {
-                None => ("RolloutStep", None, summary),
-                Some(HoldReason::CandidateNotReady) => (
-                    "CandidateStarting",
-                    None,
-                    format!(
-                        "{summary}; waiting for {}/{} candidate replicas to be ready",
-                        c.map_or(0, |c| c.ready_replicas),
-                        c.map_or(0, |c| c.replicas)
-                    ),
-                ),
-                Some(HoldReason::Paused) => (
-                    "RolloutPaused",
-                    Some("spec.rollout.paused is true; the step does not advance (a failing check still rolls back)".to_string()),
-                    summary,
-                ),
-                Some(HoldReason::Inconclusive(checks)) => {
-                    let why = checks
-                        .iter()
-                        .map(|(check, reason)| format!("{check}: {reason}"))
-                        .collect::<Vec<_>>()
-                        .join("; ");
-                    (
-                        "AnalysisInconclusive",
-                        Some(format!("analysis has no answer, so the rollout waits and never promotes: {why}")),
-                        summary,
-                    )
-                }
-            };
-            set(Desired::new(types::PROGRESSING, true, reason, detail));
-            set(match paused {
-                Some(message) => Desired::new(PAUSED, true, reason, message),
-                None => Desired::new(PAUSED, false, "Running", "the rollout advances"),
-            });
+            running_conditions(facts, report, *step, *steps, hold.as_ref())
         }
         RolloutPhase::RolledBack { reason, message } => {
             let msg = format!(
-                "version {version} (revision {}) was rolled back: {message}; version {stable_version} (revision {stable}) serves all traffic; change the spec to roll out again",
-                plan.current
+                "version {} (revision {}) was rolled back: {message}; version {} (revision {}) serves all traffic; change the spec to roll out again",
+                facts.version, facts.plan.current, facts.stable_version, facts.plan.stable
             );
-            set(Desired::new(types::AVAILABLE, false, "RolledBack", msg.clone()));
-            set(Desired::new(types::PROGRESSING, false, "RolledBack", msg));
-            set(Desired::new(
-                types::DEGRADED,
-                true,
-                reason.clone(),
-                message.clone(),
-            ));
+            vec![
+                Desired::new(types::AVAILABLE, false, "RolledBack", msg.clone()),
+                Desired::new(types::PROGRESSING, false, "RolledBack", msg),
+                Desired::new(types::DEGRADED, true, reason.clone(), message.clone()),
+            ]
         }
-        RolloutPhase::Promoted => {}
-    }
+        RolloutPhase::Promoted => Vec::new(),
+    };
+    said.into_iter().map(|d| (Source::Rollout, d)).collect()
+}
+
+fn running_conditions(
+    facts: &Facts<'_>,
+    report: &RolloutReport,
+    step: usize,
+    steps: usize,
+    hold: Option<&HoldReason>,
+) -> Vec<Desired> {
+    let c = report.candidate.as_ref();
+    let (weight, mirror) = (
+        c.map_or(0, |c| c.traffic_weight),
+        c.map_or(0, |c| c.mirror_percent),
+    );
+    let at = if step < steps {
+        format!("step {}/{steps}", step + 1)
+    } else {
+        "growing to full size for promotion".into()
+    };
+    let summary = format!(
+        "version {} (revision {}) is at {at}: weight {weight}%, mirror {mirror}%; version {} (revision {}) serves the rest",
+        facts.version, facts.plan.current, facts.stable_version, facts.plan.stable
+    );
+    let (reason, paused, detail) = match hold {
+        None => ("RolloutStep", None, summary.clone()),
+        Some(HoldReason::CandidateNotReady) => (
+            "CandidateStarting",
+            None,
+            format!(
+                "{summary}; waiting for {}/{} candidate replicas to be ready",
+                c.map_or(0, |c| c.ready_replicas),
+                c.map_or(0, |c| c.replicas)
+            ),
+        ),
+        Some(HoldReason::Paused) => (
+            "RolloutPaused",
+            Some(
+                "spec.rollout.paused is true; the step does not advance (a failing check still rolls back)"
+                    .to_string(),
+            ),
+            summary.clone(),
+        ),
+        Some(HoldReason::Inconclusive(checks)) => {
+            let why: Vec<String> = checks
+                .iter()
+                .map(|(check, reason)| format!("{check}: {reason}"))
+                .collect();
+            let message = format!(
+                "analysis has no answer, so the rollout waits and never promotes: {}",
+                why.join("; ")
+            );
+            ("AnalysisInconclusive", Some(message), summary.clone())
+        }
+    };
+    vec![
+        Desired::new(types::AVAILABLE, false, "RolloutInProgress", summary),
+        Desired::new(types::PROGRESSING, true, reason, detail),
+        match paused {
+            Some(message) => Desired::new(PAUSED, true, reason, message),
+            None => Desired::new(PAUSED, false, "Running", "the rollout advances"),
+        },
+    ]
 }
 
 /// The status for a spec that fails validation: Degraded/InvalidSpec with the message, the

@@ -97,6 +97,57 @@ struct Base {
     telemetry: TelemetryStore,
 }
 
+/// Starts the autoscaler's loop once the children's caches are warm; it stops when the returned
+/// sender fires (or is dropped). It does not wait on the ModelDeployment cache: kube-runtime
+/// 5.0's `Store::wait_until_ready` wakes only one of several waiters and the controller waits on
+/// that store too (a lost wake-up left the loop idle for good). A cold ModelDeployment cache
+/// only means no work yet.
+fn spawn_autoscaler(
+    autoscaler: control::LoopContext,
+    stores: Stores,
+) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        let stop = async move {
+            let _ = stop_rx.await;
+        };
+        tokio::pin!(stop);
+        tokio::select! {
+            ready = stores.ready() => {
+                if ready.is_ok() {
+                    control::run(autoscaler, stop).await;
+                }
+            }
+            () = &mut stop => {}
+        }
+    });
+    (stop_tx, handle)
+}
+
+/// The ModelDeployment watch: fills the cache, forgets deleted objects, and passes on the events
+/// that call for a reconcile. Status writes bump neither generation nor annotations, so they do
+/// not retrigger reconciles.
+fn model_deployment_events(
+    client: Client,
+    writer: reflector::store::Writer<ModelDeployment>,
+    cache: Store<ModelDeployment>,
+    ctx: Arc<Context>,
+) -> impl Stream<Item = Result<ModelDeployment, watcher::Error>> + Send {
+    watcher(Api::<ModelDeployment>::all(client), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                evict_deleted(&ctx, &cache, event);
+            }
+        })
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation.combine(predicates::annotations),
+            Default::default(),
+        )
+}
+
 /// Runs the controller until `shutdown` completes.
 async fn run_controller(base: Base, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let client = base.client.clone();
@@ -119,65 +170,30 @@ async fn run_controller(base: Base, shutdown: impl Future<Output = ()> + Send + 
         ready: Default::default(),
     };
 
-    let decisions = Decisions::default();
     let ctx = Arc::new(Context {
         client: base.client.clone(),
         recorder: base.recorder,
         metrics: base.metrics.clone(),
         config: base.config,
         stores: stores.clone(),
-        decisions: decisions.clone(),
+        decisions: Decisions::default(),
         telemetry: base.telemetry.clone(),
         written: Written::default(),
         failures: Failures::default(),
     });
-    // Status writes bump neither generation nor annotations, so they do not retrigger reconciles.
     let (md_reader, md_writer) = reflector::store();
-    let (evict_ctx, evict_cache) = (ctx.clone(), md_reader.clone());
-    let md_events = watcher(Api::<ModelDeployment>::all(client), watcher::Config::default())
-        .default_backoff()
-        .reflect(md_writer)
-        .inspect(move |event| {
-            if let Ok(event) = event {
-                evict_deleted(&evict_ctx, &evict_cache, event);
-            }
-        })
-        .applied_objects()
-        .predicate_filter(
-            predicates::generation.combine(predicates::annotations),
-            Default::default(),
-        );
-
+    let md_events = model_deployment_events(client, md_writer, md_reader.clone(), ctx.clone());
     let (trigger, triggered) = tokio::sync::mpsc::channel(1024);
     let autoscaler = control::LoopContext {
         model_deployments: md_reader.clone(),
         stores,
         telemetry: base.telemetry,
-        decisions,
+        decisions: ctx.decisions.clone(),
         trigger,
         metrics: base.metrics,
         interval: ctx.config.autoscale_interval,
     };
-    // The loop starts once the children's caches are warm, and stops with the controller. It
-    // does not wait on the ModelDeployment cache: kube-runtime 5.0's `Store::wait_until_ready`
-    // wakes only one of several waiters and the controller waits on that store too (a lost
-    // wake-up left the loop idle for good). A cold ModelDeployment cache only means no work yet.
-    let (loop_stop_tx, loop_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let loop_stores = ctx.stores.clone();
-    let autoscaler_loop = tokio::spawn(async move {
-        let stop = async move {
-            let _ = loop_stop_rx.await;
-        };
-        tokio::pin!(stop);
-        tokio::select! {
-            ready = loop_stores.ready() => {
-                if ready.is_ok() {
-                    control::run(autoscaler, stop).await;
-                }
-            }
-            () = &mut stop => {}
-        }
-    });
+    let (loop_stop_tx, autoscaler_loop) = spawn_autoscaler(autoscaler, ctx.stores.clone());
     Controller::for_stream(md_events, md_reader)
         .owns_stream(deployment_events)
         .owns_stream(service_events)
@@ -202,6 +218,28 @@ async fn run_controller(base: Base, shutdown: impl Future<Output = ()> + Send + 
         .await;
     let _ = loop_stop_tx.send(());
     let _ = autoscaler_loop.await;
+}
+
+/// Serves the telemetry hub until the returned guard drops.
+async fn serve_hub(
+    client: &Client,
+    config: &OperatorConfig,
+    http: &HttpState,
+    telemetry: TelemetryStore,
+    leading: tokio::sync::watch::Receiver<bool>,
+) -> crate::Result<AbortOnDrop> {
+    let hub = Hub::new(
+        telemetry,
+        Authenticator::token_review(client.clone(), config.telemetry_audience.clone()),
+        leading,
+        http.metrics.clone(),
+    );
+    let (telemetry_addr, hub_server) = hub
+        .serve(config.telemetry_addr)
+        .await
+        .map_err(|e| Error::Listen(config.telemetry_addr, e))?;
+    tracing::info!(addr = %telemetry_addr, "serving the telemetry hub (gRPC)");
+    Ok(AbortOnDrop(tokio::spawn(hub_server)))
 }
 
 /// Runs the operator: leader election, then the controller while leading. Returns when `stop`
@@ -230,18 +268,7 @@ pub async fn run(
     // Every replica serves the telemetry hub; only the leader accepts streams.
     let telemetry = TelemetryStore::default();
     let (leading_tx, leading_rx) = tokio::sync::watch::channel(false);
-    let hub = Hub::new(
-        telemetry.clone(),
-        Authenticator::token_review(client.clone(), config.telemetry_audience.clone()),
-        leading_rx,
-        http.metrics.clone(),
-    );
-    let (telemetry_addr, hub_server) = hub
-        .serve(config.telemetry_addr)
-        .await
-        .map_err(|e| Error::Listen(config.telemetry_addr, e))?;
-    tracing::info!(addr = %telemetry_addr, "serving the telemetry hub (gRPC)");
-    let _hub = AbortOnDrop(tokio::spawn(hub_server));
+    let _hub = serve_hub(&client, &config, &http, telemetry.clone(), leading_rx).await?;
     let base = Base {
         recorder: Recorder::new(client.clone(), reporter),
         client,

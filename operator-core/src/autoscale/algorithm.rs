@@ -192,28 +192,7 @@ impl Autoscaler {
             (stable, Reason::Steady)
         };
 
-        // Scale-down stabilization: the highest recommendation of the window, at most halving.
-        self.recommendations.push_back((now, want));
-        while self
-            .recommendations
-            .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > p.scale_down_stabilization)
-        {
-            self.recommendations.pop_front();
-        }
-        // At most one scale-down per window: a fleet that just shrank waits before shrinking again.
-        if want < current {
-            let highest = self.recommendations.iter().map(|(_, r)| *r).max().unwrap_or(want);
-            let stabilized = highest.max(current.div_ceil(2)).min(current);
-            let recently = self
-                .last_scale_down
-                .is_some_and(|t| now.duration_since(t) < p.scale_down_stabilization);
-            if stabilized >= current || recently {
-                (want, reason) = (current, Reason::Stabilizing);
-            } else {
-                want = stabilized;
-            }
-        }
+        (want, reason) = self.stabilize(p, now, current, want, reason);
 
         let bounded = want.clamp(p.min_replicas, p.max_replicas.max(p.min_replicas));
         if bounded != want {
@@ -236,6 +215,40 @@ impl Autoscaler {
             reason,
             desired,
             panicking,
+        }
+    }
+
+    /// Scale-down stabilization: the highest recommendation of the window, at most halving, and
+    /// at most one scale-down per window (a fleet that just shrank waits before shrinking
+    /// again).
+    fn stabilize(
+        &mut self,
+        p: &Params,
+        now: Instant,
+        current: u32,
+        want: u32,
+        reason: Reason,
+    ) -> (u32, Reason) {
+        self.recommendations.push_back((now, want));
+        while self
+            .recommendations
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > p.scale_down_stabilization)
+        {
+            self.recommendations.pop_front();
+        }
+        if want >= current {
+            return (want, reason);
+        }
+        let highest = self.recommendations.iter().map(|(_, r)| *r).max().unwrap_or(want);
+        let stabilized = highest.max(current.div_ceil(2)).min(current);
+        let recently = self
+            .last_scale_down
+            .is_some_and(|t| now.duration_since(t) < p.scale_down_stabilization);
+        if stabilized >= current || recently {
+            (current, Reason::Stabilizing)
+        } else {
+            (stabilized, reason)
         }
     }
 

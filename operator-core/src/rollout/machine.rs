@@ -198,89 +198,32 @@ pub fn step(state: &mut StepMemory, inputs: &Inputs<'_>) -> Verdict {
         return Verdict::Promote;
     }
     // Analysis first: a failing check rolls back whatever else holds the rollout.
-    if let Some(outcomes) = inputs.analysis {
-        let limit = rollout
-            .analysis
-            .as_ref()
-            .map_or(1, |a| a.failure_limit.max(1) as u32);
-        for outcome in outcomes {
-            let failures = state.failures.entry(outcome.check().to_string()).or_default();
-            match outcome {
-                CheckOutcome::Failed {
-                    check,
-                    value,
-                    threshold,
-                } => {
-                    *failures += 1;
-                    if *failures >= limit {
-                        return Verdict::Rollback(RollbackReason::AnalysisFailed {
-                            check: check.clone(),
-                            value: *value,
-                            threshold: threshold.clone(),
-                            failures: *failures,
-                        });
-                    }
-                }
-                CheckOutcome::Passed { .. } => *failures = 0,
-                // No data is neither a pass nor a failure: the count stands.
-                CheckOutcome::Inconclusive { .. } => {}
-            }
-        }
-        state.last_passed = outcomes.iter().all(|o| matches!(o, CheckOutcome::Passed { .. }));
+    if let Some(outcomes) = inputs.analysis
+        && let Some(failed) = count_failures(state, rollout, outcomes)
+    {
+        return Verdict::Rollback(failed);
     }
     if !inputs.candidate_ready {
-        let since = state.step_started_at.unwrap_or(state.created_at);
-        if let Some(exceeded) = deadline_exceeded(rollout, since, inputs.now) {
-            return Verdict::Rollback(exceeded);
-        }
-        // Never route weight to pods that are not Ready: before the first step none; while the
-        // candidate grows for a later step, the previous step's share, which its Ready pods carry.
-        let (weight, mirror) = match state.step {
-            0 => (0, 0),
-            n => traffic(rollout, n - 1),
-        };
-        return Verdict::Run {
-            weight,
-            mirror,
-            remaining: None,
-            hold: Some(HoldReason::CandidateNotReady),
-        };
+        return not_ready(state, inputs);
     }
     let (weight, mirror) = traffic(rollout, state.step);
     let started = *state.step_started_at.get_or_insert(inputs.now);
     let remaining = (duration_seconds(rollout, state.step) - (inputs.now - started)).max(0);
+    let run = |remaining, hold| Verdict::Run {
+        weight,
+        mirror,
+        remaining,
+        hold,
+    };
     if rollout.paused {
-        return Verdict::Run {
-            weight,
-            mirror,
-            remaining: None,
-            hold: Some(HoldReason::Paused),
-        };
+        return run(None, Some(HoldReason::Paused));
     }
-    let inconclusive: Vec<(String, String)> = inputs
-        .analysis
-        .into_iter()
-        .flatten()
-        .filter_map(|o| match o {
-            CheckOutcome::Inconclusive { check, reason } => Some((check.clone(), reason.clone())),
-            _ => None,
-        })
-        .collect();
+    let inconclusive = inconclusive(inputs.analysis.unwrap_or_default());
     if !inconclusive.is_empty() {
-        return Verdict::Run {
-            weight,
-            mirror,
-            remaining: Some(remaining),
-            hold: Some(HoldReason::Inconclusive(inconclusive)),
-        };
+        return run(Some(remaining), Some(HoldReason::Inconclusive(inconclusive)));
     }
     if remaining > 0 || !state.last_passed {
-        return Verdict::Run {
-            weight,
-            mirror,
-            remaining: Some(remaining),
-            hold: None,
-        };
+        return run(Some(remaining), None);
     }
     if state.step + 1 >= rollout.steps.len() {
         return Verdict::Promote;
@@ -294,6 +237,75 @@ pub fn step(state: &mut StepMemory, inputs: &Inputs<'_>) -> Verdict {
         remaining: Some(duration_seconds(rollout, state.step)),
         hold: None,
     }
+}
+
+/// Counts this run's failures per check; the rollback once a check reaches `failureLimit` in a
+/// row.
+fn count_failures(
+    state: &mut StepMemory,
+    rollout: &RolloutSpec,
+    outcomes: &[CheckOutcome],
+) -> Option<RollbackReason> {
+    let limit = rollout
+        .analysis
+        .as_ref()
+        .map_or(1, |a| a.failure_limit.max(1) as u32);
+    for outcome in outcomes {
+        let failures = state.failures.entry(outcome.check().to_string()).or_default();
+        match outcome {
+            CheckOutcome::Failed {
+                check,
+                value,
+                threshold,
+            } => {
+                *failures += 1;
+                if *failures >= limit {
+                    return Some(RollbackReason::AnalysisFailed {
+                        check: check.clone(),
+                        value: *value,
+                        threshold: threshold.clone(),
+                        failures: *failures,
+                    });
+                }
+            }
+            CheckOutcome::Passed { .. } => *failures = 0,
+            // No data is neither a pass nor a failure: the count stands.
+            CheckOutcome::Inconclusive { .. } => {}
+        }
+    }
+    state.last_passed = outcomes.iter().all(|o| matches!(o, CheckOutcome::Passed { .. }));
+    None
+}
+
+/// The step's replicas are not all Ready: hold, or fail past `progressDeadline`.
+fn not_ready(state: &StepMemory, inputs: &Inputs<'_>) -> Verdict {
+    let since = state.step_started_at.unwrap_or(state.created_at);
+    if let Some(exceeded) = deadline_exceeded(inputs.rollout, since, inputs.now) {
+        return Verdict::Rollback(exceeded);
+    }
+    // Never route weight to pods that are not Ready: before the first step none; while the
+    // candidate grows for a later step, the previous step's share, which its Ready pods carry.
+    let (weight, mirror) = match state.step {
+        0 => (0, 0),
+        n => traffic(inputs.rollout, n - 1),
+    };
+    Verdict::Run {
+        weight,
+        mirror,
+        remaining: None,
+        hold: Some(HoldReason::CandidateNotReady),
+    }
+}
+
+/// The checks without an answer in this run, with why.
+fn inconclusive(outcomes: &[CheckOutcome]) -> Vec<(String, String)> {
+    outcomes
+        .iter()
+        .filter_map(|o| match o {
+            CheckOutcome::Inconclusive { check, reason } => Some((check.clone(), reason.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]

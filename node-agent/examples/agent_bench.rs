@@ -17,9 +17,9 @@ use std::{
 use common::{start_hub, start_synthetic_server};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::PostParams};
-use modelfleet_e2e::{
+use modelfleet_testkit::{
     ClusterConfig, GpuNodePool, LocalCluster, nodes,
-    startup_bench::{cpu_seconds, proc_status_mib},
+    procfs::{cpu_seconds, proc_status_mib},
 };
 use serde_json::json;
 

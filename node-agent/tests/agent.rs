@@ -10,11 +10,11 @@ use std::{collections::BTreeMap, time::Duration};
 use common::*;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client, api::PostParams};
-use modelfleet_e2e::{
+use modelfleet_node_agent::run;
+use modelfleet_testkit::{
     GpuNodePool, nodes,
     testing::{TestNamespace, shared_cluster},
 };
-use modelfleet_node_agent::run;
 use serde_json::json;
 
 /// One input per 40 ms batch, so a modest load builds a queue.

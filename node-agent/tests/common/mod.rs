@@ -4,8 +4,8 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use modelfleet_e2e::telemetry_hub::{RecordingHub, TokenPolicy};
 use modelfleet_node_agent::{AgentConfig, config::GpuBackend};
+use modelfleet_testkit::telemetry_hub::{RecordingHub, TokenPolicy};
 
 /// The recording telemetry hub, accepting streams with or without a token (these tests run the
 /// agent with no token file too).

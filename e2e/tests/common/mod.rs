@@ -1,6 +1,7 @@
 //! Helpers for tests across components: the server's binary on 127.0.0.1 with free ports (what
 //! `server/tests/common` does with the server's own `CARGO_BIN_EXE_`, here found by
-//! `modelfleet_testkit::bin`), a tiny HTTP client, metric readings and the test model.
+//! `modelfleet_testkit::bin`), an in-process server, a tiny HTTP client, metric readings, the test
+//! model, and the node agent's loopback-only config against the recording telemetry hub.
 #![allow(dead_code)]
 
 use std::{
@@ -15,6 +16,8 @@ use std::{
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use modelfleet_node_agent::{AgentConfig, config::GpuBackend};
+use modelfleet_testkit::telemetry_hub::{RecordingHub, TokenPolicy};
 use serde_json::Value;
 
 /// The model directory: `$MODELFLEET_TEST_MODEL_DIR`, else what `server/scripts/fetch-model.sh`
@@ -214,4 +217,52 @@ pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     false
+}
+
+#[derive(clap::Parser)]
+struct ServerArgs {
+    #[command(flatten)]
+    config: modelfleet_server::ServerConfig,
+}
+
+/// An in-process modelfleet-server with the synthetic backend on loopback and free ports, plus
+/// `extra` flags.
+pub async fn start_synthetic_server(extra: &[&str]) -> modelfleet_server::Listening {
+    use clap::Parser;
+    let mut argv = vec![
+        "server",
+        "--backend=synthetic",
+        "--listen-address=127.0.0.1",
+        "--http-port=0",
+        "--grpc-port=0",
+        "--metrics-port=0",
+    ];
+    argv.extend_from_slice(extra);
+    modelfleet_server::start(ServerArgs::parse_from(argv).config, std::future::pending())
+        .await
+        .expect("the server starts")
+}
+
+/// The recording telemetry hub, accepting streams with or without a token.
+pub async fn start_hub(addr: SocketAddr) -> RecordingHub {
+    RecordingHub::start(addr, TokenPolicy::AcceptAny).await
+}
+
+/// A node agent config for a loopback-only run with simulated GPUs.
+pub fn agent_config(node: &str, operator_url: String, token_file: PathBuf) -> AgentConfig {
+    AgentConfig {
+        node_name: node.into(),
+        operator_url,
+        interval: Duration::from_millis(250),
+        gpu_backend: GpuBackend::Simulated,
+        simulated_gpus: 8,
+        simulated_product: "NVIDIA-H100-80GB-HBM3".into(),
+        simulated_memory_mib: 81_559,
+        pod_resources_socket: PathBuf::from("/nonexistent/kubelet.sock"),
+        token_file,
+        metrics_addr: "127.0.0.1:0".parse().expect("address"),
+        report_buffer: 300,
+        scrape_timeout: Duration::from_millis(500),
+        scrape_loopback_only: true,
+    }
 }

@@ -15,11 +15,11 @@ use kube::{
 };
 use modelfleet_crds::ModelDeployment;
 
-use crate::{
+use modelfleet_testkit::{
     ClusterConfig, Error, LocalCluster, Result, crds,
     live::{self, LiveConfig, LiveFleet},
     operator_process,
-    startup_bench::rss_mib,
+    procfs::rss_mib,
 };
 
 /// How `bench-live` runs.
@@ -75,7 +75,7 @@ fn real_minilm(uri: &str) -> Result<ModelDeployment> {
 /// Runs the benchmark; progress goes to stderr.
 pub async fn run(config: &LiveBenchConfig) -> Result<LiveBench> {
     eprintln!("bench-live: building the live images");
-    let images = live::build_local_images().await?;
+    let images = crate::build::live_images().await.map_err(Error::Binary)?;
     let t0 = Instant::now();
     let cluster = LocalCluster::start(ClusterConfig::default()).await?;
     let client = cluster.client().await?;
@@ -124,7 +124,7 @@ pub async fn run(config: &LiveBenchConfig) -> Result<LiveBench> {
         );
         runs.push(throughput(&fleet, replicas, config).await);
     }
-    operator.stop(crate::process::STOP_GRACE);
+    operator.stop(modelfleet_testkit::process::STOP_GRACE);
     fleet.stop().await;
     cluster.stop();
     Ok(LiveBench {
@@ -146,7 +146,11 @@ async fn wait_ready(pods: &Api<Pod>, n: i32, timeout: Duration) -> Result<()> {
     let selector = format!("{}={NAME}", modelfleet_crds::constants::labels::DEPLOYMENT);
     loop {
         let list = pods.list(&ListParams::default().labels(&selector)).await?;
-        let ready = list.items.iter().filter(|p| crate::wait::pod_is_ready(p)).count();
+        let ready = list
+            .items
+            .iter()
+            .filter(|p| modelfleet_testkit::wait::pod_is_ready(p))
+            .count();
         if i32::try_from(ready).unwrap_or(0) >= n {
             return Ok(());
         }

@@ -7,12 +7,14 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
-use modelfleet_e2e::{
-    ClusterConfig, GpuNodePool, LocalCluster, Toolchain, agents, crds, live_bench, nodes, operator_process,
-    process, startup_bench,
+use modelfleet_testkit::{
+    ClusterConfig, GpuNodePool, LocalCluster, Toolchain, agents, crds, nodes, operator_process, process,
 };
 use serde::{Deserialize, Serialize};
 
+mod build;
+mod live_bench;
+mod startup_bench;
 mod up_live;
 
 /// Local Kubernetes control plane for modelfleet: etcd, kube-apiserver, kube-controller-manager,
@@ -208,10 +210,7 @@ async fn up(args: UpArgs) -> Result<(), String> {
         step(5, total, "building and starting modelfleet-operator", t0);
         let binary = match args.operator_binary.clone() {
             Some(path) => path,
-            None => tokio::task::spawn_blocking(operator_process::build_operator)
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?,
+            None => operator_binary(args.with_agents).await?,
         };
         let telemetry_addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -290,6 +289,20 @@ async fn up(args: UpArgs) -> Result<(), String> {
     cluster.stop();
     eprintln!("stopped");
     Ok(())
+}
+
+/// Builds the operator (and the node agent for `--with-agents`) of this checkout and returns the
+/// operator's path.
+async fn operator_binary(with_agents: bool) -> Result<PathBuf, String> {
+    let names: &'static [&'static str] = if with_agents {
+        &["modelfleet-operator", agents::NODE_AGENT_BIN]
+    } else {
+        &["modelfleet-operator"]
+    };
+    tokio::task::spawn_blocking(|| build::workspace_bins(names))
+        .await
+        .map_err(|e| e.to_string())??;
+    operator_process::operator_binary().map_err(|e| e.to_string())
 }
 
 /// Ctrl-C or SIGTERM, registered when created (before the prompt that invites them).
@@ -384,7 +397,7 @@ async fn bench_live(replicas: Vec<i32>, clients: usize, seconds: u64) -> Result<
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    let script = modelfleet_e2e::operator_process::workspace_root().join("server/scripts/fetch-model.sh");
+    let script = operator_process::workspace_root().join("server/scripts/fetch-model.sh");
     let out = std::process::Command::new("bash")
         .arg(&script)
         .arg("--print-dir")

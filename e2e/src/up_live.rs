@@ -3,9 +3,9 @@
 
 use std::{path::PathBuf, time::Instant};
 
-use modelfleet_e2e::{
+use modelfleet_testkit::{
     ClusterConfig, GpuNodePool, LocalCluster, crds,
-    live::{self, LiveConfig, LiveFleet},
+    live::{LiveConfig, LiveFleet},
     operator_process,
 };
 use serde::{Deserialize, Serialize};
@@ -72,7 +72,7 @@ pub async fn up(live: LiveArgs, dir: Option<PathBuf>) -> Result<(), String> {
             gpus_per_node: live.gpus_per_node,
             ..Default::default()
         },
-        images: Some(live::build_local_images().await.map_err(text)?),
+        images: Some(crate::build::live_images().await?),
         ..Default::default()
     };
     step(3, "fleet namespace, kube-proxy, CoreDNS and live nodes", t0);
@@ -150,7 +150,7 @@ pub async fn up(live: LiveArgs, dir: Option<PathBuf>) -> Result<(), String> {
     for agents in &mut node_agents {
         agents.stop();
     }
-    operator.stop(modelfleet_e2e::process::STOP_GRACE);
+    operator.stop(modelfleet_testkit::process::STOP_GRACE);
     prometheus.stop();
     fleet.stop().await;
     cluster.stop();

@@ -8,7 +8,8 @@ use kube::{
     Api, Client,
     api::{DeleteParams, PostParams},
 };
-use modelfleet_e2e::{
+use modelfleet_proto::telemetry::{NodeReport, ServerSample};
+use modelfleet_testkit::{
     agents::{AgentToken, AgentsConfig, LoadSimulator, NodeAgents, PodLoad, SCRAPE_ADDRESS_ANNOTATION},
     http,
     process::is_alive,
@@ -16,7 +17,6 @@ use modelfleet_e2e::{
     testing::{shared_cluster, shared_namespace},
     wait::{poll_until, wait_for},
 };
-use modelfleet_proto::telemetry::{NodeReport, ServerSample};
 use serde_json::json;
 
 /// The shared cluster's GPU nodes.

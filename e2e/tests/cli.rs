@@ -6,7 +6,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use modelfleet_e2e::process::is_alive;
+use modelfleet_testkit::process::is_alive;
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -217,7 +217,7 @@ async fn up_with_operator_serves_the_minimal_example() {
         .to_string();
 
     let api = default_model_deployments(&kubeconfig).await;
-    modelfleet_e2e::wait::wait_for(
+    modelfleet_testkit::wait::wait_for(
         &api,
         "minilm",
         std::time::Duration::from_secs(60),
@@ -295,7 +295,7 @@ fn up_with_agents_autoscales_on_the_annotated_load_and_stops_everything_on_ctrl_
     let scaled = tokio::runtime::Runtime::new().unwrap().block_on(async {
         let api = default_model_deployments(&kubeconfig).await;
         // Telemetry flows before the load is put on: MetricsAvailable turns True.
-        modelfleet_e2e::wait::wait_for(
+        modelfleet_testkit::wait::wait_for(
             &api,
             "embedder",
             // Generous: the other tests of this binary run clusters of their own at the same time.
@@ -315,7 +315,7 @@ fn up_with_agents_autoscales_on_the_annotated_load_and_stops_everything_on_ctrl_
         api.patch("embedder", &Default::default(), &kube::api::Patch::Merge(&patch))
             .await?;
         // 80 queued against queueDepthPerReplica 16: 5 replicas.
-        modelfleet_e2e::wait::wait_for(
+        modelfleet_testkit::wait::wait_for(
             &api,
             "embedder",
             std::time::Duration::from_secs(120),

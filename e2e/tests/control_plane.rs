@@ -13,7 +13,7 @@ use kube::{
     api::{ApiResource, DynamicObject, ListParams, PostParams},
 };
 use modelfleet_crds::{ModelDeployment, rules};
-use modelfleet_e2e::{
+use modelfleet_testkit::{
     testing::shared_namespace,
     wait::{poll_until, wait_for},
 };

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use modelfleet_e2e::{ClusterConfig, LocalCluster, process::is_alive};
+use modelfleet_testkit::{ClusterConfig, LocalCluster, process::is_alive};
 
 #[tokio::test]
 async fn stop_leaves_no_process_alive_and_removes_the_directory() {

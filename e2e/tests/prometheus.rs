@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use modelfleet_e2e::{
+use modelfleet_testkit::{
     prometheus::{Prometheus, Target},
     wait::poll_until,
 };

@@ -8,7 +8,7 @@ use kube::{
     api::{Patch, PatchParams, PostParams},
 };
 use modelfleet_crds::ModelDeployment;
-use modelfleet_e2e::testing::{TestNamespace, shared_cluster};
+use modelfleet_testkit::testing::{TestNamespace, shared_cluster};
 
 fn plugin(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_kubectl-modelfleet"))

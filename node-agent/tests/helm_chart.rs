@@ -8,10 +8,10 @@ use std::time::Duration;
 use common::*;
 use k8s_openapi::api::{apps::v1::DaemonSet, core::v1::Pod};
 use kube::{Api, Client, api::PostParams};
-use modelfleet_e2e::{
+use modelfleet_node_agent::run;
+use modelfleet_testkit::{
     ClusterConfig, GpuNodePool, LocalCluster, nodes, testing::helm_install_chart, wait::wait_for,
 };
-use modelfleet_node_agent::run;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

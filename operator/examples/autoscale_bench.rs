@@ -26,9 +26,9 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 use modelfleet_crds::{ModelDeployment, constants::labels};
-use modelfleet_e2e::{LocalCluster, agents::request_agent_token, testing};
 use modelfleet_operator::{OperatorConfig, controller, http::HttpState};
 use modelfleet_proto::telemetry::{NodeReport, PodRef, ServerSample, telemetry_client::TelemetryClient};
+use modelfleet_testkit::{LocalCluster, agents::request_agent_token, testing};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 

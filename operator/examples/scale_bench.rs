@@ -21,8 +21,8 @@ use kube::{
     api::{ListParams, PostParams},
 };
 use modelfleet_crds::{ModelDeployment, v1alpha1::Phase};
-use modelfleet_e2e::{
-    startup_bench::{cpu_seconds, proc_status_mib},
+use modelfleet_testkit::{
+    procfs::{cpu_seconds, proc_status_mib},
     testing,
 };
 
@@ -299,7 +299,7 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let metrics = modelfleet_e2e::http::get(port, "/metrics")
+    let metrics = modelfleet_testkit::http::get(port, "/metrics")
         .await
         .map(|(_, b)| b)
         .unwrap_or_default();

@@ -17,7 +17,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use modelfleet_e2e::startup_bench::{cpu_seconds, proc_status_mib};
 use modelfleet_operator::{
     metrics::Metrics,
     telemetry::{Authenticator, Hub, TelemetryStore},
@@ -25,6 +24,7 @@ use modelfleet_operator::{
 use modelfleet_proto::telemetry::{
     GpuSample, NodeReport, PodRef, ServerSample, telemetry_client::TelemetryClient,
 };
+use modelfleet_testkit::procfs::{cpu_seconds, proc_status_mib};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 

@@ -10,7 +10,7 @@ use common::*;
 use k8s_openapi::api::{apps::v1::Deployment, events::v1::Event};
 use kube::{Api, Client, api::ListParams};
 use modelfleet_crds::ModelDeployment;
-use modelfleet_e2e::{
+use modelfleet_testkit::{
     agents::{AgentsConfig, LoadSimulator, NodeAgents, PodLoad},
     testing::shared_cluster,
     wait::poll_until,

@@ -10,12 +10,12 @@ use kube::{
     api::{ListParams, PostParams},
 };
 use modelfleet_crds::ModelDeployment;
-use modelfleet_e2e::{ClusterConfig, LocalCluster, nodes, testing::helm_install_chart, wait::wait_for};
 use modelfleet_operator::{
     OperatorConfig, controller,
     http::HttpState,
     telemetry::{AuthError, Authenticator},
 };
+use modelfleet_testkit::{ClusterConfig, LocalCluster, nodes, testing::helm_install_chart, wait::wait_for};
 
 #[tokio::test]
 async fn the_chart_installs_and_its_rbac_suffices() {
@@ -91,7 +91,7 @@ async fn the_chart_installs_and_its_rbac_suffices() {
         "no forbidden errors:\n{metrics}"
     );
     // Node agents' tokens: the chart lets the operator ask for TokenReviews.
-    let token = modelfleet_e2e::agents::request_agent_token(&admin, "default")
+    let token = modelfleet_testkit::agents::request_agent_token(&admin, "default")
         .await
         .unwrap();
     let auth = Authenticator::token_review(as_operator_for_auth, "modelfleet-operator");

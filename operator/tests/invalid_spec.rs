@@ -13,8 +13,8 @@ use kube::{
     api::{ListParams, Patch, PatchParams, PostParams},
 };
 use modelfleet_crds::{ModelDeployment, constants::FIELD_MANAGER};
-use modelfleet_e2e::{ClusterConfig, LocalCluster, wait::wait_for};
 use modelfleet_operator::{OperatorConfig, controller, http::HttpState};
+use modelfleet_testkit::{ClusterConfig, LocalCluster, wait::wait_for};
 use serde_json::Value;
 
 fn strip_cel(v: &mut Value) {

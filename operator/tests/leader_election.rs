@@ -12,7 +12,7 @@ use kube::{
     api::{ListParams, Patch, PatchParams, PostParams},
 };
 use modelfleet_crds::ModelDeployment;
-use modelfleet_e2e::{ClusterConfig, LocalCluster, crds, nodes, wait::poll_until};
+use modelfleet_testkit::{ClusterConfig, LocalCluster, crds, nodes, wait::poll_until};
 use serde_json::json;
 
 struct Operator(Child);

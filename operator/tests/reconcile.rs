@@ -15,7 +15,7 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use modelfleet_crds::{ModelDeployment, v1alpha1::Phase};
-use modelfleet_e2e::{nodes, wait::poll_until};
+use modelfleet_testkit::{nodes, wait::poll_until};
 use serde_json::json;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -257,7 +257,7 @@ async fn missing_gpus_degrade_with_insufficient_gpu_and_recover_when_nodes_arriv
     let product = format!("NVIDIA-TEST-{}", ns.name().to_uppercase());
     nodes::add_gpu_pool(
         &client,
-        &modelfleet_e2e::GpuNodePool {
+        &modelfleet_testkit::GpuNodePool {
             name_prefix: format!("{}-a", ns.name()),
             count: 1,
             product: product.clone(),
@@ -291,7 +291,7 @@ async fn missing_gpus_degrade_with_insufficient_gpu_and_recover_when_nodes_arriv
 
     nodes::add_gpu_pool(
         &client,
-        &modelfleet_e2e::GpuNodePool {
+        &modelfleet_testkit::GpuNodePool {
             name_prefix: format!("{}-b", ns.name()),
             count: 1,
             product,
@@ -314,7 +314,7 @@ replicas: 1
 
 async fn wait_ready_replicas(client: &kube::Client, ns: &str, name: &str, n: i32, timeout: Duration) {
     let api: Api<ModelDeployment> = Api::namespaced(client.clone(), ns);
-    modelfleet_e2e::wait::wait_for(
+    modelfleet_testkit::wait::wait_for(
         &api,
         name,
         timeout,

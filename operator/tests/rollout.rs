@@ -21,9 +21,9 @@ use modelfleet_crds::{
     revision::revision_hash,
     v1alpha1::{RolloutResult, RolloutResultStatus},
 };
-use modelfleet_e2e::prometheus::{Prometheus, Target};
 use modelfleet_operator::config::DEFAULT_SERVER_IMAGE;
 use modelfleet_operator_core::build::route;
+use modelfleet_testkit::prometheus::{Prometheus, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SCRAPE: Duration = Duration::from_millis(500);
@@ -123,7 +123,7 @@ struct Rolling {
     endpoint: Endpoint,
     prometheus: Prometheus,
     md: ModelDeployment,
-    _namespace: modelfleet_e2e::testing::TestNamespace,
+    _namespace: modelfleet_testkit::testing::TestNamespace,
     _dir: tempfile::TempDir,
 }
 
@@ -160,7 +160,7 @@ impl Rolling {
 
 /// Waits until the control annotation `key` is gone: the operator consumed it.
 async fn wait_consumed(api: &Api<ModelDeployment>, name: &str, key: &str) {
-    modelfleet_e2e::wait::poll_until(Duration::from_secs(10), &format!("{key} consumed"), || async {
+    modelfleet_testkit::wait::poll_until(Duration::from_secs(10), &format!("{key} consumed"), || async {
         let md = api.get(name).await.map_err(|e| e.to_string())?;
         if md.metadata.annotations.unwrap_or_default().contains_key(key) {
             Err("still set".to_string())
@@ -239,7 +239,7 @@ async fn snapshot(client: &Client, ns: &str, name: &str) -> (ModelDeployment, Sn
 /// Waits until the HTTPRoute's canary weight is `weight` (it is written concurrently with the
 /// status, so a status can show a rollback a moment before the route does).
 async fn wait_route_weight(client: &Client, ns: &str, name: &str, weight: i32) {
-    modelfleet_e2e::wait::poll_until(Duration::from_secs(5), "route weight", || async {
+    modelfleet_testkit::wait::poll_until(Duration::from_secs(5), "route weight", || async {
         let (_, snap) = snapshot(client, ns, name).await;
         if snap.route_canary_weight == weight {
             Ok(Some(()))
@@ -346,7 +346,7 @@ async fn a_good_version_goes_shadow_10_50_and_is_promoted_while_the_route_follow
     );
     assert_eq!(status.canary.as_deref(), Some("-"));
     // The old revision drains for scaleDownDelay, then goes.
-    modelfleet_e2e::wait::poll_until(Duration::from_secs(30), "old revision retired", || async {
+    modelfleet_testkit::wait::poll_until(Duration::from_secs(30), "old revision retired", || async {
         let left = revision_deployments(&client, &ns, "good").await.len();
         if left == 1 {
             Ok(Some(()))
@@ -386,7 +386,7 @@ async fn a_bad_version_rolls_back_by_itself_within_interval_times_failure_limit_
     let candidate = set_version(&client, &md, "2").await;
     endpoint.set(&candidate, 0.2);
     // Wait until Prometheus has the bad value, so the clock below measures the operator only.
-    modelfleet_e2e::wait::poll_until(Duration::from_secs(30), "Prometheus has the value", || async {
+    modelfleet_testkit::wait::poll_until(Duration::from_secs(30), "Prometheus has the value", || async {
         let result = prometheus
             .query(&format!(
                 "modelfleet_test_error_ratio{{revision=\"{candidate}\"}}"
@@ -506,7 +506,7 @@ async fn with_prometheus_down_the_rollout_pauses_as_inconclusive_and_resumes_whe
     .await;
     let candidate = set_version(&client, &md, "2").await;
     endpoint.set(&candidate, 0.0);
-    modelfleet_e2e::wait::poll_until(Duration::from_secs(30), "step 1 runs", || async {
+    modelfleet_testkit::wait::poll_until(Duration::from_secs(30), "step 1 runs", || async {
         let (_, snap) = snapshot(&client, &ns, "held").await;
         if snap.running && snap.step == Some(0) {
             Ok(Some(()))

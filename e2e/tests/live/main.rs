@@ -15,7 +15,7 @@ use std::{
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client, api::ListParams};
 use modelfleet_crds::ModelDeployment;
-use modelfleet_e2e::{
+use modelfleet_testkit::{
     ClusterConfig, LocalCluster,
     agents::NodeAgents,
     crds,
@@ -49,8 +49,8 @@ pub fn model_dir() -> std::path::PathBuf {
     String::from_utf8_lossy(&out.stdout).trim().into()
 }
 
-async fn start() -> modelfleet_e2e::Result<Live> {
-    let runtime_error = modelfleet_e2e::Error::Runtime;
+async fn start() -> modelfleet_testkit::Result<Live> {
+    let runtime_error = modelfleet_testkit::Error::Runtime;
     let cluster = LocalCluster::start(ClusterConfig::default()).await?;
     let client = cluster.client().await?;
     crds::install_modelfleet_crds(&client).await?;
@@ -176,7 +176,7 @@ pub async fn send(url: &str, n: usize, concurrency: usize) -> (BTreeMap<usize, u
     (dims, failures)
 }
 
-pub use modelfleet_e2e::wait::pod_is_ready as is_ready;
+pub use modelfleet_testkit::wait::pod_is_ready as is_ready;
 
 pub fn label<'a>(p: &'a Pod, key: &str) -> &'a str {
     p.metadata
@@ -248,7 +248,7 @@ pub async fn wait_md(
     what: &str,
     check: impl Fn(&ModelDeployment) -> bool,
 ) -> ModelDeployment {
-    modelfleet_e2e::wait::wait_for(api, name, timeout, what, check)
+    modelfleet_testkit::wait::wait_for(api, name, timeout, what, check)
         .await
         .unwrap_or_else(|e| panic!("{name}: {what}: {e}"))
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::{Api, api::PostParams};
 use modelfleet_crds::ModelDeployment;
-use modelfleet_e2e::{live, process::ManagedProcess, wait};
+use modelfleet_testkit::{live, process::ManagedProcess, wait};
 
 use super::{embedding, is_available, is_ready, model_dir, namespace, send, shared, wait_md, wait_pods};
 
@@ -89,7 +89,7 @@ async fn the_minimal_example_serves_the_same_vector_as_the_server_alone_through_
         ManagedProcess::spawn("server-alone", &server, &args, dir.path(), true).expect("server alone");
     alone
         .wait_ready(Duration::from_secs(120), || async move {
-            modelfleet_e2e::http::get(port, "/health/ready")
+            modelfleet_testkit::http::get(port, "/health/ready")
                 .await
                 .is_some_and(|(s, _)| s == 200)
         })

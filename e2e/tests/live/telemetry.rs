@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::PostParams};
 use modelfleet_crds::ModelDeployment;
-use modelfleet_e2e::{
+use modelfleet_testkit::{
     live::{LiveConfig, LiveFleet},
     process::is_alive,
 };
@@ -144,7 +144,7 @@ async fn after_stop_no_process_of_the_fleet_is_alive_and_its_namespace_is_gone()
     let (client, ns) = namespace("live-stop").await;
     // No GPUs and no CPU node: nothing of the other tests can land on this fleet's node.
     let config = LiveConfig {
-        pool: modelfleet_e2e::GpuNodePool {
+        pool: modelfleet_testkit::GpuNodePool {
             name_prefix: "stop-gpu".into(),
             count: 1,
             gpus_per_node: 0,
@@ -175,7 +175,7 @@ async fn after_stop_no_process_of_the_fleet_is_alive_and_its_namespace_is_gone()
     // The container's parent dying (as when the harness is killed) takes the program with it,
     // although dropping to runAsUser cleared the program's own parent-death signal.
     let init = running.iter().find_map(container_pid).expect("a container");
-    let server = modelfleet_e2e::live::runtime::container::first_child(init)
+    let server = modelfleet_testkit::live::runtime::container::first_child(init)
         .expect("the program under the container's PID 1");
     let parent = parent_of(init).expect("unshare");
     nix::sys::signal::kill(

@@ -1,11 +1,11 @@
-//! Helpers for the agent's tests: a test telemetry server (what the operator's hub will be), an
-//! in-process modelfleet-server, and agent configs for loopback-only runs.
+//! Helpers for the agent's tests: a test telemetry server (what the operator's hub will be) and
+//! agent configs for loopback-only runs. Tests with a real modelfleet-server are in e2e/tests.
 #![allow(dead_code)]
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use modelfleet_e2e::telemetry_hub::{RecordingHub, TokenPolicy};
 use modelfleet_node_agent::{AgentConfig, config::GpuBackend};
+use modelfleet_testkit::telemetry_hub::{RecordingHub, TokenPolicy};
 
 /// The recording telemetry hub, accepting streams with or without a token (these tests run the
 /// agent with no token file too).
@@ -36,28 +36,4 @@ pub fn agent_config(node: &str, operator_url: String, token_file: PathBuf) -> Ag
 pub fn free_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("address")
-}
-
-#[derive(clap::Parser)]
-struct ServerArgs {
-    #[command(flatten)]
-    config: modelfleet_server::ServerConfig,
-}
-
-/// An in-process modelfleet-server with the synthetic backend on loopback and free ports, plus
-/// `extra` flags.
-pub async fn start_synthetic_server(extra: &[&str]) -> modelfleet_server::Listening {
-    use clap::Parser;
-    let mut argv = vec![
-        "server",
-        "--backend=synthetic",
-        "--listen-address=127.0.0.1",
-        "--http-port=0",
-        "--grpc-port=0",
-        "--metrics-port=0",
-    ];
-    argv.extend_from_slice(extra);
-    modelfleet_server::start(ServerArgs::parse_from(argv).config, std::future::pending())
-        .await
-        .expect("the server starts")
 }

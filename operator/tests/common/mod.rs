@@ -10,12 +10,12 @@ use kube::{
     api::{ListParams, PostParams},
 };
 use modelfleet_crds::{ModelDeployment, manifest::model_deployments_from_yaml};
-use modelfleet_e2e::{
+use modelfleet_operator::{OperatorConfig, controller, http::HttpState};
+use modelfleet_testkit::{
     LocalCluster,
     testing::{TestNamespace, shared_cluster, shared_namespace},
     wait::wait_for,
 };
-use modelfleet_operator::{OperatorConfig, controller, http::HttpState};
 
 static OPERATOR: OnceLock<std::net::SocketAddr> = OnceLock::new();
 

@@ -8,7 +8,7 @@
 # and copies data files they need from the module cache: kwok's stage configs and the Gateway
 # API standard CRDs. Nothing built here is committed; output is cached by version and reused.
 #
-# Usage: e2e/toolchain/build.sh [--print-dir]
+# Usage: testkit/toolchain/build.sh [--print-dir]
 #   --print-dir   print the output directory and exit (builds nothing)
 # Env:   MODELFLEET_TOOLCHAIN_DIR overrides the output directory; K8S_VERSION, ETCD_VERSION,
 #        KWOK_VERSION, HELM_VERSION, GATEWAY_API_VERSION, COREDNS_VERSION override the pins;

@@ -6,7 +6,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{
-        Mutex, OnceLock, PoisonError,
+        OnceLock,
         atomic::{AtomicU32, Ordering},
     },
     time::Duration,
@@ -23,8 +23,7 @@ use kube::{
 use modelfleet_crds::constants::TELEMETRY_TOKEN_AUDIENCE;
 
 use crate::{
-    Error, LocalCluster, Result, http,
-    operator_process::build_binary,
+    Error, LocalCluster, Result, bin, http,
     process::{ManagedProcess, STOP_GRACE},
 };
 
@@ -71,7 +70,7 @@ pub struct AgentsConfig {
     pub interval: Duration,
     /// The credential. Default: a token of ServiceAccount `default/modelfleet-node-agent`.
     pub token: AgentToken,
-    /// A prebuilt agent binary; `None` builds it with cargo (once per process).
+    /// The agent binary; `None` looks up the built one ([`node_agent_binary`]).
     pub binary: Option<PathBuf>,
     /// More flags for every agent (e.g. `--simulated-gpus=4`).
     pub extra_args: Vec<String>,
@@ -136,12 +135,12 @@ static NEXT_SET: AtomicU32 = AtomicU32::new(0);
 
 impl NodeAgents {
     /// Starts one agent per node of `config.nodes` against `cluster` and waits until each one
-    /// listens (its log says so and its `/healthz` answers). Builds the agent first unless
-    /// `config.binary` is set.
+    /// listens (its log says so and its `/healthz` answers). Runs `config.binary`, else the
+    /// built agent ([`node_agent_binary`]).
     pub async fn start(cluster: &LocalCluster, config: AgentsConfig) -> Result<Self> {
         let binary = match &config.binary {
             Some(b) => b.clone(),
-            None => node_agent_binary().await?,
+            None => node_agent_binary()?,
         };
         let set = NEXT_SET.fetch_add(1, Ordering::Relaxed);
         let (token, token_file) = match &config.token {
@@ -338,17 +337,9 @@ fn listening_addr(log: &Path) -> Option<SocketAddr> {
     })
 }
 
-/// Builds `modelfleet-node-agent` once per process (cargo, debug profile) and returns its path.
-pub async fn node_agent_binary() -> Result<PathBuf> {
-    static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
-    if let Some(path) = BUILT.lock().unwrap_or_else(PoisonError::into_inner).clone() {
-        return Ok(path);
-    }
-    let path = tokio::task::spawn_blocking(|| build_binary(NODE_AGENT_BIN, NODE_AGENT_BIN))
-        .await
-        .map_err(|e| Error::Toolchain(format!("building {NODE_AGENT_BIN}: {e}")))??;
-    *BUILT.lock().unwrap_or_else(PoisonError::into_inner) = Some(path.clone());
-    Ok(path)
+/// The built `modelfleet-node-agent` ([`bin::path`]).
+pub fn node_agent_binary() -> Result<PathBuf> {
+    bin::path(NODE_AGENT_BIN)
 }
 
 /// Creates ServiceAccount `modelfleet-node-agent` in `namespace` if missing and returns a fresh

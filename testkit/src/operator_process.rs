@@ -1,42 +1,18 @@
-//! `up --with-operator`: build the operator from this workspace and run it against the cluster.
-//! [`build_binary`] builds any binary of the workspace (the node agent too, see [`crate::agents`]).
+//! The operator as a process against a [`LocalCluster`], from the binary cargo built (see
+//! [`crate::bin`]).
 
-use std::{
-    path::PathBuf,
-    process::{Command, Stdio},
-};
+use std::path::PathBuf;
 
-use crate::{Error, LocalCluster, Result, process::ManagedProcess};
+use crate::{LocalCluster, Result, bin, process::ManagedProcess};
 
 /// The workspace this crate belongs to.
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
-/// Builds `modelfleet-operator` (debug profile) with cargo and returns the binary's path.
-pub fn build_operator() -> Result<PathBuf> {
-    build_binary("modelfleet-operator", "modelfleet-operator")
-}
-
-/// Builds binary `bin` of workspace package `package` (debug profile) with cargo and returns its
-/// path. Blocking (it runs cargo): call it through `tokio::task::spawn_blocking` from async code.
-pub fn build_binary(package: &str, bin: &str) -> Result<PathBuf> {
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["build", "--quiet", "-p", package, "--bin", bin])
-        .current_dir(workspace_root())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .status()
-        .map_err(Error::io(format!("run cargo build -p {package}")))?;
-    if !status.success() {
-        return Err(Error::Toolchain(format!(
-            "cargo build -p {package} --bin {bin} failed ({status})"
-        )));
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    Ok(target.join("debug").join(bin))
+/// The built `modelfleet-operator` ([`bin::path`]).
+pub fn operator_binary() -> Result<PathBuf> {
+    bin::path("modelfleet-operator")
 }
 
 /// Starts the operator against `cluster`, with its telemetry hub on `telemetry_addr` (loopback),

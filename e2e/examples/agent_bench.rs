@@ -3,7 +3,10 @@
 //! sampling every second and streaming to a test hub. Reports the agent's resident memory and CPU.
 //!
 //!   cargo build --release -p modelfleet-node-agent
-//!   cargo run --release -p modelfleet-node-agent --example agent_bench -- [SECONDS=300] [PODS=16]
+//!   cargo run --release -p modelfleet-e2e --example agent_bench -- [SECONDS=300] [PODS=16]
+//!
+//! It lives in e2e because the servers are the server crate's, in process; the agent binary comes
+//! from the same profile as this example (`modelfleet_testkit::bin`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -17,9 +20,9 @@ use std::{
 use common::{start_hub, start_synthetic_server};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::PostParams};
-use modelfleet_e2e::{
+use modelfleet_testkit::{
     ClusterConfig, GpuNodePool, LocalCluster, nodes,
-    startup_bench::{cpu_seconds, proc_status_mib},
+    procfs::{cpu_seconds, proc_status_mib},
 };
 use serde_json::json;
 
@@ -28,11 +31,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let seconds: u64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(300);
     let pod_count: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(16);
-    let agent_bin =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/modelfleet-node-agent");
-    if !agent_bin.exists() {
-        return Err("build the agent first: cargo build --release -p modelfleet-node-agent".into());
-    }
+    let agent_bin = modelfleet_testkit::bin::path("modelfleet-node-agent")?;
 
     eprintln!("bench: starting the local cluster");
     let cluster = LocalCluster::start(ClusterConfig::default()).await?;

@@ -1,4 +1,4 @@
-//! The pinned Kubernetes binaries, built by `e2e/toolchain/build.sh` and cached by version in
+//! The pinned Kubernetes binaries, built by `testkit/toolchain/build.sh` and cached by version in
 //! `$HOME/.cache/modelfleet/k8s/<versions>/` (or `$MODELFLEET_TOOLCHAIN_DIR`).
 
 use std::{

@@ -10,8 +10,8 @@
 //!   127.0.0.1 with a ServiceAccount token (or none).
 //!
 //! ```no_run
-//! # async fn demo(cluster: &modelfleet_e2e::LocalCluster, hub_url: String) -> modelfleet_e2e::Result<()> {
-//! use modelfleet_e2e::agents::{AgentsConfig, LoadSimulator, NodeAgents, PodLoad};
+//! # async fn demo(cluster: &modelfleet_testkit::LocalCluster, hub_url: String) -> modelfleet_testkit::Result<()> {
+//! use modelfleet_testkit::agents::{AgentsConfig, LoadSimulator, NodeAgents, PodLoad};
 //! let sim = LoadSimulator::start(cluster.client().await?, Some("my-ns".into())).await?;
 //! sim.set_deployment_load("my-ns", "minilm", PodLoad { queued: 12.0, request_rate: 50.0, ..Default::default() });
 //! let agents = NodeAgents::start(cluster, AgentsConfig::new(["gpu-node-0", "gpu-node-1"], hub_url)).await?;

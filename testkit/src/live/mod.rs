@@ -25,10 +25,7 @@ use std::{
 
 use tokio::task::JoinHandle;
 
-use crate::{
-    Error, GpuNodePool, LocalCluster, Result, operator_process::build_binary, process::ManagedProcess,
-    prometheus::Prometheus,
-};
+use crate::{Error, GpuNodePool, LocalCluster, Result, bin, process::ManagedProcess, prometheus::Prometheus};
 use netns::FleetNet;
 use runtime::{GpuPool, IpPool, LocalImages, NodeCtx, NodeRuntime};
 
@@ -47,7 +44,7 @@ pub struct LiveConfig {
     /// Untainted live nodes without GPUs, `live-cpu-<i>` (CPU models such as
     /// examples/minimal.yaml land there).
     pub cpu_nodes: usize,
-    /// Binaries for images; `None` builds [`LOCAL_BINARIES`] with cargo.
+    /// Binaries for images; `None` looks up the built [`LOCAL_BINARIES`] ([`local_images`]).
     pub images: Option<LocalImages>,
 }
 
@@ -122,7 +119,7 @@ impl LiveFleet {
     pub async fn start(cluster: &LocalCluster, config: LiveConfig) -> Result<Self> {
         let images = match config.images {
             Some(images) => images,
-            None => build_local_images().await?,
+            None => local_images()?,
         };
         static NEXT_FLEET: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let name = format!(
@@ -376,17 +373,13 @@ impl Drop for LiveFleet {
     }
 }
 
-/// Builds the workspace binaries live pods run (cargo, debug profile).
-pub async fn build_local_images() -> Result<LocalImages> {
-    tokio::task::spawn_blocking(|| {
-        let mut images = LocalImages::default();
-        for (package, bin) in LOCAL_BINARIES {
-            images.insert(bin, build_binary(package, bin)?);
-        }
-        Ok(images)
-    })
-    .await
-    .map_err(|e| Error::Toolchain(format!("building the live images: {e}")))?
+/// The built workspace binaries live pods run ([`LOCAL_BINARIES`], found by [`bin::path`]).
+pub fn local_images() -> Result<LocalImages> {
+    let mut images = LocalImages::default();
+    for (_, name) in LOCAL_BINARIES {
+        images.insert(name, bin::path(name)?);
+    }
+    Ok(images)
 }
 
 /// `ip netns exec <name>` bind-mounts `/etc/netns/<name>/resolv.conf` over `/etc/resolv.conf`:

@@ -8,6 +8,9 @@ pub enum Error {
     /// The toolchain could not be built or found.
     #[error("toolchain: {0}")]
     Toolchain(String),
+    /// A workspace binary is not built (see [`crate::bin::locate`]).
+    #[error("binary: {0}")]
+    Binary(String),
     /// Certificate generation failed.
     #[error("cannot generate certificates: {0}")]
     Pki(#[from] rcgen::Error),
@@ -72,6 +75,7 @@ impl Error {
     pub fn category(&self) -> &'static str {
         match self {
             Error::Toolchain(_) => "toolchain",
+            Error::Binary(_) => "binary",
             Error::Pki(_) => "pki",
             Error::ComponentStart { .. } => "component_start",
             Error::Io { .. } => "io",
@@ -85,7 +89,8 @@ impl Error {
         }
     }
 
-    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    /// A `map_err` adapter that wraps an I/O error with what was being done.
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
         let what = what.into();
         move |source| Error::Io { what, source }
     }

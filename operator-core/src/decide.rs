@@ -84,8 +84,9 @@ pub enum Requeue {
 pub struct Decision {
     /// The revisions to run, their replicas and traffic, and the revisions to retire.
     pub plan: RevisionPlan,
-    /// The rollout's report, during a rollout with steps.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The rollout's report, during a rollout with steps (its state, candidate and analysis are
+    /// in `status` too, so it is left out of the serialised decision).
+    #[serde(skip)]
     pub rollout: Option<RolloutReport>,
     /// The status to write.
     pub status: ModelDeploymentStatus,

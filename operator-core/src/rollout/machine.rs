@@ -34,7 +34,8 @@ pub struct StepMemory {
 }
 
 /// One check's result in one analysis run.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "result", rename_all = "camelCase")]
 pub enum CheckOutcome {
     /// Within its thresholds.
     Passed { check: String, value: f64 },

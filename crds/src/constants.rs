@@ -1,14 +1,10 @@
-//! Names shared by every part of modelfleet: API group, label keys, annotations, condition types,
-//! the field manager and the finalizer. Changing one of these is an API change.
+//! Names shared by every part of modelfleet: API group, label keys, annotations, condition types
+//! and the field manager. Changing one of these is an API change.
 
 /// API group of every modelfleet custom resource.
 pub const GROUP: &str = "modelfleet.dev";
-/// The served and stored API version.
-pub const VERSION: &str = "v1alpha1";
 /// Field manager for every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "modelfleet-operator";
-/// Finalizer the operator puts on a ModelDeployment while it owns cluster state for it.
-pub const FINALIZER: &str = "modelfleet.dev/finalizer";
 /// Audience of the projected service-account token node agents present to the operator.
 pub const TELEMETRY_TOKEN_AUDIENCE: &str = "modelfleet-operator";
 
@@ -26,7 +22,8 @@ pub mod labels {
     pub const DEPLOYMENT: &str = "modelfleet.dev/deployment";
     /// The revision hash of the pod template (see [`crate::revision`]).
     pub const REVISION: &str = "modelfleet.dev/revision";
-    /// The revision's role: one of [`ROLE_STABLE`], [`ROLE_CANARY`], [`ROLE_SHADOW`].
+    /// On each revision's Deployment (not its pods, so a promotion restarts nothing): one of
+    /// [`ROLE_STABLE`], [`ROLE_CANARY`].
     pub const ROLE: &str = "modelfleet.dev/role";
 
     /// Value of [`MANAGED_BY`].
@@ -35,9 +32,9 @@ pub mod labels {
     pub const NAME_VALUE: &str = "modelfleet-server";
     /// The revision that serves production traffic.
     pub const ROLE_STABLE: &str = "stable";
-    /// A candidate revision receiving a weighted share of production traffic.
+    /// A candidate revision (canary or shadow step).
     pub const ROLE_CANARY: &str = "canary";
-    /// A candidate revision receiving mirrored traffic whose responses are discarded.
+    /// The `app.kubernetes.io/component` of the `<name>-shadow` Service.
     pub const ROLE_SHADOW: &str = "shadow";
 }
 
@@ -62,15 +59,6 @@ pub mod conditions {
     pub const SCALING_LIMITED: &str = "ScalingLimited";
     /// Telemetry for the autoscaler and analysis is present and fresh.
     pub const METRICS_AVAILABLE: &str = "MetricsAvailable";
-
-    /// Every condition type the operator sets, in display order.
-    pub const ALL: [&str; 5] = [
-        AVAILABLE,
-        PROGRESSING,
-        DEGRADED,
-        SCALING_LIMITED,
-        METRICS_AVAILABLE,
-    ];
 }
 
 /// NVIDIA's device-plugin resource: GPU requests and limits, node capacity, and the GPU taint key.

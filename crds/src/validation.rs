@@ -2,7 +2,8 @@
 //!
 //! The API server enforces the rules on admission; this copy lets the operator refuse (and
 //! explain) an object that slipped past an older CRD, and lets `kubectl modelfleet validate`
-//! check manifests offline. `tests/cel_agreement.rs` proves both report the same thing.
+//! check manifests offline. `tests/validation_rules.rs` proves both report the same thing (it runs
+//! the CEL rules of the generated CRD next to `validate()` on the same objects).
 
 use std::fmt;
 

@@ -2,6 +2,8 @@
 //!
 //!     cargo run --release -p modelfleet-operator --example scale_bench -- [deployments] [nodes] [concurrency]
 //!
+//! `BENCH_OPERATOR_BINARY=path` runs that operator build instead of building this one.
+//!
 //! Starts a fresh local cluster, the release operator binary as a separate process, creates the
 //! ModelDeployments (1 replica, 1 GPU each) and reports: time until every child Deployment exists,
 //! time until every ModelDeployment is Available, reconcile duration p50/p99 (from the operator's
@@ -93,6 +95,8 @@ struct ApplyStats {
     /// Resource → applies that found the object existing (HTTP 200, not 201 Created). In this
     /// benchmark no child changes after its creation, so each one is a redundant write.
     existing: BTreeMap<String, f64>,
+    /// Resource → every apply (the operator is the only client that applies).
+    applies: BTreeMap<String, f64>,
 }
 
 impl ApplyStats {
@@ -132,8 +136,11 @@ impl ApplyStats {
                 "apiserver_request_duration_seconds_count" => {
                     stats.time.entry(resource).or_default().1 += value
                 }
-                "apiserver_request_total" if label("code") == Some("200") => {
-                    *stats.existing.entry(resource).or_default() += value
+                "apiserver_request_total" => {
+                    if label("code") == Some("200") {
+                        *stats.existing.entry(resource.clone()).or_default() += value;
+                    }
+                    *stats.applies.entry(resource).or_default() += value;
                 }
                 _ => {}
             }
@@ -148,6 +155,17 @@ impl ApplyStats {
             .map(|(r, (sum, count))| format!("{r} {:.0} ms ({count:.0})", 1000.0 * sum / count))
             .collect::<Vec<_>>()
             .join(", ")
+    }
+
+    /// (child applies, status applies) per ModelDeployment.
+    fn writes_per(&self, count: usize) -> (f64, f64) {
+        let status = self
+            .applies
+            .get("modeldeployments/status")
+            .copied()
+            .unwrap_or(0.0);
+        let all: f64 = self.applies.values().sum();
+        ((all - status) / count as f64, status / count as f64)
     }
 
     fn redundant_child_writes(&self) -> f64 {
@@ -168,21 +186,8 @@ impl Drop for KillOnDrop {
     }
 }
 
-#[tokio::main]
-async fn main() {
-    let mut args = std::env::args().skip(1);
-    let count: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(500);
-    let node_count: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100);
-    let concurrency: u16 = args.next().and_then(|a| a.parse().ok()).unwrap_or(8);
-
-    let cluster = testing::start_with_gpu_nodes(node_count).await.expect("cluster");
-    let client = cluster.client().await.expect("client");
-    eprintln!("cluster with {node_count} GPU nodes ready");
-
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+/// Builds the release operator next to this example and returns its path.
+fn build_operator() -> std::path::PathBuf {
     let binary = std::env::current_exe()
         .expect("exe")
         .parent()
@@ -206,6 +211,29 @@ async fn main() {
         .status()
         .expect("cargo build");
     assert!(status.success());
+    binary
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let count: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(500);
+    let node_count: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100);
+    let concurrency: u16 = args.next().and_then(|a| a.parse().ok()).unwrap_or(8);
+
+    let cluster = testing::start_with_gpu_nodes(node_count).await.expect("cluster");
+    let client = cluster.client().await.expect("client");
+    eprintln!("cluster with {node_count} GPU nodes ready");
+
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    // `BENCH_OPERATOR_BINARY` runs another build (an older commit, for a side-by-side figure).
+    let binary = match std::env::var_os("BENCH_OPERATOR_BINARY") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => build_operator(),
+    };
     let log =
         std::fs::File::create(std::env::temp_dir().join("modelfleet-scale-bench-operator.log")).expect("log");
     let operator = Command::new(&binary)
@@ -345,6 +373,17 @@ async fn main() {
     println!(
         "| applies to an existing child (redundant here) | {:.0} |",
         applies.redundant_child_writes()
+    );
+    let (child_writes, status_writes) = applies.writes_per(count);
+    println!(
+        "| API writes per ModelDeployment (applies: children + status) | {:.2} + {status_writes:.2} |",
+        child_writes
+    );
+    let decision = "modelfleet_operator_decision_duration_seconds";
+    println!(
+        "| operator's own time per reconcile (decision) p50 / p99 | {:.3} / {:.3} ms |",
+        1000.0 * quantile(&metrics, decision, 0.5),
+        1000.0 * quantile(&metrics, decision, 0.99)
     );
     println!("| operator peak RSS (VmHWM) | {peak_mib:.1} MiB |");
     println!("| operator CPU (user+system) | {cpu:.1} s |");

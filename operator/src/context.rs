@@ -3,7 +3,7 @@
 use kube::{Client, runtime::events::Recorder};
 
 use crate::{
-    OperatorConfig, autoscaler::Decisions, backoff::Failures, cache::Stores, memory::Written,
+    OperatorConfig, autoscaler::Decisions, backoff::Failures, cache::Index, memory::Written,
     metrics::Metrics, telemetry::TelemetryStore,
 };
 
@@ -17,8 +17,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Settings.
     pub config: OperatorConfig,
-    /// Watch caches of the children.
-    pub stores: Stores,
+    /// The children of every ModelDeployment, by owner.
+    pub children: Index,
     /// The autoscaler's latest outcomes (the replica source with `spec.scaling`).
     pub decisions: Decisions,
     /// Node-agent telemetry (the built-in analysis checks read it).

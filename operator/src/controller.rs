@@ -12,7 +12,7 @@ use k8s_openapi::api::{
     policy::v1::PodDisruptionBudget,
 };
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    Api, Client, ResourceExt,
     runtime::{
         Controller, Predicate, WatchStreamExt,
         controller::{Action, Config as ControllerConfig},
@@ -29,7 +29,7 @@ use crate::{
     Error, OperatorConfig,
     autoscaler::{Decisions, control},
     backoff::Failures,
-    cache::Stores,
+    cache::{Child, Index},
     context::Context,
     http::HttpState,
     leader::{LeaderElector, LeaseConfig},
@@ -69,22 +69,24 @@ fn evict_deleted(ctx: &Context, cache: &Store<ModelDeployment>, event: &watcher:
     }
 }
 
-/// A watch with a cache: returns the cache and the stream that fills it (managedFields dropped to
-/// save memory).
-fn cached<K>(
+/// A watch that keeps `index` (managedFields dropped to save memory) and passes on the objects.
+fn indexed<K>(
     api: Api<K>,
     config: watcher::Config,
-) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + Send)
+    index: Index,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Child + DeserializeOwned + std::fmt::Debug,
 {
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, config)
+    watcher(api, config)
         .default_backoff()
         .modify(|o| o.managed_fields_mut().clear())
-        .reflect(writer)
-        .applied_objects();
-    (reader, stream)
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                index.apply(event);
+            }
+        })
+        .applied_objects()
 }
 
 /// Everything a controller needs besides its watches.
@@ -104,7 +106,7 @@ struct Base {
 /// only means no work yet.
 fn spawn_autoscaler(
     autoscaler: control::LoopContext,
-    stores: Stores,
+    children: Index,
 ) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
@@ -113,7 +115,7 @@ fn spawn_autoscaler(
         };
         tokio::pin!(stop);
         tokio::select! {
-            ready = stores.ready() => {
+            ready = children.ready() => {
                 if ready.is_ok() {
                     control::run(autoscaler, stop).await;
                 }
@@ -153,29 +155,36 @@ async fn run_controller(base: Base, shutdown: impl Future<Output = ()> + Send + 
     let client = base.client.clone();
     let owned =
         watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE));
-    let (deployments, deployment_events) = cached(Api::<Deployment>::all(client.clone()), owned.clone());
-    let (services, service_events) = cached(Api::<Service>::all(client.clone()), owned.clone());
-    let (config_maps, config_map_events) = cached(Api::<ConfigMap>::all(client.clone()), owned.clone());
-    let (pdbs, pdb_events) = cached(Api::<PodDisruptionBudget>::all(client.clone()), owned);
-    let (pods, pod_events) = cached(
-        Api::<Pod>::all(client.clone()),
-        watcher::Config::default().labels(labels::DEPLOYMENT),
+    let children = Index::default();
+    let deployment_events = indexed(
+        Api::<Deployment>::all(client.clone()),
+        owned.clone(),
+        children.clone(),
     );
-    let stores = Stores {
-        deployments,
-        pods,
-        services,
-        config_maps,
-        pdbs,
-        ready: Default::default(),
-    };
+    let service_events = indexed(
+        Api::<Service>::all(client.clone()),
+        owned.clone(),
+        children.clone(),
+    );
+    let config_map_events = indexed(
+        Api::<ConfigMap>::all(client.clone()),
+        owned.clone(),
+        children.clone(),
+    );
+    let pdb_events = indexed(
+        Api::<PodDisruptionBudget>::all(client.clone()),
+        owned,
+        children.clone(),
+    );
+    let pods = watcher::Config::default().labels(labels::DEPLOYMENT);
+    let pod_events = indexed(Api::<Pod>::all(client.clone()), pods, children.clone());
 
     let ctx = Arc::new(Context {
         client: base.client.clone(),
         recorder: base.recorder,
         metrics: base.metrics.clone(),
         config: base.config,
-        stores: stores.clone(),
+        children: children.clone(),
         decisions: Decisions::default(),
         telemetry: base.telemetry.clone(),
         written: Written::default(),
@@ -186,14 +195,14 @@ async fn run_controller(base: Base, shutdown: impl Future<Output = ()> + Send + 
     let (trigger, triggered) = tokio::sync::mpsc::channel(1024);
     let autoscaler = control::LoopContext {
         model_deployments: md_reader.clone(),
-        stores,
+        children,
         telemetry: base.telemetry,
         decisions: ctx.decisions.clone(),
         trigger,
         metrics: base.metrics,
         interval: ctx.config.autoscale_interval,
     };
-    let (loop_stop_tx, autoscaler_loop) = spawn_autoscaler(autoscaler, ctx.stores.clone());
+    let (loop_stop_tx, autoscaler_loop) = spawn_autoscaler(autoscaler, ctx.children.clone());
     Controller::for_stream(md_events, md_reader)
         .owns_stream(deployment_events)
         .owns_stream(service_events)

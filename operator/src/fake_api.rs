@@ -12,15 +12,12 @@ use http_body_util::BodyExt;
 use kube::{
     Client,
     client::Body,
-    runtime::{
-        events::{Recorder, Reporter},
-        reflector,
-    },
+    runtime::events::{Recorder, Reporter},
 };
 use modelfleet_crds::ModelDeployment;
 
 use crate::{
-    OperatorConfig, autoscaler::Decisions, backoff::Failures, cache::Stores, context::Context,
+    OperatorConfig, autoscaler::Decisions, backoff::Failures, cache::Index, context::Context,
     memory::Written, metrics::Metrics, telemetry::TelemetryStore,
 };
 
@@ -101,14 +98,9 @@ fn failure(code: u16) -> Vec<u8> {
 
 /// A reconcile context on `client` with empty, ready caches.
 pub fn context(client: Client) -> Arc<Context> {
-    let stores = Stores {
-        deployments: reflector::store().0,
-        pods: reflector::store().0,
-        services: reflector::store().0,
-        config_maps: reflector::store().0,
-        pdbs: reflector::store().0,
-        ready: Arc::new(tokio::sync::OnceCell::new_with(Some(()))),
-    };
+    let children = Index::default();
+    children.mark_ready();
+
     let reporter = Reporter {
         controller: "modelfleet-operator".into(),
         instance: None,
@@ -118,7 +110,7 @@ pub fn context(client: Client) -> Arc<Context> {
         client,
         metrics: Metrics::default(),
         config: OperatorConfig::default(),
-        stores,
+        children,
         decisions: Decisions::default(),
         telemetry: TelemetryStore::default(),
         written: Written::default(),

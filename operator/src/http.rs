@@ -21,7 +21,8 @@ pub struct HttpState {
     pub ready: Arc<AtomicBool>,
 }
 
-/// Serves until the process ends; returns the bound address through `bound`.
+/// Binds `addr` and returns the bound address with the server future, which serves until the
+/// process ends.
 pub async fn serve(
     addr: SocketAddr,
     state: HttpState,

@@ -45,6 +45,11 @@ pub fn deployment_name(md_name: &str, revision: &str) -> String {
     format!("{md_name}-{revision}")
 }
 
+/// Names of the Services: the entry `<name>`, `<name>-stable`, `<name>-canary`, `<name>-shadow`.
+pub fn service_names(md_name: &str) -> [String; 4] {
+    ["", "-stable", "-canary", "-shadow"].map(|suffix| format!("{md_name}{suffix}"))
+}
+
 /// Name of the routing ConfigMap.
 pub fn routing_name(md_name: &str) -> String {
     format!("{md_name}-routing")

@@ -98,19 +98,6 @@ pub struct BackendRef {
     pub weight: i32,
 }
 
-impl HttpRoute {
-    /// The weight on the backend named `service`, 0 when absent.
-    pub fn weight_of(&self, service: &str) -> i32 {
-        self.spec
-            .rules
-            .iter()
-            .flat_map(|r| &r.backend_refs)
-            .filter(|b| b.name == service)
-            .map(|b| b.weight)
-            .sum()
-    }
-}
-
 /// The HTTPRoute for `spec.traffic.gateway`, with the plan's weight on `<name>-canary`.
 pub fn http_route(md: &ModelDeployment, plan: &RevisionPlan) -> Option<HttpRoute> {
     let gateway = md.spec.traffic.as_ref()?.gateway.as_ref()?;

@@ -69,8 +69,8 @@ struct Tracked {
 pub struct LoopContext {
     /// ModelDeployments (the controller's cache).
     pub model_deployments: Store<ModelDeployment>,
-    /// Children caches.
-    pub stores: cache::Stores,
+    /// The children of every ModelDeployment.
+    pub children: cache::Index,
     /// Node agents' telemetry.
     pub telemetry: TelemetryStore,
     /// Where outcomes go.
@@ -131,7 +131,7 @@ fn tick(
             memory: Memory::resume(&md, scaling),
             published: None,
         });
-        let view = fleet_view(ctx, &md, &namespace, now);
+        let view = fleet_view(ctx, &md, &key, &namespace, now);
         let evaluation = evaluate(scaling, &mut entry.memory, &view, now, wall);
         if let Some(reason) = evaluation.changed {
             ctx.metrics.autoscaler_decision(reason.as_str());
@@ -157,9 +157,15 @@ fn tick(
 }
 
 /// What the loop sees of one ModelDeployment's fleet.
-fn fleet_view(ctx: &LoopContext, md: &ModelDeployment, namespace: &str, now: Instant) -> FleetView {
+fn fleet_view(
+    ctx: &LoopContext,
+    md: &ModelDeployment,
+    uid: &str,
+    namespace: &str,
+    now: Instant,
+) -> FleetView {
     let name = md.name_any();
-    let observed = cache::observe(&ctx.stores, namespace, &name);
+    let observed = ctx.children.observe(uid, namespace, &name);
     FleetView {
         ready: observed
             .revisions

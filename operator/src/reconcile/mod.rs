@@ -23,7 +23,6 @@ use modelfleet_operator_core::{Controls, Requeue, Snapshot, analysis_due, build,
 use crate::{
     Error, Result,
     analysis::{self, AnalysisEnv},
-    cache,
     context::Context,
     reconcile::effects::Effects,
 };
@@ -51,27 +50,21 @@ pub async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Ac
 }
 
 async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
-    let namespace = md
-        .namespace()
-        .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
-    let name = md
-        .metadata
-        .name
-        .clone()
-        .ok_or(Error::MissingObjectKey(".metadata.name"))?;
+    let key = Key::of(md)?;
     if let Err(invalid) = validate(&md.spec) {
         // An invalid spec waits for a change: no retries, one Event, Degraded/InvalidSpec.
         status::report_invalid(&ctx.client, &ctx.recorder, md, &invalid).await?;
         return Ok(Action::await_change());
     }
-    ctx.stores.ready().await?;
+    ctx.children.ready().await?;
+    let mut own_time = Stopwatch::start();
     // Build on our own last status while the cache has not caught up with it.
     let md = ModelDeployment {
         status: ctx.written.status_of(md),
         ..md.clone()
     };
-    let observed = cache::observe(&ctx.stores, &namespace, &name);
-    let autoscaling = md.uid().and_then(|uid| ctx.decisions.get(&uid));
+    let observed = ctx.children.observe(&key.uid, &key.namespace, &key.name);
+    let autoscaling = ctx.decisions.get(&key.uid);
     let mut snapshot = Snapshot {
         md: &md,
         observed: &observed,
@@ -82,12 +75,17 @@ async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
         default_image: &ctx.config.default_image,
     };
     let analysis = match analysis_due(&snapshot) {
-        Some(due) => Some(analysis::run(&due, &analysis_env(ctx, &namespace, &name)).await),
+        Some(due) => Some(
+            own_time
+                .paused(analysis::run(&due, &analysis_env(ctx, &key)))
+                .await,
+        ),
         None => None,
     };
     snapshot.analysis = analysis.as_deref();
     let decision = decide(&snapshot);
     let desired = build::build(&md, &decision.plan, &observed, &ctx.config.default_image);
+    ctx.metrics.decision.observe(own_time.elapsed().as_secs_f64());
     let effects = Effects {
         md: &md,
         observed: &observed,
@@ -106,12 +104,62 @@ async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
     Ok(next_action(ctx, decision.requeue, applied.awaiting_cache > 0))
 }
 
-fn analysis_env<'a>(ctx: &'a Context, namespace: &'a str, name: &'a str) -> AnalysisEnv<'a> {
+/// Who a reconcile is about.
+struct Key {
+    namespace: String,
+    name: String,
+    uid: String,
+}
+
+impl Key {
+    fn of(md: &ModelDeployment) -> Result<Self> {
+        Ok(Self {
+            namespace: md
+                .namespace()
+                .ok_or(Error::MissingObjectKey(".metadata.namespace"))?,
+            name: md
+                .metadata
+                .name
+                .clone()
+                .ok_or(Error::MissingObjectKey(".metadata.name"))?,
+            uid: md.uid().ok_or(Error::MissingObjectKey(".metadata.uid"))?,
+        })
+    }
+}
+
+/// The operator's own time in a reconcile: it stops while the reconcile waits on I/O.
+struct Stopwatch {
+    spent: Duration,
+    since: Instant,
+}
+
+impl Stopwatch {
+    fn start() -> Self {
+        Self {
+            spent: Duration::ZERO,
+            since: Instant::now(),
+        }
+    }
+
+    /// Awaits `io` with the watch stopped.
+    async fn paused<T>(&mut self, io: impl std::future::Future<Output = T>) -> T {
+        self.spent += self.since.elapsed();
+        let out = io.await;
+        self.since = Instant::now();
+        out
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.spent + self.since.elapsed()
+    }
+}
+
+fn analysis_env<'a>(ctx: &'a Context, key: &'a Key) -> AnalysisEnv<'a> {
     AnalysisEnv {
         telemetry: &ctx.telemetry,
         prometheus_url: ctx.config.prometheus_url.as_deref(),
-        namespace,
-        deployment: name,
+        namespace: &key.namespace,
+        deployment: &key.name,
     }
 }
 

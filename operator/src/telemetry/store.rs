@@ -19,7 +19,8 @@ pub const WINDOW: Duration = Duration::from_secs(30);
 const FORGET_AFTER: Duration = Duration::from_secs(300);
 /// Interval assumed when an agent sends 0.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
-/// Data older than this many intervals is stale (DESIGN §5).
+/// Data older than this many intervals is stale (docs/autoscaler.md): the autoscaler holds and
+/// the analysis is inconclusive rather than act on it.
 const STALE_INTERVALS: u32 = 3;
 
 /// A pod, by namespace and name.

@@ -346,15 +346,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::fake_api;
-
-    fn api_error(code: u16) -> kube::Error {
-        kube::Error::Api(
-            kube::core::Status::failure("refused", "Test")
-                .with_code(code)
-                .boxed(),
-        )
-    }
+    use crate::{error::api_error, fake_api};
 
     fn apply_error(code: u16) -> Error {
         Error::Apply {

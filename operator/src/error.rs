@@ -119,17 +119,19 @@ impl Error {
 /// Result with the reconcile error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// An API server refusal with this HTTP code, for tests.
+#[cfg(test)]
+pub(crate) fn api_error(code: u16) -> kube::Error {
+    kube::Error::Api(
+        kube::core::Status::failure("refused", "Test")
+            .with_code(code)
+            .boxed(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn api_error(code: u16) -> kube::Error {
-        kube::Error::Api(
-            kube::core::Status::failure("refused", "Test")
-                .with_code(code)
-                .boxed(),
-        )
-    }
 
     #[test]
     fn refusals_that_will_repeat_are_permanent_and_the_rest_transient() {

@@ -25,6 +25,7 @@ mod pki;
 pub mod process;
 pub mod procfs;
 pub mod prometheus;
+pub mod server;
 pub mod telemetry_hub;
 pub mod testing;
 pub mod toolchain;

@@ -13,37 +13,19 @@ use k8s_openapi::{
     apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
 use kube_core::ResourceExt;
+use modelfleet_contract::{BatchingArgs, PortArgs, ServerArgs, TierArg, paths, ports};
 use modelfleet_crds::{
     ModelDeployment,
     constants::{GPU_RESOURCE, labels},
-    v1alpha1::{Backend, Device, ModelTask},
 };
 
-/// OpenAI and OIP v2 HTTP.
-pub const HTTP_PORT: i32 = 8080;
-/// OIP v2 gRPC.
-pub const GRPC_PORT: i32 = 8081;
-/// Prometheus metrics.
-pub const METRICS_PORT: i32 = 9090;
-/// Where the routing ConfigMap is mounted.
-const ROUTING_DIR: &str = "/etc/modelfleet/routing";
-/// The routing file the server watches.
-pub const ROUTING_FILE: &str = "/etc/modelfleet/routing/routing.json";
-/// Model cache (emptyDir) or the mounted PVC of a `pvc://` URI.
-const MODEL_DIR: &str = "/var/lib/modelfleet/models";
+use super::{GRPC_PORT, HTTP_PORT, METRICS_PORT};
 /// Seconds a pod keeps serving after removal from endpoints, so in-flight requests finish.
 const DRAIN_SECONDS: i64 = 10;
 /// Termination grace: drain plus the longest request.
 const TERMINATION_GRACE_SECONDS: i64 = 60;
 /// The image's non-root user.
 const RUN_AS_USER: i64 = 65532;
-
-fn enum_name<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
 
 /// The model location inside the pod and the volume that holds it.
 fn model_source(md: &ModelDeployment) -> (String, Volume) {
@@ -58,7 +40,7 @@ fn model_source(md: &ModelDeployment) -> (String, Volume) {
             }),
             ..Default::default()
         };
-        (format!("file://{MODEL_DIR}/{path}"), volume)
+        (format!("file://{}/{path}", paths::MODEL_DIR), volume)
     } else {
         let volume = Volume {
             name: "models".into(),
@@ -69,34 +51,44 @@ fn model_source(md: &ModelDeployment) -> (String, Volume) {
     }
 }
 
-/// Server arguments derived from the spec (the server contract is in docs/server.md).
-pub fn server_args(md: &ModelDeployment, model_uri: &str) -> Vec<String> {
+/// A count the CRD validates as positive. Out of range, 0 stands in: the server refuses it at
+/// start-up, as it would the negative number.
+fn count(n: i32) -> u32 {
+    u32::try_from(n).unwrap_or(0)
+}
+
+/// What the server is told, from the spec (the flags are modelfleet-contract's [`ServerArgs`],
+/// listed in docs/server.md). `spec.runtime.args` come after these on the command line.
+pub fn server_args(md: &ModelDeployment, model_uri: &str) -> ServerArgs {
     let spec = &md.spec;
     let b = &spec.batching;
-    let mut args = vec![
-        format!("--model-name={}", spec.model.name),
-        format!("--model-version={}", spec.model.version),
-        format!("--model-uri={model_uri}"),
-        format!("--task={}", enum_name::<ModelTask>(&spec.model.task)),
-        format!("--backend={}", enum_name::<Backend>(&spec.runtime.backend)),
-        format!("--device={}", enum_name::<Device>(&spec.runtime.device)),
-        format!("--model-cache={MODEL_DIR}"),
-        format!("--max-batch-size={}", b.max_batch_size),
-        format!("--max-batch-tokens={}", b.max_batch_tokens),
-        format!("--max-queue-delay={}", b.max_queue_delay),
-        format!("--max-queue-size={}", b.max_queue_size),
-        format!("--http-port={HTTP_PORT}"),
-        format!("--grpc-port={GRPC_PORT}"),
-        format!("--metrics-port={METRICS_PORT}"),
-        format!("--routing-file={ROUTING_FILE}"),
-    ];
-    for tier in &b.tiers {
-        let timeout = tier.timeout.map(|t| t.to_string()).unwrap_or_default();
-        let share = tier.max_queue_share.map(|s| s.to_string()).unwrap_or_default();
-        args.push(format!("--tier={}:{timeout}:{share}", tier.name));
+    let tiers = b
+        .tiers
+        .iter()
+        .map(|t| TierArg {
+            name: t.name.clone(),
+            timeout: t.timeout.map(|d| d.as_std()),
+            max_queue_share: t.max_queue_share,
+        })
+        .collect();
+    ServerArgs {
+        model_name: spec.model.name.clone(),
+        model_version: spec.model.version.clone(),
+        model_uri: Some(model_uri.to_owned()),
+        task: spec.model.task,
+        backend: spec.runtime.backend,
+        device: spec.runtime.device,
+        model_cache: paths::MODEL_DIR.into(),
+        batching: BatchingArgs {
+            max_batch_size: count(b.max_batch_size),
+            max_batch_tokens: count(b.max_batch_tokens),
+            max_queue_delay: b.max_queue_delay.as_std(),
+            max_queue_size: count(b.max_queue_size),
+            tiers,
+        },
+        ports: PortArgs::default(),
+        routing_file: Some(paths::ROUTING_FILE.into()),
     }
-    args.extend(spec.runtime.args.iter().cloned());
-    args
 }
 
 fn resources(md: &ModelDeployment) -> ResourceRequirements {
@@ -163,7 +155,7 @@ fn probe(path: &str, period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
-            port: IntOrString::String("http".into()),
+            port: IntOrString::String(ports::HTTP_NAME.into()),
             ..Default::default()
         }),
         period_seconds: Some(period),
@@ -229,19 +221,23 @@ pub fn pod_template(md: &ModelDeployment, revision: &str, default_image: &str) -
                 .unwrap_or_else(|| default_image.to_string()),
         ),
         image_pull_policy: Some("IfNotPresent".into()),
-        args: Some(server_args(md, &model_uri)),
+        args: Some({
+            let mut args = server_args(md, &model_uri).to_args();
+            args.extend(spec.runtime.args.iter().cloned());
+            args
+        }),
         env: Some(env),
         ports: Some(vec![
-            port("http", HTTP_PORT),
-            port("grpc", GRPC_PORT),
-            port("metrics", METRICS_PORT),
+            port(ports::HTTP_NAME, HTTP_PORT),
+            port(ports::GRPC_NAME, GRPC_PORT),
+            port(ports::METRICS_NAME, METRICS_PORT),
         ]),
         resources: Some(resources(md)),
-        readiness_probe: Some(probe("/health/ready", 5, 3)),
-        liveness_probe: Some(probe("/health/live", 10, 3)),
+        readiness_probe: Some(probe(paths::READY, 5, 3)),
+        liveness_probe: Some(probe(paths::LIVE, 10, 3)),
         // Model loading (download, GPU upload) may take minutes: up to 15 minutes before the
         // liveness probe starts counting.
-        startup_probe: Some(probe("/health/ready", 10, 90)),
+        startup_probe: Some(probe(paths::READY, 10, 90)),
         lifecycle: Some(Lifecycle {
             pre_stop: Some(LifecycleHandler {
                 sleep: Some(SleepAction {
@@ -262,8 +258,8 @@ pub fn pod_template(md: &ModelDeployment, revision: &str, default_image: &str) -
             ..Default::default()
         }),
         volume_mounts: Some(vec![
-            mount("models", MODEL_DIR, model_read_only),
-            mount("routing", ROUTING_DIR, true),
+            mount("models", paths::MODEL_DIR, model_read_only),
+            mount("routing", paths::ROUTING_DIR, true),
             mount("tmp", "/tmp", false),
         ]),
         ..Default::default()
@@ -283,8 +279,8 @@ pub fn pod_template(md: &ModelDeployment, revision: &str, default_image: &str) -
             labels: Some(pod_labels),
             annotations: Some(BTreeMap::from([
                 ("prometheus.io/scrape".to_string(), "true".to_string()),
-                ("prometheus.io/port".to_string(), METRICS_PORT.to_string()),
-                ("prometheus.io/path".to_string(), "/metrics".to_string()),
+                ("prometheus.io/port".to_string(), ports::METRICS.to_string()),
+                ("prometheus.io/path".to_string(), paths::METRICS.to_string()),
             ])),
             ..Default::default()
         }),
@@ -313,7 +309,7 @@ pub fn pod_template(md: &ModelDeployment, revision: &str, default_image: &str) -
                         name: super::routing_name(&name),
                         items: Some(vec![KeyToPath {
                             key: super::routing_key(revision),
-                            path: "routing.json".into(),
+                            path: paths::ROUTING_FILE_NAME.into(),
                             mode: None,
                         }]),
                         optional: Some(true),

@@ -12,7 +12,11 @@ use crate::{Backend, Device, ModelTask, paths, ports};
 pub use modelfleet_crds::parse_std_duration as parse_duration;
 
 /// What the server serves, how it batches, where it listens and which routing file it reads.
+// `group(skip)` on each struct here: clap would otherwise name an argument group after the
+// struct, and a parser that flattens these under a struct of the same name (a test's own
+// `ServerArgs` wrapper) would fail its debug assertions with a duplicate group.
 #[derive(Args, Debug, Clone, PartialEq)]
+#[group(skip)]
 pub struct ServerArgs {
     /// Model name served (`model` in OpenAI requests, `{name}` in OIP paths).
     #[arg(long, env = "MODELFLEET_MODEL_NAME", default_value = "minilm")]
@@ -51,6 +55,7 @@ pub struct ServerArgs {
 
 /// The dynamic batcher's limits and the priority tiers.
 #[derive(Args, Debug, Clone, PartialEq)]
+#[group(skip)]
 pub struct BatchingArgs {
     /// Most inputs (sentences) in one batch; also the most inputs one request may carry.
     #[arg(long, env = "MODELFLEET_MAX_BATCH_SIZE", default_value_t = 32,
@@ -108,6 +113,7 @@ impl BatchingArgs {
 
 /// The listening ports.
 #[derive(Args, Debug, Clone, Copy, PartialEq, Eq)]
+#[group(skip)]
 pub struct PortArgs {
     /// OpenAI and OIP HTTP API (0: any free port, reported in the log).
     #[arg(long, env = "MODELFLEET_HTTP_PORT", default_value_t = ports::HTTP)]
@@ -308,6 +314,17 @@ mod tests {
         );
         assert!(argv.contains(&"--tier=paid:2s:".to_string()), "{argv:?}");
         assert_eq!(parse(&argv), args);
+    }
+
+    #[test]
+    fn a_wrapper_of_the_same_name_can_flatten_it() {
+        #[derive(Parser, Debug)]
+        struct ServerArgs {
+            #[command(flatten)]
+            args: super::ServerArgs,
+        }
+        let parsed = ServerArgs::try_parse_from(["server", "--http-port=1"]).unwrap();
+        assert_eq!(parsed.args.ports.http_port, 1);
     }
 
     #[test]

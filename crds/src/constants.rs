@@ -64,7 +64,5 @@ pub mod conditions {
 /// NVIDIA's device-plugin resource: GPU requests and limits, node capacity, and the GPU taint key.
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 
-/// HTTP header a client uses to pick a priority tier.
-pub const TIER_HEADER: &str = "x-modelfleet-tier";
-/// HTTP header a client uses to set its own deadline (a duration such as `2s`).
-pub const TIMEOUT_HEADER: &str = "x-modelfleet-timeout";
+// The request headers the server reads (tier, timeout, shadow) are in modelfleet-contract's
+// `headers`, with the rest of the server's contract.

@@ -17,6 +17,7 @@ use hyper_util::{
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::Store;
+use modelfleet_contract::paths;
 use modelfleet_proto::telemetry::{self as pb, NodeReport};
 
 use crate::{
@@ -205,7 +206,7 @@ impl Agent {
         {
             return Err("not_loopback");
         }
-        let uri: http::Uri = format!("http://{address}/metrics")
+        let uri: http::Uri = format!("http://{address}{}", paths::METRICS)
             .parse()
             .map_err(|_| "bad_address")?;
         let request = self.http.get(uri);

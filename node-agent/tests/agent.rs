@@ -9,6 +9,7 @@ use std::{collections::BTreeMap, time::Duration};
 use common::*;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client, api::PostParams};
+use modelfleet_contract::annotations::SCRAPE_ADDRESS;
 use modelfleet_node_agent::run;
 use modelfleet_testkit::{
     GpuNodePool, nodes,
@@ -38,7 +39,7 @@ async fn bound_pod(
 ) {
     let mut annotations = BTreeMap::new();
     if let Some(addr) = scrape {
-        annotations.insert("modelfleet.dev/scrape-address", addr);
+        annotations.insert(SCRAPE_ADDRESS, addr);
     }
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": name, "labels": labels, "annotations": annotations},

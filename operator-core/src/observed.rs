@@ -6,9 +6,9 @@ use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use serde::{Deserialize, Serialize};
 
 /// Annotation on each revision's Deployment with the model version it serves.
-pub const VERSION_ANNOTATION: &str = "modelfleet.dev/model-version";
+pub use modelfleet_contract::annotations::MODEL_VERSION as VERSION_ANNOTATION;
 /// Annotation on every child: a hash of what the operator last applied, to skip identical writes.
-pub const SPEC_HASH_ANNOTATION: &str = "modelfleet.dev/spec-hash";
+pub use modelfleet_contract::annotations::SPEC_HASH as SPEC_HASH_ANNOTATION;
 
 /// One revision's Deployment as observed.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

@@ -306,10 +306,6 @@ fn no_function_over_80_lines_and_no_file_over_600() {
                 problems.push(format!("{}: {lines} lines", file.display()));
             }
             for (name, line, length) in long_functions(&code_only(&text)) {
-                // Being split with the contract crate's server arguments (issue #16).
-                if name == "pod_template" {
-                    continue;
-                }
                 problems.push(format!("{}:{line}: fn {name} is {length} lines", file.display()));
             }
         }

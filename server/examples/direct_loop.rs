@@ -7,10 +7,8 @@
 
 use std::time::{Duration, Instant};
 
-use modelfleet_server::{
-    backend::{Backend, CandleBackend, TextEncoder, resolve_model},
-    config::DeviceKind,
-};
+use modelfleet_contract::Device;
+use modelfleet_server::backend::{Backend, CandleBackend, TextEncoder, resolve_model};
 
 const SENTENCES: &str = include_str!("../bench/sentences.txt");
 
@@ -23,9 +21,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sizes: Vec<usize> = args.map(|s| s.parse()).collect::<Result<_, _>>()?;
     let sizes = if sizes.is_empty() { vec![1, 32, 64] } else { sizes };
     let device = if std::env::var("DEVICE").as_deref() == Ok("cuda") {
-        DeviceKind::Cuda
+        Device::Cuda
     } else {
-        DeviceKind::Cpu
+        Device::Cpu
     };
     let files = resolve_model(&format!("file://{dir}"), std::path::Path::new("/tmp"))?;
     let backend = CandleBackend::load(&files, device)?;

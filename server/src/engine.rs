@@ -8,8 +8,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use modelfleet_contract::headers;
+
 use crate::{
-    api::TIMEOUT_HEADER,
     backend::{BackendInfo, TextEncoder},
     batcher::Batcher,
     config::{InputLimits, OverlongInput, parse_duration},
@@ -201,7 +202,7 @@ impl Engine {
             .map(|t| {
                 parse_duration(t.trim()).map_err(|e| {
                     InferError::invalid(
-                        TIMEOUT_HEADER,
+                        headers::TIMEOUT,
                         format!("`{t}` is not a duration like 500ms or 2s: {e}"),
                     )
                 })

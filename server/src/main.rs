@@ -3,23 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use modelfleet_server::{ServerConfig, start};
-
-/// Dynamic-batching inference server for sentence-embedding models: OpenAI `/v1/embeddings`,
-/// Open Inference Protocol v2 over HTTP and gRPC, priority tiers with deadlines and honest load
-/// shedding (429/503 with Retry-After), shadow mirroring, and Prometheus metrics.
-///
-/// Every option also reads an environment variable (shown in brackets). The operator passes the
-/// flags listed in docs/server.md.
-#[derive(Parser, Debug)]
-#[command(version, about, long_about)]
-struct Cli {
-    #[command(flatten)]
-    config: ServerConfig,
-    /// Log format.
-    #[arg(long, env = "MODELFLEET_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
-    log_format: String,
-}
+use modelfleet_server::{config::Cli, start};
 
 /// Registers the SIGTERM and SIGINT handlers now; the future resolves on the first signal.
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {

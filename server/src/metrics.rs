@@ -1,8 +1,10 @@
 //! Server metrics, each listed in docs/metrics.md. Names carry the `modelfleet_` prefix, base
-//! units and `_total`/`_seconds` suffixes; labels stay low-cardinality (tier, code, reason).
+//! units and `_total`/`_seconds` suffixes; labels stay low-cardinality (tier, code, reason). The
+//! ones the node agent scrapes are named by modelfleet-contract's `metrics`.
 
 use std::sync::{Arc, atomic::AtomicU64};
 
+use modelfleet_contract::metrics::{self as scraped, PREFIX};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{
@@ -86,7 +88,7 @@ fn latency_histogram() -> Histogram {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut r = Registry::with_prefix("modelfleet");
+        let mut r = Registry::with_prefix(PREFIX);
         let requests = Family::<RequestLabels, Counter>::default();
         let request_duration = Family::<TierLabel, Histogram>::new_with_constructor(latency_histogram);
         let queue_duration = Family::<TierLabel, Histogram>::new_with_constructor(latency_histogram);
@@ -109,12 +111,12 @@ impl Default for Metrics {
         let ready = Gauge::default();
 
         r.register(
-            "requests",
+            scraped::REQUESTS.name,
             "Answered requests by API, tier and HTTP status code",
             requests.clone(),
         );
         r.register_with_unit(
-            "request_duration",
+            scraped::REQUEST_DURATION.name,
             "Time from arrival to answer, by tier",
             Unit::Seconds,
             request_duration.clone(),
@@ -125,7 +127,7 @@ impl Default for Metrics {
             Unit::Seconds,
             queue_duration.clone(),
         );
-        r.register("batch_size", "Inputs per batch", batch_size.clone());
+        r.register(scraped::BATCH_SIZE.name, "Inputs per batch", batch_size.clone());
         r.register(
             "batch_tokens",
             "Padded tokens per batch (inputs x longest input)",
@@ -138,17 +140,17 @@ impl Default for Metrics {
             batch_duration.clone(),
         );
         r.register(
-            "queue_depth",
+            scraped::QUEUE_DEPTH.name,
             "Requests waiting in the queue, by tier",
             queue_depth.clone(),
         );
         r.register(
-            "requests_queued",
+            scraped::REQUESTS_QUEUED.name,
             "Requests waiting in the queue (Gateway API Inference Extension: total queued requests)",
             queued.clone(),
         );
         r.register(
-            "requests_running",
+            scraped::REQUESTS_RUNNING.name,
             "Requests in batches the backend is running (Gateway API Inference Extension: total running requests)",
             running.clone(),
         );
@@ -175,7 +177,7 @@ impl Default for Metrics {
             busy_seconds.clone(),
         );
         r.register(
-            "busy_ratio",
+            scraped::BUSY_RATIO.name,
             "Share of the last second the backend was running batches (0 to 1, per concurrent batch slot)",
             busy_ratio.clone(),
         );
@@ -185,7 +187,7 @@ impl Default for Metrics {
             shadow_requests.clone(),
         );
         r.register(
-            "shadow_comparisons",
+            scraped::SHADOW_COMPARISONS.name,
             "Shadow outputs compared with the primary ones (agree, disagree, error)",
             shadow_comparisons.clone(),
         );
@@ -254,11 +256,9 @@ impl Metrics {
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_metric_is_documented_in_docs_metrics_md() {
-        let docs = include_str!("../../docs/metrics.md");
+    /// Every metric with a sample: families only appear once they have one.
+    fn sampled() -> Metrics {
         let m = Metrics::default();
-        // Families only appear once they have a sample.
         m.requests
             .get_or_create(&RequestLabels {
                 api: "openai",
@@ -292,7 +292,13 @@ mod tests {
                 simulated: "true",
             })
             .set(1);
-        let text = m.render();
+        m
+    }
+
+    #[test]
+    fn every_metric_is_documented_in_docs_metrics_md() {
+        let docs = include_str!("../../docs/metrics.md");
+        let text = sampled().render();
         let names: Vec<&str> = text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -305,5 +311,27 @@ mod tests {
                 "{name} is not in docs/metrics.md"
             );
         }
+    }
+
+    #[test]
+    fn every_scraped_metric_is_exposed_as_the_contract_names_it() {
+        use modelfleet_contract::metrics::{SCRAPED, labels, shadow_result};
+        let text = sampled().render();
+        for m in SCRAPED {
+            assert!(
+                text.lines().any(|l| l.starts_with(m.sample)),
+                "{} is not in the exposition:\n{text}",
+                m.sample
+            );
+        }
+        let has = |sample: &str, label: &str| {
+            text.lines()
+                .any(|l| l.starts_with(sample) && l.contains(&format!("{label}=")))
+        };
+        assert!(has(scraped::QUEUE_DEPTH.sample, labels::TIER));
+        assert!(has(scraped::REQUESTS.sample, labels::CODE));
+        assert!(has(&scraped::REQUEST_DURATION.bucket(), "le"));
+        let agree = format!("{}=\"{}\"", labels::RESULT, shadow_result::AGREE);
+        assert!(text.contains(&agree), "{text}");
     }
 }

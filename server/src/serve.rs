@@ -2,13 +2,13 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
+use modelfleet_contract::ModelTask;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{
     ServerConfig, api,
     backend::{self, Backend},
     batcher::Batcher,
-    config::Task,
     engine::{Engine, EngineParts},
     metrics::{Metrics, ModelLabels},
     shadow::{Mirror, MirrorConfig, watch_routing_file},
@@ -51,10 +51,11 @@ pub async fn start(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Listening, StartError> {
-    if config.task != Task::Embedding {
+    let served = &config.contract;
+    if served.task != ModelTask::Embedding {
         return Err(StartError::Config(format!(
             "--task={:?}: this release serves embedding models only",
-            config.task
+            served.task
         )));
     }
     let loading = config.clone();
@@ -69,17 +70,22 @@ pub async fn start(
     metrics
         .model_info
         .get_or_create(&ModelLabels {
-            model: config.model_name.clone(),
-            version: config.model_version.clone(),
+            model: served.model_name.clone(),
+            version: served.model_version.clone(),
             backend: info.name,
             device: info.device.clone(),
             simulated: if info.simulated { "true" } else { "false" },
         })
         .set(1);
-    let batcher = Batcher::spawn(&config.batching, backend, metrics.clone());
+    let batcher = Batcher::spawn(
+        &served.batching,
+        config.max_concurrent_batches,
+        backend,
+        metrics.clone(),
+    );
     let mirror = Mirror::start(
         MirrorConfig {
-            model_name: config.model_name.clone(),
+            model_name: served.model_name.clone(),
             queue: config.shadow_queue,
             agreement: config.shadow_agreement,
             concurrency: 16,
@@ -87,12 +93,12 @@ pub async fn start(
         },
         metrics.clone(),
     );
-    if let Some(path) = config.routing_file.clone() {
+    if let Some(path) = served.routing_file.clone() {
         tokio::spawn(watch_routing_file(path, mirror.clone(), ROUTING_POLL));
     }
     let engine = Arc::new(Engine::new(EngineParts {
-        model_name: config.model_name.clone(),
-        model_version: config.model_version.clone(),
+        model_name: served.model_name.clone(),
+        model_version: served.model_version.clone(),
         info: info.clone(),
         metrics: metrics.clone(),
         batcher,
@@ -101,10 +107,10 @@ pub async fn start(
         mirror,
     }));
 
-    let l = &config.listen;
-    let http = bind(SocketAddr::new(l.listen_address, l.http_port)).await?;
-    let grpc = bind(SocketAddr::new(l.listen_address, l.grpc_port)).await?;
-    let metrics_listener = bind(SocketAddr::new(l.listen_address, l.metrics_port)).await?;
+    let (address, ports) = (config.listen_address, served.ports);
+    let http = bind(SocketAddr::new(address, ports.http_port)).await?;
+    let grpc = bind(SocketAddr::new(address, ports.grpc_port)).await?;
+    let metrics_listener = bind(SocketAddr::new(address, ports.metrics_port)).await?;
     let addrs = (local(&http)?, local(&grpc)?, local(&metrics_listener)?);
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -183,8 +189,9 @@ async fn warm_up(
     config: &ServerConfig,
     max_tokens: usize,
 ) -> Result<(), StartError> {
-    let inputs = config.batching.max_batch_size as usize;
-    let tokens = (config.batching.max_batch_tokens as usize / inputs).clamp(2, max_tokens.max(2));
+    let batching = &config.contract.batching;
+    let inputs = batching.max_batch_size as usize;
+    let tokens = (batching.max_batch_tokens as usize / inputs).clamp(2, max_tokens.max(2));
     let started = std::time::Instant::now();
     let result = tokio::task::spawn_blocking(move || {
         // [CLS] filler… [SEP] with a common WordPiece id, so the batch is as long as allowed.

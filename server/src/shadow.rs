@@ -14,43 +14,12 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
+pub use modelfleet_contract::{MirrorTarget, RoutingFile};
+use modelfleet_contract::{headers, metrics::shadow_result, paths};
 use serde::Deserialize;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::metrics::{Metrics, ResultLabel};
-
-/// Where mirrored copies go and how many.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct MirrorTarget {
-    /// Base URL of the shadow Service (`http://name-shadow.ns:8080`) or a full
-    /// `/v1/embeddings` URL.
-    pub url: String,
-    /// Share of requests copied, 0 to 100.
-    pub percent: f64,
-}
-
-/// The routing file written by the operator into the `<name>-routing` ConfigMap.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct RoutingFile {
-    #[serde(default)]
-    pub mirror: Option<MirrorTarget>,
-}
-
-impl RoutingFile {
-    /// Parses and checks the file's JSON.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let file: Self = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        if let Some(m) = &file.mirror {
-            if !(0.0..=100.0).contains(&m.percent) {
-                return Err(format!("mirror.percent: {} is outside 0 to 100", m.percent));
-            }
-            if !m.url.starts_with("http://") {
-                return Err(format!("mirror.url: `{}` must start with http://", m.url));
-            }
-        }
-        Ok(file)
-    }
-}
 
 struct ShadowJob {
     texts: Vec<String>,
@@ -136,10 +105,10 @@ impl Mirror {
 
 fn endpoint(url: &str) -> String {
     let base = url.trim_end_matches('/');
-    if base.ends_with("/v1/embeddings") {
+    if base.ends_with(paths::EMBEDDINGS) {
         base.to_owned()
     } else {
-        format!("{base}/v1/embeddings")
+        format!("{base}{}", paths::EMBEDDINGS)
     }
 }
 
@@ -160,16 +129,16 @@ async fn send_loop(mut rx: mpsc::Receiver<ShadowJob>, config: MirrorConfig, metr
                     let ratio = started.elapsed().as_secs_f64() / job.primary_latency.as_secs_f64().max(1e-6);
                     metrics.shadow_latency_ratio.observe(ratio);
                     if agrees(&job.primary, &shadow, config.agreement) {
-                        "agree"
+                        shadow_result::AGREE
                     } else {
-                        "disagree"
+                        shadow_result::DISAGREE
                     }
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "shadow request failed");
-                    "error"
+                    shadow_result::ERROR
                 }
-                Err(_) => "error",
+                Err(_) => shadow_result::ERROR,
             };
             metrics
                 .shadow_comparisons
@@ -200,7 +169,7 @@ async fn shadow_call(
     let request = http::Request::post(&job.url)
         .header(http::header::CONTENT_TYPE, "application/json")
         // The copy must not be mirrored again, whatever the shadow's own routing file says.
-        .header("x-modelfleet-shadow", "1")
+        .header(headers::SHADOW, "1")
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
     let response = client.request(request).await.map_err(|e| e.to_string())?;
@@ -266,17 +235,6 @@ pub async fn watch_routing_file(path: PathBuf, mirror: Mirror, interval: Duratio
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn routing_files_parse_and_bad_ones_name_the_field() {
-        assert_eq!(RoutingFile::parse(r#"{"mirror":null}"#).unwrap().mirror, None);
-        let f = RoutingFile::parse(r#"{"mirror":{"url":"http://s:8080","percent":10}}"#).unwrap();
-        assert_eq!(f.mirror.unwrap().percent, 10.0);
-        let e = RoutingFile::parse(r#"{"mirror":{"url":"http://s","percent":120}}"#).unwrap_err();
-        assert!(e.contains("mirror.percent"), "{e}");
-        let e = RoutingFile::parse(r#"{"mirror":{"url":"ftp://s","percent":1}}"#).unwrap_err();
-        assert!(e.contains("mirror.url"), "{e}");
-    }
 
     #[test]
     fn endpoints_and_agreement() {

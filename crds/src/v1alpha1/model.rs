@@ -35,6 +35,7 @@ pub struct ModelSpec {
 
 /// The kind of model.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[cfg_attr(feature = "value-enum", derive(clap::ValueEnum))]
 #[serde(rename_all = "camelCase")]
 pub enum ModelTask {
     /// Sentence embeddings (`/v1/embeddings`).
@@ -75,6 +76,7 @@ pub struct RuntimeSpec {
 
 /// Inference backend.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[cfg_attr(feature = "value-enum", derive(clap::ValueEnum))]
 #[serde(rename_all = "camelCase")]
 pub enum Backend {
     /// Real models with candle (safetensors + tokenizer.json).
@@ -88,6 +90,7 @@ pub enum Backend {
 
 /// Compute device.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[cfg_attr(feature = "value-enum", derive(clap::ValueEnum))]
 #[serde(rename_all = "camelCase")]
 pub enum Device {
     /// NVIDIA GPU through CUDA; needs `spec.resources.gpus >= 1`.

@@ -8,12 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
+use modelfleet_contract::{annotations, ports};
 use modelfleet_crds::constants::{GPU_RESOURCE, labels};
 pub use podresources::{PodResourcesError, list_gpu_devices};
-
-/// Annotation mapping a server pod to an address the agent can scrape (the local cluster's pod
-/// IPs are not reachable, so the harness points it at a loopback port).
-pub const SCRAPE_ADDRESS_ANNOTATION: &str = "modelfleet.dev/scrape-address";
 
 /// A pod, namespaced, with the container that holds the GPU.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -32,7 +29,8 @@ pub struct NodePod {
     /// `modelfleet.dev/deployment` label (servers only).
     pub deployment: Option<String>,
     pub revision: Option<String>,
-    /// Where to scrape `/metrics`: the annotation, else `podIP:9090`.
+    /// Where to scrape `/metrics`: the `modelfleet.dev/scrape-address` annotation, else
+    /// `podIP:9090`.
     pub scrape_address: Option<String>,
     /// Creation time, RFC 3339, for a stable order.
     pub created: String,
@@ -67,7 +65,7 @@ impl NodePod {
             gpus += n;
         }
         let pod_labels = pod.labels();
-        let annotation = pod.annotations().get(SCRAPE_ADDRESS_ANNOTATION).cloned();
+        let annotation = pod.annotations().get(annotations::SCRAPE_ADDRESS).cloned();
         let pod_ip = status.and_then(|s| s.pod_ip.clone());
         Some(Self {
             pod: PodRef {
@@ -78,7 +76,7 @@ impl NodePod {
             gpus,
             deployment: pod_labels.get(labels::DEPLOYMENT).cloned(),
             revision: pod_labels.get(labels::REVISION).cloned(),
-            scrape_address: annotation.or_else(|| pod_ip.map(|ip| format!("{ip}:9090"))),
+            scrape_address: annotation.or_else(|| pod_ip.map(|ip| format!("{ip}:{}", ports::METRICS))),
             created: pod
                 .metadata
                 .creation_timestamp

@@ -6,6 +6,10 @@ pub mod parse;
 
 use std::collections::BTreeMap;
 
+use modelfleet_contract::metrics::{
+    BATCH_SIZE, BUSY_RATIO, QUEUE_DEPTH, REQUEST_DURATION, REQUESTS, REQUESTS_QUEUED, REQUESTS_RUNNING,
+    SHADOW_COMPARISONS, labels, shadow_result,
+};
 use parse::{Exposition, histogram_quantile};
 
 /// What one scrape of a server says (cumulative counters as read).
@@ -36,48 +40,53 @@ pub enum ScrapeError {
 
 /// Reads the server metrics of an exposition.
 pub fn read_counters(e: &Exposition) -> Result<ServerCounters, ScrapeError> {
-    if !e.has("modelfleet_requests_queued") {
+    if !e.has(REQUESTS_QUEUED.sample) {
         return Err(ScrapeError::NotServerMetrics(format!(
-            "no modelfleet_requests_queued among {} samples ({} malformed lines)",
+            "no {} among {} samples ({} malformed lines)",
+            REQUESTS_QUEUED.sample,
             e.samples.len(),
             e.malformed
         )));
     }
     let mut queues = BTreeMap::new();
-    for s in e.matching("modelfleet_queue_depth", &[]) {
-        queues.insert(s.labels.get("tier").cloned().unwrap_or_default(), s.value);
+    for s in e.matching(QUEUE_DEPTH.sample, &[]) {
+        queues.insert(s.labels.get(labels::TIER).cloned().unwrap_or_default(), s.value);
     }
     let mut errors = 0.0;
     let mut requests = 0.0;
-    for s in e.matching("modelfleet_requests_total", &[]) {
+    for s in e.matching(REQUESTS.sample, &[]) {
         requests += s.value;
-        let code: u16 = s.labels.get("code").and_then(|c| c.parse().ok()).unwrap_or(0);
+        let code: u16 = s
+            .labels
+            .get(labels::CODE)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
         if code >= 500 || code == 429 {
             errors += s.value;
         }
     }
     let mut buckets: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
-    for s in e.matching("modelfleet_request_duration_seconds_bucket", &[]) {
+    for s in e.matching(&REQUEST_DURATION.bucket(), &[]) {
         let Some(le) = s.labels.get("le").and_then(|v| parse_bound(v)) else {
             continue;
         };
         let entry = buckets.entry(le.to_bits()).or_insert((le, 0.0));
         entry.1 += s.value;
     }
-    let shadow = |result: &str| e.sum("modelfleet_shadow_comparisons_total", &[("result", result)]);
+    let shadow = |result: &str| e.sum(SHADOW_COMPARISONS.sample, &[(labels::RESULT, result)]);
     Ok(ServerCounters {
         queues,
-        queued: e.sum("modelfleet_requests_queued", &[]),
-        running: e.sum("modelfleet_requests_running", &[]),
+        queued: e.sum(REQUESTS_QUEUED.sample, &[]),
+        running: e.sum(REQUESTS_RUNNING.sample, &[]),
         requests,
         errors,
         duration_buckets: buckets.into_values().collect(),
-        batch_sum: e.sum("modelfleet_batch_size_sum", &[]),
-        batch_count: e.sum("modelfleet_batch_size_count", &[]),
-        busy_ratio: e.sum("modelfleet_busy_ratio", &[]),
-        shadow_agree: shadow("agree"),
-        shadow_disagree: shadow("disagree"),
-        shadow_error: shadow("error"),
+        batch_sum: e.sum(&BATCH_SIZE.sum(), &[]),
+        batch_count: e.sum(&BATCH_SIZE.count(), &[]),
+        busy_ratio: e.sum(BUSY_RATIO.sample, &[]),
+        shadow_agree: shadow(shadow_result::AGREE),
+        shadow_disagree: shadow(shadow_result::DISAGREE),
+        shadow_error: shadow(shadow_result::ERROR),
     })
 }
 

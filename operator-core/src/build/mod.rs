@@ -17,13 +17,21 @@ use k8s_openapi::{
     },
 };
 use kube_core::{Resource, ResourceExt};
+use modelfleet_contract::{MirrorTarget, RoutingFile, ports};
 use modelfleet_crds::{ModelDeployment, constants::labels};
 
-pub use self::pod::{GRPC_PORT, HTTP_PORT, METRICS_PORT, ROUTING_FILE};
+pub use self::pod::server_args;
 use crate::{
     observed::{Observed, VERSION_ANNOTATION},
     plan::RevisionPlan,
 };
+
+/// The server's HTTP port as a container and Service port (Kubernetes types ports `i32`).
+pub const HTTP_PORT: i32 = ports::HTTP as i32;
+/// The server's gRPC port.
+pub const GRPC_PORT: i32 = ports::GRPC as i32;
+/// The server's metrics port.
+pub const METRICS_PORT: i32 = ports::METRICS as i32;
 
 /// Every object the operator applies for one ModelDeployment.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -208,9 +216,9 @@ fn service(md: &ModelDeployment, name: &str, component: &str, revision: Option<&
         spec: Some(ServiceSpec {
             selector: Some(selector),
             ports: Some(vec![
-                port("http", HTTP_PORT),
-                port("grpc", GRPC_PORT),
-                port("metrics", METRICS_PORT),
+                port(ports::HTTP_NAME, HTTP_PORT),
+                port(ports::GRPC_NAME, GRPC_PORT),
+                port(ports::METRICS_NAME, METRICS_PORT),
             ]),
             ..Default::default()
         }),
@@ -237,9 +245,10 @@ fn headless(mut service: Service, observed: &Observed) -> Service {
     service
 }
 
-/// The routing file of each running revision, `{"mirror": {url, percent}}`: during a shadow
-/// step the stable revision mirrors `percent` of its requests to the `<name>-shadow` Service;
-/// every other revision (the candidate included) mirrors nothing. Servers reload the file.
+/// The routing file of each running revision, `{"mirror": {url, percent}}` (modelfleet-contract's
+/// [`RoutingFile`]): during a shadow step the stable revision mirrors `percent` of its requests to
+/// the `<name>-shadow` Service; every other revision (the candidate included) mirrors nothing.
+/// Servers reload the file.
 fn routing_config_map(md: &ModelDeployment, plan: &RevisionPlan) -> ConfigMap {
     let name = md.name_any();
     let namespace = md.namespace().unwrap_or_default();
@@ -248,16 +257,11 @@ fn routing_config_map(md: &ModelDeployment, plan: &RevisionPlan) -> ConfigMap {
         .keys()
         .map(|revision| {
             let mirror = (plan.candidate.is_some() && plan.traffic.mirror > 0 && *revision == plan.stable)
-                .then(|| {
-                    serde_json::json!({
-                        "url": format!("http://{name}-shadow.{namespace}.svc:{HTTP_PORT}"),
-                        "percent": plan.traffic.mirror,
-                    })
+                .then(|| MirrorTarget {
+                    url: format!("http://{name}-shadow.{namespace}.svc:{}", ports::HTTP),
+                    percent: f64::from(plan.traffic.mirror),
                 });
-            (
-                routing_key(revision),
-                serde_json::json!({ "mirror": mirror }).to_string(),
-            )
+            (routing_key(revision), RoutingFile { mirror }.to_json())
         })
         .collect();
     ConfigMap {

@@ -13,90 +13,93 @@ use k8s_openapi::{
     apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
 use kube_core::ResourceExt;
+use modelfleet_contract::{BatchingArgs, PortArgs, ServerArgs, TierArg, paths, ports};
 use modelfleet_crds::{
     ModelDeployment,
     constants::{GPU_RESOURCE, labels},
-    v1alpha1::{Backend, Device, ModelTask},
 };
 
-/// OpenAI and OIP v2 HTTP.
-pub const HTTP_PORT: i32 = 8080;
-/// OIP v2 gRPC.
-pub const GRPC_PORT: i32 = 8081;
-/// Prometheus metrics.
-pub const METRICS_PORT: i32 = 9090;
-/// Where the routing ConfigMap is mounted.
-const ROUTING_DIR: &str = "/etc/modelfleet/routing";
-/// The routing file the server watches.
-pub const ROUTING_FILE: &str = "/etc/modelfleet/routing/routing.json";
-/// Model cache (emptyDir) or the mounted PVC of a `pvc://` URI.
-const MODEL_DIR: &str = "/var/lib/modelfleet/models";
+use super::{GRPC_PORT, HTTP_PORT, METRICS_PORT};
+
 /// Seconds a pod keeps serving after removal from endpoints, so in-flight requests finish.
 const DRAIN_SECONDS: i64 = 10;
 /// Termination grace: drain plus the longest request.
 const TERMINATION_GRACE_SECONDS: i64 = 60;
 /// The image's non-root user.
 const RUN_AS_USER: i64 = 65532;
+/// The volume holding the model: an emptyDir cache or the claim of a `pvc://` URI.
+const MODELS_VOLUME: &str = "models";
+/// The volume of the routing ConfigMap.
+const ROUTING_VOLUME: &str = "routing";
 
-fn enum_name<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
-/// The model location inside the pod and the volume that holds it.
-fn model_source(md: &ModelDeployment) -> (String, Volume) {
+/// Where the server finds the model: a `pvc://claim/path` URI becomes the path inside the
+/// mounted claim; any other URI is passed through.
+fn model_uri(md: &ModelDeployment) -> String {
     let uri = &md.spec.model.uri;
-    if let Some(rest) = uri.strip_prefix("pvc://") {
-        let (claim, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let volume = Volume {
-            name: "models".into(),
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: claim.into(),
-                read_only: Some(true),
-            }),
-            ..Default::default()
-        };
-        (format!("file://{MODEL_DIR}/{path}"), volume)
-    } else {
-        let volume = Volume {
-            name: "models".into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Default::default()
-        };
-        (uri.clone(), volume)
+    match uri.strip_prefix("pvc://") {
+        Some(rest) => {
+            let path = rest.split_once('/').map_or("", |(_, path)| path);
+            format!("file://{}/{path}", paths::MODEL_DIR)
+        }
+        None => uri.clone(),
     }
 }
 
-/// Server arguments derived from the spec (the server contract is in docs/server.md).
-pub fn server_args(md: &ModelDeployment, model_uri: &str) -> Vec<String> {
+/// The volume that holds the model: the claim of a `pvc://` URI (read-only), else a cache.
+fn model_volume(md: &ModelDeployment) -> Volume {
+    let claim = md.spec.model.uri.strip_prefix("pvc://").map(|rest| {
+        let claim = rest.split_once('/').map_or(rest, |(claim, _)| claim);
+        PersistentVolumeClaimVolumeSource {
+            claim_name: claim.into(),
+            read_only: Some(true),
+        }
+    });
+    Volume {
+        name: MODELS_VOLUME.into(),
+        empty_dir: claim.is_none().then(EmptyDirVolumeSource::default),
+        persistent_volume_claim: claim,
+        ..Default::default()
+    }
+}
+
+/// A count the CRD validates as positive. Out of range, 0 stands in: the server refuses it at
+/// start-up, as it would the negative number.
+fn count(n: i32) -> u32 {
+    u32::try_from(n).unwrap_or(0)
+}
+
+/// What the server is told, from the spec (the flags are modelfleet-contract's [`ServerArgs`],
+/// listed in docs/server.md). `spec.runtime.args` come after these on the command line.
+pub fn server_args(md: &ModelDeployment) -> ServerArgs {
     let spec = &md.spec;
     let b = &spec.batching;
-    let mut args = vec![
-        format!("--model-name={}", spec.model.name),
-        format!("--model-version={}", spec.model.version),
-        format!("--model-uri={model_uri}"),
-        format!("--task={}", enum_name::<ModelTask>(&spec.model.task)),
-        format!("--backend={}", enum_name::<Backend>(&spec.runtime.backend)),
-        format!("--device={}", enum_name::<Device>(&spec.runtime.device)),
-        format!("--model-cache={MODEL_DIR}"),
-        format!("--max-batch-size={}", b.max_batch_size),
-        format!("--max-batch-tokens={}", b.max_batch_tokens),
-        format!("--max-queue-delay={}", b.max_queue_delay),
-        format!("--max-queue-size={}", b.max_queue_size),
-        format!("--http-port={HTTP_PORT}"),
-        format!("--grpc-port={GRPC_PORT}"),
-        format!("--metrics-port={METRICS_PORT}"),
-        format!("--routing-file={ROUTING_FILE}"),
-    ];
-    for tier in &b.tiers {
-        let timeout = tier.timeout.map(|t| t.to_string()).unwrap_or_default();
-        let share = tier.max_queue_share.map(|s| s.to_string()).unwrap_or_default();
-        args.push(format!("--tier={}:{timeout}:{share}", tier.name));
+    let tiers = b
+        .tiers
+        .iter()
+        .map(|t| TierArg {
+            name: t.name.clone(),
+            timeout: t.timeout.map(|d| d.as_std()),
+            max_queue_share: t.max_queue_share,
+        })
+        .collect();
+    ServerArgs {
+        model_name: spec.model.name.clone(),
+        model_version: spec.model.version.clone(),
+        model_uri: Some(model_uri(md)),
+        task: spec.model.task,
+        backend: spec.runtime.backend,
+        device: spec.runtime.device,
+        model_cache: paths::MODEL_DIR.into(),
+        batching: BatchingArgs {
+            max_batch_size: count(b.max_batch_size),
+            max_batch_tokens: count(b.max_batch_tokens),
+            max_queue_delay: b.max_queue_delay.as_std(),
+            max_queue_size: count(b.max_queue_size),
+            tiers,
+        },
+        ports: PortArgs::default(),
+        routing_file: Some(paths::ROUTING_FILE.into()),
     }
-    args.extend(spec.runtime.args.iter().cloned());
-    args
 }
 
 fn resources(md: &ModelDeployment) -> ResourceRequirements {
@@ -159,11 +162,22 @@ fn node_affinity(md: &ModelDeployment) -> Option<Affinity> {
     })
 }
 
+fn gpu_tolerations(md: &ModelDeployment) -> Option<Vec<Toleration>> {
+    (md.spec.resources.gpus > 0).then(|| {
+        vec![Toleration {
+            key: Some(GPU_RESOURCE.into()),
+            operator: Some("Exists".into()),
+            effect: Some("NoSchedule".into()),
+            ..Default::default()
+        }]
+    })
+}
+
 fn probe(path: &str, period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
-            port: IntOrString::String("http".into()),
+            port: IntOrString::String(ports::HTTP_NAME.into()),
             ..Default::default()
         }),
         period_seconds: Some(period),
@@ -187,146 +201,177 @@ fn field_env(name: &str, path: &str) -> EnvVar {
     }
 }
 
-/// The pod template of one revision.
-pub fn pod_template(md: &ModelDeployment, revision: &str, default_image: &str) -> PodTemplateSpec {
-    let name = md.name_any();
-    let spec = &md.spec;
-    let (model_uri, model_volume) = model_source(md);
+fn value_env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+/// The pod's identity, then `spec.runtime.env` (which may override it).
+fn env(md: &ModelDeployment, revision: &str) -> Vec<EnvVar> {
     let mut env = vec![
         field_env("POD_NAME", "metadata.name"),
         field_env("POD_NAMESPACE", "metadata.namespace"),
-        EnvVar {
-            name: "MODELFLEET_DEPLOYMENT".into(),
-            value: Some(name.clone()),
-            ..Default::default()
-        },
-        EnvVar {
-            name: "MODELFLEET_REVISION".into(),
-            value: Some(revision.into()),
-            ..Default::default()
-        },
+        value_env("MODELFLEET_DEPLOYMENT", &md.name_any()),
+        value_env("MODELFLEET_REVISION", revision),
     ];
-    env.extend(spec.runtime.env.iter().cloned());
+    env.extend(md.spec.runtime.env.iter().cloned());
+    env
+}
+
+fn container_ports() -> Vec<ContainerPort> {
     let port = |name: &str, port: i32| ContainerPort {
         name: Some(name.into()),
         container_port: port,
         protocol: Some("TCP".into()),
         ..Default::default()
     };
+    vec![
+        port(ports::HTTP_NAME, HTTP_PORT),
+        port(ports::GRPC_NAME, GRPC_PORT),
+        port(ports::METRICS_NAME, METRICS_PORT),
+    ]
+}
+
+fn volume_mounts(model_read_only: bool) -> Vec<VolumeMount> {
     let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
         name: name.into(),
         mount_path: path.into(),
         read_only: Some(read_only),
         ..Default::default()
     };
-    let model_read_only = model_volume.persistent_volume_claim.is_some();
-    let container = Container {
+    vec![
+        mount(MODELS_VOLUME, paths::MODEL_DIR, model_read_only),
+        mount(ROUTING_VOLUME, paths::ROUTING_DIR, true),
+        mount("tmp", "/tmp", false),
+    ]
+}
+
+/// preStop sleeps so the endpoints drop the pod before the server starts draining.
+fn drain_lifecycle() -> Lifecycle {
+    Lifecycle {
+        pre_stop: Some(LifecycleHandler {
+            sleep: Some(SleepAction {
+                seconds: DRAIN_SECONDS,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS_USER),
+        run_as_group: Some(RUN_AS_USER),
+        fs_group: Some(RUN_AS_USER),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The `server` container of one revision.
+fn server_container(
+    md: &ModelDeployment,
+    revision: &str,
+    default_image: &str,
+    model_read_only: bool,
+) -> Container {
+    let runtime = &md.spec.runtime;
+    let mut args = server_args(md).to_args();
+    args.extend(runtime.args.iter().cloned());
+    Container {
         name: "server".into(),
-        image: Some(
-            spec.runtime
-                .image
-                .clone()
-                .unwrap_or_else(|| default_image.to_string()),
-        ),
+        image: Some(runtime.image.clone().unwrap_or_else(|| default_image.to_string())),
         image_pull_policy: Some("IfNotPresent".into()),
-        args: Some(server_args(md, &model_uri)),
-        env: Some(env),
-        ports: Some(vec![
-            port("http", HTTP_PORT),
-            port("grpc", GRPC_PORT),
-            port("metrics", METRICS_PORT),
-        ]),
+        args: Some(args),
+        env: Some(env(md, revision)),
+        ports: Some(container_ports()),
         resources: Some(resources(md)),
-        readiness_probe: Some(probe("/health/ready", 5, 3)),
-        liveness_probe: Some(probe("/health/live", 10, 3)),
+        readiness_probe: Some(probe(paths::READY, 5, 3)),
+        liveness_probe: Some(probe(paths::LIVE, 10, 3)),
         // Model loading (download, GPU upload) may take minutes: up to 15 minutes before the
         // liveness probe starts counting.
-        startup_probe: Some(probe("/health/ready", 10, 90)),
-        lifecycle: Some(Lifecycle {
-            pre_stop: Some(LifecycleHandler {
-                sleep: Some(SleepAction {
-                    seconds: DRAIN_SECONDS,
-                }),
-                ..Default::default()
-            }),
+        startup_probe: Some(probe(paths::READY, 10, 90)),
+        lifecycle: Some(drain_lifecycle()),
+        security_context: Some(container_security()),
+        volume_mounts: Some(volume_mounts(model_read_only)),
+        ..Default::default()
+    }
+}
+
+/// The model volume, the revision's routing key, and a writable `/tmp`.
+fn volumes(md: &ModelDeployment, revision: &str, model: Volume) -> Vec<Volume> {
+    let routing = Volume {
+        name: ROUTING_VOLUME.into(),
+        // Each revision reads its own key: only the stable revision mirrors.
+        config_map: Some(ConfigMapVolumeSource {
+            name: super::routing_name(&md.name_any()),
+            items: Some(vec![KeyToPath {
+                key: super::routing_key(revision),
+                path: paths::ROUTING_FILE_NAME.into(),
+                mode: None,
+            }]),
+            optional: Some(true),
             ..Default::default()
         }),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        volume_mounts: Some(vec![
-            mount("models", MODEL_DIR, model_read_only),
-            mount("routing", ROUTING_DIR, true),
-            mount("tmp", "/tmp", false),
-        ]),
         ..Default::default()
     };
-    let tolerations = (spec.resources.gpus > 0).then(|| {
-        vec![Toleration {
-            key: Some(GPU_RESOURCE.into()),
-            operator: Some("Exists".into()),
-            effect: Some("NoSchedule".into()),
-            ..Default::default()
-        }]
-    });
-    let mut pod_labels = super::common_labels(&name, "server");
+    let tmp = Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    };
+    vec![model, routing, tmp]
+}
+
+/// The revision's labels and Prometheus's scrape annotations.
+fn pod_metadata(md: &ModelDeployment, revision: &str) -> ObjectMeta {
+    let mut pod_labels = super::common_labels(&md.name_any(), "server");
     pod_labels.insert(labels::REVISION.into(), revision.into());
+    ObjectMeta {
+        labels: Some(pod_labels),
+        annotations: Some(BTreeMap::from([
+            ("prometheus.io/scrape".to_string(), "true".to_string()),
+            ("prometheus.io/port".to_string(), ports::METRICS.to_string()),
+            ("prometheus.io/path".to_string(), paths::METRICS.to_string()),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// The pod template of one revision.
+pub fn pod_template(md: &ModelDeployment, revision: &str, default_image: &str) -> PodTemplateSpec {
+    let model = model_volume(md);
+    let model_read_only = model.persistent_volume_claim.is_some();
     PodTemplateSpec {
-        metadata: Some(ObjectMeta {
-            labels: Some(pod_labels),
-            annotations: Some(BTreeMap::from([
-                ("prometheus.io/scrape".to_string(), "true".to_string()),
-                ("prometheus.io/port".to_string(), METRICS_PORT.to_string()),
-                ("prometheus.io/path".to_string(), "/metrics".to_string()),
-            ])),
-            ..Default::default()
-        }),
+        metadata: Some(pod_metadata(md, revision)),
         spec: Some(PodSpec {
-            containers: vec![container],
+            containers: vec![server_container(md, revision, default_image, model_read_only)],
             affinity: node_affinity(md),
-            tolerations,
+            tolerations: gpu_tolerations(md),
             termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
-            security_context: Some(PodSecurityContext {
-                run_as_non_root: Some(true),
-                run_as_user: Some(RUN_AS_USER),
-                run_as_group: Some(RUN_AS_USER),
-                fs_group: Some(RUN_AS_USER),
-                seccomp_profile: Some(SeccompProfile {
-                    type_: "RuntimeDefault".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            volumes: Some(vec![
-                model_volume,
-                Volume {
-                    name: "routing".into(),
-                    // Each revision reads its own key: only the stable revision mirrors.
-                    config_map: Some(ConfigMapVolumeSource {
-                        name: super::routing_name(&name),
-                        items: Some(vec![KeyToPath {
-                            key: super::routing_key(revision),
-                            path: "routing.json".into(),
-                            mode: None,
-                        }]),
-                        optional: Some(true),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-                Volume {
-                    name: "tmp".into(),
-                    empty_dir: Some(EmptyDirVolumeSource::default()),
-                    ..Default::default()
-                },
-            ]),
+            security_context: Some(pod_security()),
+            volumes: Some(volumes(md, revision, model)),
             ..Default::default()
         }),
     }

@@ -2,16 +2,14 @@
 
 use std::sync::Arc;
 
+use modelfleet_contract::headers;
 use modelfleet_proto::inference::{
     self as pb,
     grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer},
 };
 use tonic::{Request, Response, Status};
 
-use super::{
-    SHADOW_HEADER, TIER_HEADER, TIMEOUT_HEADER,
-    oip::{INPUT_NAME, OUTPUT_NAME, check_model},
-};
+use super::oip::{INPUT_NAME, OUTPUT_NAME, check_model};
 use crate::{
     engine::{EmbedRequest, Engine},
     error::InferError,
@@ -196,7 +194,7 @@ impl GrpcInferenceService for OipGrpc {
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let e = &self.engine;
-        let tier = header(&request, TIER_HEADER);
+        let tier = header(&request, headers::TIER);
         let body = request.get_ref();
         let parsed = check_model(e, &body.model_name, version(&body.model_version))
             .and_then(|()| parse_model_infer(body))
@@ -208,8 +206,8 @@ impl GrpcInferenceService for OipGrpc {
                 model: None,
                 texts: parsed.texts,
                 tier,
-                timeout: header(&request, TIMEOUT_HEADER),
-                shadow_copy: request.metadata().contains_key(SHADOW_HEADER),
+                timeout: header(&request, headers::TIMEOUT),
+                shadow_copy: request.metadata().contains_key(headers::SHADOW),
             })
             .await?;
         let flat: Vec<f32> = out.vectors.into_iter().flatten().collect();

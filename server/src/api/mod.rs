@@ -15,21 +15,18 @@ use axum::{
     routing::{get, post},
 };
 pub use grpc::grpc_service;
-pub use modelfleet_crds::constants::{TIER_HEADER, TIMEOUT_HEADER};
+use modelfleet_contract::{headers, paths};
 
 use crate::engine::{EmbedRequest, Engine};
-
-/// Marks a mirrored copy, so a shadow never mirrors it again.
-pub const SHADOW_HEADER: &str = "x-modelfleet-shadow";
 
 /// The OpenAI, OIP v2 and health routes on the API port.
 pub fn router(engine: Arc<Engine>, max_request_bytes: usize) -> Router {
     Router::new()
-        .route("/v1/embeddings", post(openai::embeddings))
+        .route(paths::EMBEDDINGS, post(openai::embeddings))
         .route("/v1/models", get(openai::models))
         .route("/v1/models/{model}", get(openai::model))
-        .route("/health/live", get(health::live))
-        .route("/health/ready", get(health::ready))
+        .route(paths::LIVE, get(health::live))
+        .route(paths::READY, get(health::ready))
         .route("/v2", get(oip::server_metadata))
         .route("/v2/health/live", get(health::live))
         .route("/v2/health/ready", get(health::ready))
@@ -55,7 +52,7 @@ pub fn router(engine: Arc<Engine>, max_request_bytes: usize) -> Router {
 /// `/metrics` on the metrics port.
 pub fn metrics_router(engine: Arc<Engine>) -> Router {
     Router::new()
-        .route("/metrics", get(health::metrics))
+        .route(paths::METRICS, get(health::metrics))
         .with_state(engine)
 }
 
@@ -67,12 +64,12 @@ struct Headers<'a> {
 }
 
 impl<'a> Headers<'a> {
-    fn of(headers: &'a HeaderMap) -> Self {
-        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    fn of(map: &'a HeaderMap) -> Self {
+        let text = |name: &str| map.get(name).and_then(|v| v.to_str().ok());
         Self {
-            tier: text(TIER_HEADER),
-            timeout: text(TIMEOUT_HEADER),
-            shadow_copy: headers.contains_key(SHADOW_HEADER),
+            tier: text(headers::TIER),
+            timeout: text(headers::TIMEOUT),
+            shadow_copy: map.contains_key(headers::SHADOW),
         }
     }
 

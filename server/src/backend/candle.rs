@@ -4,9 +4,9 @@
 use candle_core::{D, DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
+use modelfleet_contract::Device as DeviceKind;
 
 use super::{Backend, BackendError, BackendInfo, ModelFiles};
-use crate::config::DeviceKind;
 
 /// A BERT encoder loaded from safetensors.
 pub struct CandleBackend {

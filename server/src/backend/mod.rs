@@ -13,7 +13,9 @@ pub use loader::{ModelFiles, resolve_model};
 pub use synthetic::{LatencyModel, SyntheticBackend};
 pub use text::{Encoded, TextEncoder};
 
-use crate::config::{BackendKind, ServerConfig};
+use modelfleet_contract::Backend as BackendKind;
+
+use crate::config::ServerConfig;
 
 /// What a backend is, for metadata, logs and metrics.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,16 +56,17 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
 /// Loads the configured backend and the text encoder that feeds it.
 pub fn load(config: &ServerConfig) -> Result<(Arc<dyn Backend>, TextEncoder), BackendError> {
-    let files = match &config.model_uri {
-        Some(uri) => Some(resolve_model(uri, &config.model_cache)?),
+    let served = &config.contract;
+    let files = match &served.model_uri {
+        Some(uri) => Some(resolve_model(uri, &served.model_cache)?),
         None => None,
     };
-    match config.backend {
+    match served.backend {
         BackendKind::Candle => {
             let files = files.ok_or_else(|| {
                 BackendError::Files("the candle backend needs --model-uri (file:// or hf://)".into())
             })?;
-            let backend = CandleBackend::load(&files, config.device)?;
+            let backend = CandleBackend::load(&files, served.device)?;
             let encoder = TextEncoder::from_file(&files.tokenizer)?;
             Ok((Arc::new(backend), encoder))
         }

@@ -10,12 +10,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use modelfleet_contract::{BatchingArgs, TierArg, headers};
 pub use queue::{BatchLimits, Deadline, Job, Refusal, TierQueues};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     backend::Backend,
-    config::{BatchingConfig, TierConfig},
     error::InferError,
     metrics::{Metrics, TierLabel},
 };
@@ -31,14 +31,19 @@ enum Command {
 #[derive(Debug, Clone)]
 pub struct Batcher {
     tx: mpsc::UnboundedSender<Command>,
-    tiers: Arc<[TierConfig]>,
+    tiers: Arc<[TierArg]>,
     limits: BatchLimits,
 }
 
 impl Batcher {
-    /// Starts the actor and `max_concurrent_batches` backend threads.
-    pub fn spawn(config: &BatchingConfig, backend: Arc<dyn Backend>, metrics: Metrics) -> Self {
-        let tiers: Arc<[TierConfig]> = config.effective_tiers().into();
+    /// Starts the actor and `concurrent_batches` backend threads.
+    pub fn spawn(
+        config: &BatchingArgs,
+        concurrent_batches: u32,
+        backend: Arc<dyn Backend>,
+        metrics: Metrics,
+    ) -> Self {
+        let tiers: Arc<[TierArg]> = config.effective_tiers().into();
         let limits = BatchLimits {
             max_inputs: config.max_batch_size as usize,
             max_padded_tokens: config.max_batch_tokens as usize,
@@ -46,7 +51,7 @@ impl Batcher {
         let (tx, rx) = mpsc::unbounded_channel();
         let done_tx = tx.clone();
         let slots = Slots::start(
-            config.max_concurrent_batches as usize,
+            concurrent_batches as usize,
             backend,
             metrics.clone(),
             move |done| {
@@ -78,7 +83,7 @@ impl Batcher {
     }
 
     /// The configured tiers, highest priority first.
-    pub fn tiers(&self) -> &[TierConfig] {
+    pub fn tiers(&self) -> &[TierArg] {
         &self.tiers
     }
 
@@ -94,7 +99,7 @@ impl Batcher {
             Some(name) => self.tiers.iter().position(|t| t.name == name).ok_or_else(|| {
                 let known: Vec<_> = self.tiers.iter().map(|t| t.name.as_str()).collect();
                 InferError::invalid(
-                    crate::api::TIER_HEADER,
+                    headers::TIER,
                     format!("unknown tier `{name}`; this server has: {}", known.join(", ")),
                 )
             }),
@@ -113,9 +118,9 @@ impl Batcher {
         let tier_timeout = self.tiers[tier].timeout;
         // A request may shorten its tier's timeout, never extend it.
         let deadline = match (tier_timeout, timeout) {
-            (Some(t), Some(r)) if r < t => Some((r, crate::api::TIMEOUT_HEADER)),
+            (Some(t), Some(r)) if r < t => Some((r, headers::TIMEOUT)),
             (Some(t), _) => Some((t, "tier timeout")),
-            (None, Some(r)) => Some((r, crate::api::TIMEOUT_HEADER)),
+            (None, Some(r)) => Some((r, headers::TIMEOUT)),
             (None, None) => None,
         };
         let (reply, rx) = oneshot::channel();

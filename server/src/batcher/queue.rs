@@ -3,9 +3,10 @@
 
 use std::{collections::VecDeque, time::Instant};
 
+use modelfleet_contract::TierArg;
 use tokio::sync::oneshot;
 
-use crate::{config::TierConfig, error::InferError};
+use crate::error::InferError;
 
 /// The embeddings of every input of a request, in order, or why there are none.
 pub type Outcome = Result<Vec<Vec<f32>>, InferError>;
@@ -99,14 +100,14 @@ pub struct TierQueues {
 
 impl TierQueues {
     /// Empty queues for `tiers`, at most `max_total` requests in all.
-    pub fn new(tiers: &[TierConfig], max_total: usize) -> Self {
+    pub fn new(tiers: &[TierArg], max_total: usize) -> Self {
         let tiers = tiers
             .iter()
             .map(|t| TierQueue {
                 name: t.name.clone(),
                 // A tier always gets at least one slot, whatever its share.
-                limit: ((max_total as f64 * t.max_queue_share).floor() as usize).max(1),
-                share: t.max_queue_share,
+                limit: ((max_total as f64 * t.share()).floor() as usize).max(1),
+                share: t.share(),
                 jobs: VecDeque::new(),
             })
             .collect();
@@ -244,17 +245,17 @@ mod tests {
 
     use super::*;
 
-    fn tiers() -> Vec<TierConfig> {
+    fn tiers() -> Vec<TierArg> {
         vec![
-            TierConfig {
+            TierArg {
                 name: "high".into(),
                 timeout: None,
-                max_queue_share: 1.0,
+                max_queue_share: None,
             },
-            TierConfig {
+            TierArg {
                 name: "low".into(),
                 timeout: None,
-                max_queue_share: 0.5,
+                max_queue_share: Some(0.5),
             },
         ]
     }

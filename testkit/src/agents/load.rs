@@ -2,6 +2,7 @@
 //! counters they accumulate over time, rendered in modelfleet-server's exposition format (the
 //! families and label shapes of `node-agent/tests/fixtures/server-metrics.txt`).
 
+use modelfleet_contract::metrics::{self, labels, shadow_result};
 use std::time::Instant;
 
 /// Upper bounds (seconds) of modelfleet-server's request-duration buckets: 0.5 ms doubling to
@@ -160,7 +161,10 @@ impl Counters {
         line("# TYPE modelfleet_requests counter");
         for (code, value) in [("200", self.ok), ("503", self.unavailable)] {
             line(&format!(
-                "modelfleet_requests_total{{api=\"openai\",tier=\"{TIER}\",code=\"{code}\"}} {value}"
+                "{}{{api=\"openai\",{}=\"{TIER}\",{}=\"{code}\"}} {value}",
+                metrics::REQUESTS.sample,
+                labels::TIER,
+                labels::CODE
             ));
         }
         line("# HELP modelfleet_request_duration_seconds Time from arrival to answer, by tier.");
@@ -168,11 +172,15 @@ impl Counters {
         line("# UNIT modelfleet_request_duration_seconds seconds");
         let total: f64 = self.duration.iter().sum();
         line(&format!(
-            "modelfleet_request_duration_seconds_sum{{tier=\"{TIER}\"}} {}",
+            "{}{{{}=\"{TIER}\"}} {}",
+            metrics::REQUEST_DURATION.sum(),
+            labels::TIER,
             self.duration_sum
         ));
         line(&format!(
-            "modelfleet_request_duration_seconds_count{{tier=\"{TIER}\"}} {total}"
+            "{}{{{}=\"{TIER}\"}} {total}",
+            metrics::REQUEST_DURATION.count(),
+            labels::TIER
         ));
         let mut cumulative = 0.0;
         for (i, count) in self.duration.iter().enumerate() {
@@ -181,13 +189,15 @@ impl Counters {
                 .get(i)
                 .map_or_else(|| "+Inf".to_string(), f64::to_string);
             line(&format!(
-                "modelfleet_request_duration_seconds_bucket{{le=\"{le}\",tier=\"{TIER}\"}} {cumulative}"
+                "{}{{le=\"{le}\",{}=\"{TIER}\"}} {cumulative}",
+                metrics::REQUEST_DURATION.bucket(),
+                labels::TIER
             ));
         }
         line("# HELP modelfleet_batch_size Inputs per batch.");
         line("# TYPE modelfleet_batch_size histogram");
-        line(&format!("modelfleet_batch_size_sum {:?}", self.batch_sum));
-        line(&format!("modelfleet_batch_size_count {}", self.batch_count));
+        line(&format!("{} {:?}", metrics::BATCH_SIZE.sum(), self.batch_sum));
+        line(&format!("{} {}", metrics::BATCH_SIZE.count(), self.batch_count));
         let mut cumulative = 0.0;
         for (i, count) in self.batch.iter().enumerate() {
             cumulative += count;
@@ -195,24 +205,30 @@ impl Counters {
                 .get(i)
                 .map_or_else(|| "+Inf".to_string(), |b| format!("{b:?}"));
             line(&format!(
-                "modelfleet_batch_size_bucket{{le=\"{le}\"}} {cumulative}"
+                "{}{{le=\"{le}\"}} {cumulative}",
+                metrics::BATCH_SIZE.bucket()
             ));
         }
         let queued = non_negative(load.queued);
         line("# HELP modelfleet_queue_depth Requests waiting in the queue, by tier.");
         line("# TYPE modelfleet_queue_depth gauge");
-        line(&format!("modelfleet_queue_depth{{tier=\"{TIER}\"}} {queued}"));
+        line(&format!(
+            "{}{{{}=\"{TIER}\"}} {queued}",
+            metrics::QUEUE_DEPTH.sample,
+            labels::TIER
+        ));
         line(
             "# HELP modelfleet_requests_queued Requests waiting in the queue (Gateway API Inference Extension: total queued requests).",
         );
         line("# TYPE modelfleet_requests_queued gauge");
-        line(&format!("modelfleet_requests_queued {queued}"));
+        line(&format!("{} {queued}", metrics::REQUESTS_QUEUED.sample));
         line(
             "# HELP modelfleet_requests_running Requests in batches the backend is running (Gateway API Inference Extension: total running requests).",
         );
         line("# TYPE modelfleet_requests_running gauge");
         line(&format!(
-            "modelfleet_requests_running {}",
+            "{} {}",
+            metrics::REQUESTS_RUNNING.sample,
             non_negative(load.running)
         ));
         line(
@@ -220,18 +236,21 @@ impl Counters {
         );
         line("# TYPE modelfleet_busy_ratio gauge");
         line(&format!(
-            "modelfleet_busy_ratio {}",
+            "{} {}",
+            metrics::BUSY_RATIO.sample,
             non_negative(load.busy_ratio).min(1.0)
         ));
         line("# HELP modelfleet_shadow_comparisons Shadow outputs compared with the primary's.");
         line("# TYPE modelfleet_shadow_comparisons counter");
         for (result, value) in [
-            ("agree", self.shadow_agree),
-            ("disagree", self.shadow_disagree),
-            ("error", self.shadow_error),
+            (shadow_result::AGREE, self.shadow_agree),
+            (shadow_result::DISAGREE, self.shadow_disagree),
+            (shadow_result::ERROR, self.shadow_error),
         ] {
             line(&format!(
-                "modelfleet_shadow_comparisons_total{{result=\"{result}\"}} {value}"
+                "{}{{{}=\"{result}\"}} {value}",
+                metrics::SHADOW_COMPARISONS.sample,
+                labels::RESULT
             ));
         }
         line(

@@ -184,6 +184,37 @@ async fn set_version(client: &Client, md: &ModelDeployment, version: &str) -> St
     revision_hash(&updated.spec, DEFAULT_SERVER_IMAGE)
 }
 
+/// Gives the revision that version `version` of `md` will be its error ratio in the endpoint,
+/// and waits until Prometheus has scraped it, so the candidate's first analysis finds data (a
+/// check without data is inconclusive and holds the step while its clock runs).
+async fn seed_candidate(
+    endpoint: &Endpoint,
+    prometheus: &Prometheus,
+    md: &ModelDeployment,
+    version: &str,
+    ratio: f64,
+) {
+    let mut spec = md.spec.clone();
+    spec.model.version = version.into();
+    let candidate = revision_hash(&spec, DEFAULT_SERVER_IMAGE);
+    endpoint.set(&candidate, ratio);
+    modelfleet_testkit::wait::poll_until(Duration::from_secs(30), "Prometheus has the value", || async {
+        let result = prometheus
+            .query(&format!(
+                "modelfleet_test_error_ratio{{revision=\"{candidate}\"}}"
+            ))
+            .await
+            .map_err(|e| e.to_string())?;
+        if result.as_array().is_some_and(|a| !a.is_empty()) {
+            Ok(Some(()))
+        } else {
+            Err("no sample".into())
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// What a kubectl user and the gateway see at one moment.
 #[derive(Debug, Clone, PartialEq)]
 struct Snapshot {
@@ -279,8 +310,8 @@ async fn a_good_version_goes_shadow_10_50_and_is_promoted_while_the_route_follow
     )
     .await;
 
+    seed_candidate(&endpoint, &prometheus, &md, "2", 0.001).await;
     let candidate = set_version(&client, &md, "2").await;
-    endpoint.set(&candidate, 0.001);
     let started = Instant::now();
     let mut seen: Vec<Snapshot> = Vec::new();
     let mut columns_at_10 = None;
@@ -312,11 +343,9 @@ async fn a_good_version_goes_shadow_10_50_and_is_promoted_while_the_route_follow
     let mut weights: Vec<i32> = seen.iter().map(|s| s.route_canary_weight).collect();
     weights.dedup();
     assert_eq!(weights, vec![0, 10, 50, 0], "{seen:#?}");
-    // The step may hold at first (its first analysis can come before Prometheus has the new
-    // revision's samples: inconclusive, never a pass), but it mirrors all along.
     assert!(
         seen.iter()
-            .any(|s| s.step == Some(0) && s.route_canary_weight == 0 && s.stable_mirror_percent == 20),
+            .any(|s| s.step == Some(0) && s.running && s.stable_mirror_percent == 20),
         "the stable revision mirrors 20% during the shadow step: {seen:#?}"
     );
     assert!(
@@ -385,24 +414,10 @@ async fn a_bad_version_rolls_back_by_itself_within_interval_times_failure_limit_
     )
     .await;
 
+    // Prometheus has the bad value before the candidate exists, so the clock below measures the
+    // operator only.
+    seed_candidate(&endpoint, &prometheus, &md, "2", 0.2).await;
     let candidate = set_version(&client, &md, "2").await;
-    endpoint.set(&candidate, 0.2);
-    // Wait until Prometheus has the bad value, so the clock below measures the operator only.
-    modelfleet_testkit::wait::poll_until(Duration::from_secs(30), "Prometheus has the value", || async {
-        let result = prometheus
-            .query(&format!(
-                "modelfleet_test_error_ratio{{revision=\"{candidate}\"}}"
-            ))
-            .await
-            .map_err(|e| e.to_string())?;
-        if result.as_array().is_some_and(|a| !a.is_empty()) {
-            Ok(Some(()))
-        } else {
-            Err("no sample".into())
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
     let mut ready_at = None;
     let started = Instant::now();
     let rolled_back_at = loop {
@@ -506,8 +521,8 @@ async fn with_prometheus_down_the_rollout_pauses_as_inconclusive_and_resumes_whe
         "[{canary: {weight: 10, duration: 4s}}, {canary: {weight: 50, duration: 2s}}]",
     )
     .await;
-    let candidate = set_version(&client, &md, "2").await;
-    endpoint.set(&candidate, 0.0);
+    seed_candidate(&endpoint, &prometheus, &md, "2", 0.0).await;
+    set_version(&client, &md, "2").await;
     modelfleet_testkit::wait::poll_until(Duration::from_secs(30), "step 1 runs", || async {
         let (_, snap) = snapshot(&client, &ns, "held").await;
         if snap.running && snap.step == Some(0) {

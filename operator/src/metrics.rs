@@ -63,87 +63,88 @@ struct ReasonLabel {
 
 impl Default for Metrics {
     fn default() -> Self {
+        let metrics = Self {
+            registry: Arc::default(),
+            reconciles: Family::default(),
+            errors: Family::default(),
+            // 1 ms to 10 s, with an edge at the 50 ms goal so a p99 against it is read from a
+            // bucket boundary, not interpolated across one.
+            duration: Histogram::new(RECONCILE_BUCKETS.iter().copied()),
+            decision: Histogram::new(DECISION_BUCKETS.iter().copied()),
+            leader: Gauge::default(),
+            telemetry_reports: Counter::default(),
+            telemetry_streams: Gauge::default(),
+            telemetry_rejected: Family::default(),
+            autoscaler_decisions: Family::default(),
+            autoscaler_tick: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.0001, 2.0, 14,
+            )),
+        };
         let mut registry = Registry::with_prefix("modelfleet_operator");
-        let reconciles = Family::<ResultLabel, Counter>::default();
-        let errors = Family::<CategoryLabel, Counter>::default();
-        // 1 ms to 10 s, with an edge at the 50 ms goal so a p99 against it is read from a
-        // bucket boundary, not interpolated across one.
-        let duration = Histogram::new(RECONCILE_BUCKETS.iter().copied());
-        let decision = Histogram::new(DECISION_BUCKETS.iter().copied());
-        let leader = Gauge::default();
-        let telemetry_reports = Counter::default();
-        let telemetry_streams = Gauge::default();
-        let telemetry_rejected = Family::<CategoryLabel, Counter>::default();
-        let autoscaler_decisions = Family::<ReasonLabel, Counter>::default();
-        let autoscaler_tick = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-            0.0001, 2.0, 14,
-        ));
+        metrics.register(&mut registry);
+        if let Ok(mut held) = metrics.registry.lock() {
+            *held = registry;
+        }
+        metrics
+    }
+}
+
+impl Metrics {
+    /// Registers every metric, with its help text, in `registry`.
+    fn register(&self, registry: &mut Registry) {
         registry.register(
             "reconciles",
             "Reconciles by result (ok, error)",
-            reconciles.clone(),
+            self.reconciles.clone(),
         );
         registry.register(
             "reconcile_errors",
             "Failed reconciles by error category",
-            errors.clone(),
+            self.errors.clone(),
         );
         registry.register_with_unit(
             "reconcile_duration",
             "Time of one reconcile",
             Unit::Seconds,
-            duration.clone(),
+            self.duration.clone(),
         );
         registry.register_with_unit(
             "decision_duration",
             "The operator's own time in one reconcile: reading its index, deciding, building the children (no API call inside)",
             Unit::Seconds,
-            decision.clone(),
+            self.decision.clone(),
         );
         registry.register(
             "leader",
             "1 while this replica holds the leader Lease",
-            leader.clone(),
+            self.leader.clone(),
         );
         registry.register(
             "telemetry_reports",
             "Node reports received by the telemetry hub",
-            telemetry_reports.clone(),
+            self.telemetry_reports.clone(),
         );
         registry.register(
             "telemetry_streams",
             "Open telemetry streams from node agents",
-            telemetry_streams.clone(),
+            self.telemetry_streams.clone(),
         );
         registry.register(
             "telemetry_rejected_streams",
             "Telemetry streams refused, by category (missing, rejected, review_failed)",
-            telemetry_rejected.clone(),
+            self.telemetry_rejected.clone(),
         );
         registry.register(
             "autoscaler_decisions",
             "Autoscaler decisions that changed a replica count, by reason",
-            autoscaler_decisions.clone(),
+            self.autoscaler_decisions.clone(),
         );
         registry.register_with_unit(
             "autoscaler_tick_duration",
             "Time of one autoscaler tick over every ModelDeployment",
             Unit::Seconds,
-            autoscaler_tick.clone(),
+            self.autoscaler_tick.clone(),
         );
-        Self {
-            registry: Arc::new(Mutex::new(registry)),
-            reconciles,
-            errors,
-            duration,
-            decision,
-            leader,
-            telemetry_reports,
-            telemetry_streams,
-            telemetry_rejected,
-            autoscaler_decisions,
-            autoscaler_tick,
-        }
     }
 }
 

@@ -57,6 +57,30 @@ async fn main() {
         testing::start_with_gpu_nodes(node_count).await.expect("cluster"),
     ));
     let client = cluster.client().await.expect("client");
+    let telemetry_addr = start_operator(cluster);
+    let api: Api<ModelDeployment> = Api::namespaced(client.clone(), NAMESPACE);
+    create_and_wait_ready(&client, &api, trials).await;
+    eprintln!("{trials} ModelDeployments with 2 ready replicas each");
+    let stepped: Steps = Default::default();
+    // When the first report carrying each step left the agent.
+    let reported: Steps = Default::default();
+    let tx = connect_agent(&client, telemetry_addr).await;
+    let reporter = spawn_reporter(&client, tx, stepped.clone(), reported.clone());
+    // Let the autoscaler see steady data first.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+    let changed = watch_replica_changes(deployments);
+    let (reactions, missed) = run_trials(&api, trials, &stepped, &reported, &changed).await;
+    reporter.abort();
+    print_reactions(trials, reactions, &missed);
+}
+
+/// Instants per ModelDeployment name.
+type Steps = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// Runs the operator on its own runtime (the benchmark's waits must not delay it); returns the
+/// telemetry hub's address.
+fn start_operator(cluster: &'static LocalCluster) -> std::net::SocketAddr {
     let telemetry_addr = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("port");
@@ -72,7 +96,11 @@ async fn main() {
         });
     });
 
-    let api: Api<ModelDeployment> = Api::namespaced(client.clone(), NAMESPACE);
+    telemetry_addr
+}
+
+/// Creates the ModelDeployments and waits until each has 2 ready replicas.
+async fn create_and_wait_ready(client: &kube::Client, api: &Api<ModelDeployment>, trials: usize) {
     for i in 0..trials {
         let md = ModelDeployment::new(&format!("md-{i}"), serde_yaml::from_str(spec()).expect("spec"));
         api.create(&PostParams::default(), &md).await.expect("create");
@@ -94,40 +122,51 @@ async fn main() {
             break;
         }
         if Instant::now() > deadline {
-            let mut phases: HashMap<String, usize> = HashMap::new();
-            for p in Api::<Pod>::namespaced(client.clone(), NAMESPACE)
-                .list(&ListParams::default())
-                .await
-                .expect("pods")
-                .items
-            {
-                *phases
-                    .entry(format!("{:?}", p.status.and_then(|s| s.phase)))
-                    .or_default() += 1;
-            }
-            let replicas: Vec<_> = list
-                .iter()
-                .map(|d| {
-                    (
-                        d.spec.as_ref().and_then(|s| s.replicas),
-                        d.status.as_ref().and_then(|s| s.ready_replicas),
-                    )
-                })
-                .collect();
-            panic!(
-                "{} of {trials} ModelDeployments have 2 ready replicas after 300 s; pods by phase {phases:?}; deployments (replicas, ready) {replicas:?}",
-                ready_at_two(&list),
-            );
+            not_ready(client, &list, trials).await;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    eprintln!("{trials} ModelDeployments with 2 ready replicas each");
+}
 
-    // The synthetic agent: one stream, every pod of every ModelDeployment, each second.
-    let token = request_agent_token(&client, NAMESPACE).await.expect("token");
-    let stepped: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
-    // When the first report carrying each step left the agent.
-    let reported: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
+/// Panics with the pods' phases and the Deployments' replicas.
+async fn not_ready(client: &kube::Client, list: &[Deployment], trials: usize) {
+    let ready_at_two = |list: &[Deployment]| {
+        list.iter()
+            .filter(|d| d.status.as_ref().and_then(|s| s.ready_replicas) == Some(2))
+            .count()
+    };
+    let mut phases: HashMap<String, usize> = HashMap::new();
+    for p in Api::<Pod>::namespaced(client.clone(), NAMESPACE)
+        .list(&ListParams::default())
+        .await
+        .expect("pods")
+        .items
+    {
+        *phases
+            .entry(format!("{:?}", p.status.and_then(|s| s.phase)))
+            .or_default() += 1;
+    }
+    let replicas: Vec<_> = list
+        .iter()
+        .map(|d| {
+            (
+                d.spec.as_ref().and_then(|s| s.replicas),
+                d.status.as_ref().and_then(|s| s.ready_replicas),
+            )
+        })
+        .collect();
+    panic!(
+        "{} of {trials} ModelDeployments have 2 ready replicas after 300 s; pods by phase {phases:?}; deployments (replicas, ready) {replicas:?}",
+        ready_at_two(list),
+    );
+}
+
+/// The synthetic agent's stream to the hub: one stream, every pod of every ModelDeployment.
+async fn connect_agent(
+    client: &kube::Client,
+    telemetry_addr: std::net::SocketAddr,
+) -> mpsc::Sender<NodeReport> {
+    let token = request_agent_token(client, NAMESPACE).await.expect("token");
     let (tx, rx) = mpsc::channel(4);
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     request.metadata_mut().insert(
@@ -143,80 +182,93 @@ async fn main() {
         .expect("the hub accepts the token")
         .into_inner();
     tokio::spawn(async move { while let Ok(Some(_)) = acks.message().await {} });
+    tx
+}
+
+/// Reports every Running pod each second, at 5× load once its ModelDeployment was stepped.
+fn spawn_reporter(
+    client: &kube::Client,
+    tx: mpsc::Sender<NodeReport>,
+    stepped: Steps,
+    reported: Steps,
+) -> tokio::task::JoinHandle<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
-    let reporter = {
-        let (stepped, reported) = (stepped.clone(), reported.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            for sequence in 1.. {
-                tick.tick().await;
-                let list = pods
-                    .list(&ListParams::default().labels(labels::DEPLOYMENT))
-                    .await
-                    .map(|l| l.items)
-                    .unwrap_or_default();
-                let mut per_md: HashMap<String, usize> = HashMap::new();
-                for p in &list {
-                    *per_md.entry(p.labels()[labels::DEPLOYMENT].clone()).or_default() += 1;
-                }
-                let now = Instant::now();
-                let servers = list
-                    .iter()
-                    .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-                    .map(|p| {
-                        let md = p.labels()[labels::DEPLOYMENT].clone();
-                        // The step is in the report sent after its instant.
-                        let factor = if stepped.lock().expect("lock").get(&md).is_some_and(|t| *t <= now) {
-                            5.0
-                        } else {
-                            1.0
-                        };
-                        ServerSample {
-                            pod: Some(PodRef {
-                                namespace: NAMESPACE.into(),
-                                name: p.name_any(),
-                                container: "server".into(),
-                            }),
-                            deployment: md.clone(),
-                            revision: p.labels().get(labels::REVISION).cloned().unwrap_or_default(),
-                            scraped: true,
-                            // The ModelDeployment's load is 2 × target, spread over its pods.
-                            queue_depth: factor * 2.0 * TARGET / per_md[&md] as f64,
-                            ..Default::default()
-                        }
-                    })
-                    .collect();
-                let sent = Instant::now();
-                for md in stepped
-                    .lock()
-                    .expect("lock")
-                    .iter()
-                    .filter(|(_, t)| **t <= now)
-                    .map(|(m, _)| m)
-                {
-                    reported.lock().expect("lock").entry(md.clone()).or_insert(sent);
-                }
-                let report = NodeReport {
-                    node: "bench-agent".into(),
-                    sequence,
-                    interval_ms: 1000,
-                    simulated: true,
-                    servers,
-                    ..Default::default()
-                };
-                if tx.send(report).await.is_err() {
-                    return;
-                }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        for sequence in 1.. {
+            tick.tick().await;
+            let list = pods
+                .list(&ListParams::default().labels(labels::DEPLOYMENT))
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default();
+            let now = Instant::now();
+            let servers = samples(&list, &stepped, now);
+            let sent = Instant::now();
+            for md in stepped
+                .lock()
+                .expect("lock")
+                .iter()
+                .filter(|(_, t)| **t <= now)
+                .map(|(m, _)| m)
+            {
+                reported.lock().expect("lock").entry(md.clone()).or_insert(sent);
+            }
+            let report = NodeReport {
+                node: "bench-agent".into(),
+                sequence,
+                interval_ms: 1000,
+                simulated: true,
+                servers,
+                ..Default::default()
+            };
+            if tx.send(report).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// One report's samples: the ModelDeployment's load is 2 × target spread over its pods, 5×
+/// that after its step.
+fn samples(list: &[Pod], stepped: &Steps, now: Instant) -> Vec<ServerSample> {
+    let mut per_md: HashMap<String, usize> = HashMap::new();
+    for p in list {
+        *per_md.entry(p.labels()[labels::DEPLOYMENT].clone()).or_default() += 1;
+    }
+    list.iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .map(|p| {
+            let md = p.labels()[labels::DEPLOYMENT].clone();
+            // The step is in the report sent after its instant.
+            let factor = if stepped.lock().expect("lock").get(&md).is_some_and(|t| *t <= now) {
+                5.0
+            } else {
+                1.0
+            };
+            ServerSample {
+                pod: Some(PodRef {
+                    namespace: NAMESPACE.into(),
+                    name: p.name_any(),
+                    container: "server".into(),
+                }),
+                deployment: md.clone(),
+                revision: p.labels().get(labels::REVISION).cloned().unwrap_or_default(),
+                scraped: true,
+                // The ModelDeployment's load is 2 × target, spread over its pods.
+                queue_depth: factor * 2.0 * TARGET / per_md[&md] as f64,
+                ..Default::default()
             }
         })
-    };
-    // Let the autoscaler see steady data first.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+        .collect()
+}
 
-    let changed: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
+/// When each ModelDeployment's Deployment first left 2 replicas.
+fn watch_replica_changes(deployments: Api<Deployment>) -> Steps {
+    let changed: Steps = Default::default();
     {
         let changed = changed.clone();
-        let watch = watcher(deployments.clone(), watcher::Config::default()).applied_objects();
+        let watch = watcher(deployments, watcher::Config::default()).applied_objects();
         tokio::spawn(async move {
             let mut watch = std::pin::pin!(watch);
             while let Some(Ok(d)) = watch.next().await {
@@ -232,6 +284,17 @@ async fn main() {
             }
         });
     }
+    changed
+}
+
+/// Steps each ModelDeployment in turn at a random phase; the reaction times and the missed ones.
+async fn run_trials(
+    api: &Api<ModelDeployment>,
+    trials: usize,
+    stepped: &Steps,
+    reported: &Steps,
+    changed: &Steps,
+) -> (Vec<f64>, HashSet<String>) {
     let mut reactions = Vec::new();
     let mut missed = HashSet::new();
     for i in 0..trials {
@@ -259,7 +322,11 @@ async fn main() {
         }
         api.delete(&md, &Default::default()).await.expect("delete");
     }
-    reporter.abort();
+    (reactions, missed)
+}
+
+/// Prints the distribution and the quantiles.
+fn print_reactions(trials: usize, mut reactions: Vec<f64>, missed: &HashSet<String>) {
     let mut histogram: std::collections::BTreeMap<u64, usize> = Default::default();
     for r in &reactions {
         *histogram.entry((r * 10.0).floor() as u64).or_default() += 1;

@@ -224,7 +224,30 @@ async fn main() {
     let cluster = testing::start_with_gpu_nodes(node_count).await.expect("cluster");
     let client = cluster.client().await.expect("client");
     eprintln!("cluster with {node_count} GPU nodes ready");
+    let (operator, port) = start_operator(&cluster, concurrency);
+    let pid = operator.0.id();
+    let api: Api<ModelDeployment> = Api::namespaced(client.clone(), "default");
+    let t0 = Instant::now();
+    create_all(&api, count).await;
+    let created = t0.elapsed();
+    let (children_at, available_at, peak_mib) = wait_available(&client, &cluster, pid, count, t0).await;
+    let run = Run {
+        count,
+        node_count,
+        created,
+        children_at,
+        available_at,
+        peak_mib,
+    };
+    report(&client, port, pid, operator, &run).await;
+    cluster.stop();
+}
 
+/// The operator process (killed on drop) and its metrics port.
+fn start_operator(
+    cluster: &modelfleet_testkit::cluster::LocalCluster,
+    concurrency: u16,
+) -> (KillOnDrop, u16) {
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("port")
@@ -254,11 +277,11 @@ async fn main() {
         .stdin(Stdio::null())
         .spawn()
         .expect("operator");
-    let pid = operator.id();
-    let operator = KillOnDrop(operator);
+    (KillOnDrop(operator), port)
+}
 
-    let api: Api<ModelDeployment> = Api::namespaced(client.clone(), "default");
-    let t0 = Instant::now();
+/// Creates `count` ModelDeployments (1 replica, 1 GPU each) from 8 tasks.
+async fn create_all(api: &Api<ModelDeployment>, count: usize) {
     let spec: modelfleet_crds::ModelDeploymentSpec = serde_yaml::from_str(
         "model: {name: m, version: '1', uri: 'hf://o/m'}\nresources: {gpus: 1}\nreplicas: 1\n",
     )
@@ -277,7 +300,18 @@ async fn main() {
     for t in tasks {
         t.await.expect("create task");
     }
-    let created = t0.elapsed();
+}
+
+/// Waits until every ModelDeployment is Available: when every child Deployment existed, when
+/// all were Available, and the operator's peak memory meanwhile.
+async fn wait_available(
+    client: &kube::Client,
+    cluster: &modelfleet_testkit::cluster::LocalCluster,
+    pid: u32,
+    count: usize,
+    t0: Instant,
+) -> (Option<Duration>, Duration, f64) {
+    let api: Api<ModelDeployment> = Api::namespaced(client.clone(), "default");
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
     let selector = ListParams::default().labels("modelfleet.dev/deployment");
     let mut children_at = None;
@@ -327,6 +361,29 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    (children_at, available_at, peak_mib)
+}
+
+/// What one run measured besides the operator's metrics.
+struct Run {
+    count: usize,
+    node_count: usize,
+    created: Duration,
+    children_at: Option<Duration>,
+    available_at: Duration,
+    peak_mib: f64,
+}
+
+/// Prints the table.
+async fn report(client: &kube::Client, port: u16, pid: u32, operator: KillOnDrop, run: &Run) {
+    let Run {
+        count,
+        node_count,
+        created,
+        children_at,
+        available_at,
+        mut peak_mib,
+    } = *run;
     let metrics = modelfleet_testkit::http::get(port, "/metrics")
         .await
         .map(|(_, b)| b)
@@ -337,7 +394,7 @@ async fn main() {
         .find(|l| l.starts_with(&format!("{name}_count")))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0.0);
-    let applies = ApplyStats::read(&client).await;
+    let applies = ApplyStats::read(client).await;
     let cpu = cpu_seconds(pid);
     peak_mib = peak_mib.max(proc_status_mib(pid, "VmHWM:"));
     drop(operator);
@@ -387,5 +444,4 @@ async fn main() {
     );
     println!("| operator peak RSS (VmHWM) | {peak_mib:.1} MiB |");
     println!("| operator CPU (user+system) | {cpu:.1} s |");
-    cluster.stop();
 }

@@ -66,6 +66,13 @@ async fn get(client: &Client, namespace: &str, name: &str) -> ModelDeployment {
         .expect("get ModelDeployment")
 }
 
+/// What every act of the scenario below works on.
+struct Scene {
+    client: Client,
+    ns: String,
+    simulator: LoadSimulator,
+}
+
 #[tokio::test]
 async fn load_scales_replicas_up_and_down_holds_without_telemetry_and_stops_at_the_gpus() {
     let (client, ns) = setup("autoscale").await;
@@ -82,11 +89,24 @@ async fn load_scales_replicas_up_and_down_holds_without_telemetry_and_stops_at_t
     )
     .await
     .expect("node agents");
+    let scene = Scene {
+        client,
+        ns,
+        simulator,
+    };
+    idle_at_min_replicas_with_fresh_telemetry(&scene).await;
+    let up_took = a_10x_step_panics_up(&scene).await;
+    let down_took = the_load_falls_and_it_scales_down_after_the_window(&scene).await;
+    no_gpus_left_limits_the_scaling(&scene).await;
+    stale_telemetry_holds_the_replicas(&scene, &mut agents).await;
+    eprintln!("scale-up took {up_took:?}, first scale-down {down_took:?}");
+}
 
-    // 1. Idle at minReplicas, with fresh telemetry.
+/// Act 1: Idle at minReplicas, with fresh telemetry.
+async fn idle_at_min_replicas_with_fresh_telemetry(scene: &Scene) {
     let md = model_deployment(
         "web",
-        &ns,
+        &scene.ns,
         "model: {name: m, version: '1', uri: 'hf://o/m'}
 runtime: {backend: synthetic, device: cpu}
 resources: {gpus: 1}
@@ -99,12 +119,14 @@ scaling:
   panicThreshold: 2.0
   scaleDownStabilization: 15s",
     );
-    create(&client, &md).await;
-    simulator.set_deployment_total_load(&ns, "web", queued(2.0));
-    wait_condition(&client, &ns, "web", "Available", "True", None, MINUTE).await;
+    create(&scene.client, &md).await;
+    scene
+        .simulator
+        .set_deployment_total_load(&scene.ns, "web", queued(2.0));
+    wait_condition(&scene.client, &scene.ns, "web", "Available", "True", None, MINUTE).await;
     let fresh = wait_condition(
-        &client,
-        &ns,
+        &scene.client,
+        &scene.ns,
         "web",
         "MetricsAvailable",
         "True",
@@ -120,13 +142,17 @@ scaling:
             .map(|a| a.desired_replicas),
         Some(1)
     );
+}
 
-    // 2. A 10x step: 20 queued against 4 per replica panics up to 5 replicas within seconds.
+/// Act 2: A 10x step: 20 queued against 4 per replica panics up to 5 replicas within seconds.
+async fn a_10x_step_panics_up(scene: &Scene) -> Duration {
     let stepped = Instant::now();
-    simulator.set_deployment_total_load(&ns, "web", queued(20.0));
+    scene
+        .simulator
+        .set_deployment_total_load(&scene.ns, "web", queued(20.0));
     wait_replicas(
-        &client,
-        &ns,
+        &scene.client,
+        &scene.ns,
         "web",
         "5 replicas after the step",
         Duration::from_secs(30),
@@ -134,7 +160,7 @@ scaling:
     )
     .await;
     let up_took = stepped.elapsed();
-    let md = wait_condition(&client, &ns, "web", "Available", "True", None, MINUTE).await;
+    let md = wait_condition(&scene.client, &scene.ns, "web", "Available", "True", None, MINUTE).await;
     let autoscaling = md
         .status
         .clone()
@@ -152,12 +178,12 @@ scaling:
         "{:?}",
         autoscaling.current_metrics
     );
-    let spec_replicas = get(&client, &ns, "web").await.spec.replicas;
+    let spec_replicas = get(&scene.client, &scene.ns, "web").await.spec.replicas;
     assert_eq!(
         spec_replicas, md.spec.replicas,
         "the autoscaler never writes the spec"
     );
-    let events: Vec<Event> = Api::<Event>::namespaced(client.clone(), &ns)
+    let events: Vec<Event> = Api::<Event>::namespaced(scene.client.clone(), &scene.ns)
         .list(&ListParams::default())
         .await
         .expect("events")
@@ -171,23 +197,29 @@ scaling:
         events.iter().map(|e| (&e.reason, &e.note)).collect::<Vec<_>>()
     );
 
-    // 3. The load falls: nothing moves at once, then it scales down after the stabilization.
-    simulator.set_deployment_total_load(&ns, "web", queued(4.0));
+    up_took
+}
+
+/// Act 3: The load falls: nothing moves at once, then it scales down after the stabilization.
+async fn the_load_falls_and_it_scales_down_after_the_window(scene: &Scene) -> Duration {
+    scene
+        .simulator
+        .set_deployment_total_load(&scene.ns, "web", queued(4.0));
     let fell = Instant::now();
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(
-        replicas(&client, &ns, "web").await,
+        replicas(&scene.client, &scene.ns, "web").await,
         5,
         "scaled down before the window"
     );
-    let down = wait_replicas(&client, &ns, "web", "a scale-down", MINUTE, |n| n < 5).await;
+    let down = wait_replicas(&scene.client, &scene.ns, "web", "a scale-down", MINUTE, |n| n < 5).await;
     assert!(down >= 3, "at most halving per step: {down}");
     let down_took = fell.elapsed();
     assert!(
         down_took >= Duration::from_secs(10),
         "scaled down after {down_took:?}"
     );
-    let md = get(&client, &ns, "web").await;
+    let md = get(&scene.client, &scene.ns, "web").await;
     let history = md
         .status
         .and_then(|s| s.autoscaling)
@@ -200,11 +232,15 @@ scaling:
         "{history:?}"
     );
 
-    // 4. No GPUs left: 4 GPUs per replica on two 8-GPU nodes that "web" also uses, with demand
-    // for 4 replicas: at most 3 fit.
+    down_took
+}
+
+/// Act 4: No GPUs left: 4 GPUs per replica on two 8-GPU nodes that "web" also uses, with demand for
+/// 4 replicas: at most 3 fit.
+async fn no_gpus_left_limits_the_scaling(scene: &Scene) {
     let big = model_deployment(
         "big",
-        &ns,
+        &scene.ns,
         "model: {name: m, version: '1', uri: 'hf://o/m'}
 runtime: {backend: synthetic, device: cpu}
 resources: {gpus: 4}
@@ -215,13 +251,17 @@ scaling:
   stableWindow: 10s
   panicWindow: 4s",
     );
-    create(&client, &big).await;
-    simulator.set_deployment_total_load(&ns, "big", queued(2.0));
-    wait_condition(&client, &ns, "big", "Available", "True", None, MINUTE).await;
-    simulator.set_deployment_total_load(&ns, "big", queued(16.0));
+    create(&scene.client, &big).await;
+    scene
+        .simulator
+        .set_deployment_total_load(&scene.ns, "big", queued(2.0));
+    wait_condition(&scene.client, &scene.ns, "big", "Available", "True", None, MINUTE).await;
+    scene
+        .simulator
+        .set_deployment_total_load(&scene.ns, "big", queued(16.0));
     let limited = wait_condition(
-        &client,
-        &ns,
+        &scene.client,
+        &scene.ns,
         "big",
         "ScalingLimited",
         "True",
@@ -231,24 +271,28 @@ scaling:
     .await;
     let (_, _, message) = condition(&limited, "ScalingLimited").expect("condition");
     assert!(message.contains("nvidia.com/gpu"), "{message}");
-    let held = replicas(&client, &ns, "big").await;
+    let held = replicas(&scene.client, &scene.ns, "big").await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(
-        replicas(&client, &ns, "big").await,
+        replicas(&scene.client, &scene.ns, "big").await,
         held,
         "raised the target without GPUs"
     );
+}
 
-    // 5. The agents stop: telemetry goes stale, replicas hold, MetricsAvailable says so. First
-    // the load is put on target, so no scale-down is due when they stop.
-    let current = replicas(&client, &ns, "web").await;
-    simulator.set_deployment_total_load(&ns, "web", queued(4.0 * f64::from(current)));
+/// Act 5: The agents stop: telemetry goes stale, replicas hold, MetricsAvailable says so. First the
+/// load is put on target, so no scale-down is due when they stop.
+async fn stale_telemetry_holds_the_replicas(scene: &Scene, agents: &mut NodeAgents) {
+    let current = replicas(&scene.client, &scene.ns, "web").await;
+    scene
+        .simulator
+        .set_deployment_total_load(&scene.ns, "web", queued(4.0 * f64::from(current)));
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let before = replicas(&client, &ns, "web").await;
+    let before = replicas(&scene.client, &scene.ns, "web").await;
     agents.stop();
     let stale = wait_condition(
-        &client,
-        &ns,
+        &scene.client,
+        &scene.ns,
         "web",
         "MetricsAvailable",
         "False",
@@ -258,12 +302,13 @@ scaling:
     .await;
     let (_, _, message) = condition(&stale, "MetricsAvailable").expect("condition");
     assert!(message.contains("holding"), "{message}");
-    simulator.set_deployment_total_load(&ns, "web", PodLoad::idle());
+    scene
+        .simulator
+        .set_deployment_total_load(&scene.ns, "web", PodLoad::idle());
     tokio::time::sleep(Duration::from_secs(20)).await;
     assert_eq!(
-        replicas(&client, &ns, "web").await,
+        replicas(&scene.client, &scene.ns, "web").await,
         before,
         "scaled on missing data"
     );
-    eprintln!("scale-up took {up_took:?}, first scale-down {down_took:?}");
 }

@@ -31,14 +31,7 @@ async fn the_chart_installs_and_its_rbac_suffices() {
     nodes::add_cpu_nodes(&admin, 1).await.unwrap();
 
     // The operator, with exactly the chart's permissions.
-    let mut config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(cluster.kubeconfig_path()).unwrap(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
-    config.auth_info.impersonate = Some("system:serviceaccount:modelfleet-system:modelfleet".into());
-    let as_operator = Client::try_from(config).unwrap();
+    let as_operator = impersonating_the_chart_service_account(&cluster).await;
     let as_operator_for_auth = as_operator.clone();
     let operator_config = OperatorConfig {
         lease_namespace: "modelfleet-system".into(),
@@ -91,10 +84,30 @@ async fn the_chart_installs_and_its_rbac_suffices() {
         "no forbidden errors:\n{metrics}"
     );
     // Node agents' tokens: the chart lets the operator ask for TokenReviews.
-    let token = modelfleet_testkit::agents::request_agent_token(&admin, "default")
+    assert_token_reviews_work(&admin, as_operator_for_auth).await;
+    operator.abort();
+    cluster.stop();
+}
+
+/// A client that acts as the chart's ServiceAccount (impersonation), so the test runs with
+/// exactly its RBAC.
+async fn impersonating_the_chart_service_account(cluster: &LocalCluster) -> Client {
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(cluster.kubeconfig_path()).expect("kubeconfig"),
+        &Default::default(),
+    )
+    .await
+    .expect("kubeconfig");
+    config.auth_info.impersonate = Some("system:serviceaccount:modelfleet-system:modelfleet".into());
+    Client::try_from(config).expect("client")
+}
+
+/// A node agent's token passes the operator's TokenReview, a made-up one is refused.
+async fn assert_token_reviews_work(admin: &Client, as_operator: Client) {
+    let token = modelfleet_testkit::agents::request_agent_token(admin, "default")
         .await
-        .unwrap();
-    let auth = Authenticator::token_review(as_operator_for_auth, "modelfleet-operator");
+        .expect("an agent token");
+    let auth = Authenticator::token_review(as_operator, "modelfleet-operator");
     let user = auth
         .authenticate(Some(&format!("Bearer {token}")))
         .await
@@ -102,6 +115,4 @@ async fn the_chart_installs_and_its_rbac_suffices() {
     assert_eq!(user, "system:serviceaccount:default:modelfleet-node-agent");
     let refused = auth.authenticate(Some("Bearer not-a-token")).await;
     assert!(matches!(refused, Err(AuthError::Rejected(_))), "{refused:?}");
-    operator.abort();
-    cluster.stop();
 }

@@ -36,39 +36,7 @@ async fn examples_without_rollout_steps_become_available_with_their_children() {
             MINUTE,
         )
         .await;
-        let status = md.status.clone().expect("status");
-        // What `kubectl get mdep` shows: a value in every column, none `<none>`.
-        let row = kubectl_get_mdep(ns.name(), &name);
-        let columns: Vec<_> = row.iter().map(|(c, _)| c.as_str()).collect();
-        assert_eq!(
-            columns,
-            ["NAME", "READY", "STABLE", "CANARY", "WEIGHT", "PHASE", "AGE"],
-            "{file}"
-        );
-        assert!(row.iter().all(|(_, v)| v != "<none>"), "{file}: {row:?}");
-        let cell = |c: &str| row.iter().find(|(h, _)| h == c).map(|(_, v)| v.as_str());
-        assert_eq!((cell("CANARY"), cell("WEIGHT")), (Some("-"), Some("0")), "{file}");
-        let want = if file == "external-hpa.yaml" { 2 } else { 1 };
-        assert_eq!(
-            status.ready.as_deref(),
-            Some(format!("{want}/{want}").as_str()),
-            "{file}"
-        );
-        assert_eq!(
-            status.stable.as_ref().map(|s| s.version.as_str()),
-            Some("1"),
-            "{file}"
-        );
-        assert_eq!(status.phase, Some(Phase::Available), "{file}");
-        assert_eq!(
-            status.selector.as_deref(),
-            Some(format!("modelfleet.dev/deployment={name}").as_str())
-        );
-        assert_eq!(status.observed_generation, md.metadata.generation);
-        assert!(
-            condition(&md, "Degraded").is_some_and(|(s, _, _)| s == "False"),
-            "{file}"
-        );
+        assert_status_and_columns(&md, ns.name(), file);
         if file == "gpu-autoscaled.yaml" {
             // No node agents run here: the autoscaler holds minReplicas and says why.
             let md = wait_condition(
@@ -87,36 +55,7 @@ async fn examples_without_rollout_steps_become_available_with_their_children() {
             assert_eq!(autoscaling.map(|a| a.desired_replicas), Some(1));
         }
 
-        assert_eq!(
-            revision_deployments(&client, ns.name(), &name).await.len(),
-            1,
-            "{file}"
-        );
-        let services: Api<Service> = Api::namespaced(client.clone(), ns.name());
-        for suffix in ["", "-stable", "-canary", "-shadow"] {
-            let service = services
-                .get(&format!("{name}{suffix}"))
-                .await
-                .unwrap_or_else(|e| panic!("{file}: Service {name}{suffix}: {e}"));
-            // Clients dial the entry Service and servers the shadow one through a cluster IP;
-            // the Gateway's backends are headless.
-            let ip = service.spec.and_then(|s| s.cluster_ip).unwrap_or_default();
-            let headless = matches!(suffix, "-stable" | "-canary");
-            assert_eq!(
-                ip == "None",
-                headless,
-                "{file}: Service {name}{suffix} clusterIP {ip:?}"
-            );
-            assert!(!ip.is_empty(), "{file}: Service {name}{suffix} has no clusterIP");
-        }
-        Api::<ConfigMap>::namespaced(client.clone(), ns.name())
-            .get(&format!("{name}-routing"))
-            .await
-            .unwrap();
-        Api::<PodDisruptionBudget>::namespaced(client.clone(), ns.name())
-            .get(&name)
-            .await
-            .unwrap();
+        assert_children(&client, ns.name(), &name, file).await;
     }
 }
 
@@ -415,4 +354,77 @@ async fn deleting_the_model_deployment_removes_every_child() {
     })
     .await
     .unwrap();
+}
+
+/// What `kubectl get mdep` and the status show for an Available example.
+fn assert_status_and_columns(md: &ModelDeployment, namespace: &str, file: &str) {
+    let name = md.name_any();
+    let status = md.status.clone().expect("status");
+    // What `kubectl get mdep` shows: a value in every column, none `<none>`.
+    let row = kubectl_get_mdep(namespace, &name);
+    let columns: Vec<_> = row.iter().map(|(c, _)| c.as_str()).collect();
+    assert_eq!(
+        columns,
+        ["NAME", "READY", "STABLE", "CANARY", "WEIGHT", "PHASE", "AGE"],
+        "{file}"
+    );
+    assert!(row.iter().all(|(_, v)| v != "<none>"), "{file}: {row:?}");
+    let cell = |c: &str| row.iter().find(|(h, _)| h == c).map(|(_, v)| v.as_str());
+    assert_eq!((cell("CANARY"), cell("WEIGHT")), (Some("-"), Some("0")), "{file}");
+    let want = if file == "external-hpa.yaml" { 2 } else { 1 };
+    assert_eq!(
+        status.ready.as_deref(),
+        Some(format!("{want}/{want}").as_str()),
+        "{file}"
+    );
+    assert_eq!(
+        status.stable.as_ref().map(|s| s.version.as_str()),
+        Some("1"),
+        "{file}"
+    );
+    assert_eq!(status.phase, Some(Phase::Available), "{file}");
+    assert_eq!(
+        status.selector.as_deref(),
+        Some(format!("modelfleet.dev/deployment={name}").as_str())
+    );
+    assert_eq!(status.observed_generation, md.metadata.generation);
+    assert!(
+        condition(md, "Degraded").is_some_and(|(s, _, _)| s == "False"),
+        "{file}"
+    );
+}
+
+/// One revision Deployment, the four Services (only the Gateway's two headless), the routing
+/// ConfigMap and the PDB.
+async fn assert_children(client: &kube::Client, namespace: &str, name: &str, file: &str) {
+    assert_eq!(
+        revision_deployments(client, namespace, name).await.len(),
+        1,
+        "{file}"
+    );
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    for suffix in ["", "-stable", "-canary", "-shadow"] {
+        let service = services
+            .get(&format!("{name}{suffix}"))
+            .await
+            .unwrap_or_else(|e| panic!("{file}: Service {name}{suffix}: {e}"));
+        // Clients dial the entry Service and servers the shadow one through a cluster IP;
+        // the Gateway's backends are headless.
+        let ip = service.spec.and_then(|s| s.cluster_ip).unwrap_or_default();
+        let headless = matches!(suffix, "-stable" | "-canary");
+        assert_eq!(
+            ip == "None",
+            headless,
+            "{file}: Service {name}{suffix} clusterIP {ip:?}"
+        );
+        assert!(!ip.is_empty(), "{file}: Service {name}{suffix} has no clusterIP");
+    }
+    Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .get(&format!("{name}-routing"))
+        .await
+        .expect("exists");
+    Api::<PodDisruptionBudget>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+        .expect("exists");
 }

@@ -57,11 +57,20 @@ async fn the_minimal_example_serves_the_same_vector_as_the_server_alone_through_
 
     let body = r#"{"model":"all-MiniLM-L6-v2","input":["the fleet serves for real"]}"#;
     let url = format!("http://minilm.{}.svc:8080/v1/embeddings", ns.name());
-    let answer = live
-        .fleet
-        .request("POST", &url, Some(body), &[])
-        .await
-        .expect("a request through Service DNS");
+    // The Service is minutes old at most: until kube-proxy has programmed it, a connection can
+    // go unanswered, so the first answer is awaited, every attempt bounded.
+    let answer = wait::poll_until(
+        Duration::from_secs(90),
+        "an answer through Service DNS",
+        || async {
+            match live.fleet.request("POST", &url, Some(body), &[]).await {
+                Ok(answer) => Ok(Some(answer)),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await
+    .expect("a request through Service DNS");
     assert_eq!(answer.status, 200, "{}", answer.body);
     let through_fleet = embedding(&answer.body);
 

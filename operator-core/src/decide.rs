@@ -123,6 +123,11 @@ fn recorded<'a>(snapshot: &Snapshot<'a>) -> &'a ModelDeploymentStatus {
         .unwrap_or_else(|| EMPTY.get_or_init(ModelDeploymentStatus::default))
 }
 
+/// Total replicas from the replica source: `spec.replicas`, or the autoscaler's decision.
+fn desired(snapshot: &Snapshot<'_>) -> i32 {
+    plan::desired_replicas(snapshot.md, snapshot.autoscaling.map(|o| o.replicas))
+}
+
 /// The rollout engine's input, with rollout steps and a stable revision to protect (None: the
 /// step-less plan applies).
 fn engine_input<'a>(snapshot: &Snapshot<'a>, current: &'a str) -> Option<EngineInput<'a>> {
@@ -140,7 +145,7 @@ fn engine_input<'a>(snapshot: &Snapshot<'a>, current: &'a str) -> Option<EngineI
         current,
         version: &md.spec.model.version,
         stable,
-        desired: plan::desired_replicas(md, snapshot.autoscaling.map(|o| o.replicas)),
+        desired: desired(snapshot),
         observed: &snapshot.observed.revisions,
         recorded,
         analysis: snapshot.analysis,
@@ -170,7 +175,7 @@ pub fn decide(snapshot: &Snapshot<'_>) -> Decision {
     let md = snapshot.md;
     let recorded = recorded(snapshot);
     let current = current(snapshot);
-    let desired = plan::desired_replicas(md, snapshot.autoscaling.map(|o| o.replicas));
+    let desired = desired(snapshot);
     let rollout: Option<RolloutDecision> =
         engine_input(snapshot, &current).map(|input| engine::decide(&input));
     let mut plan = match &rollout {

@@ -65,6 +65,34 @@ pub mod headers {
     pub const TIMEOUT: &str = "x-modelfleet-timeout";
     /// Marks a mirrored copy, so a shadow never mirrors it again.
     pub const SHADOW: &str = "x-modelfleet-shadow";
+    /// On every server response: requests queued and running in that server as it answered. The
+    /// router's picker reads it between its once-a-second scrapes.
+    pub const LOAD: &str = "x-modelfleet-load";
+    /// The request id: kept from the client or made by the router, sent to the server, logged by
+    /// both and echoed in the response.
+    pub const REQUEST_ID: &str = "x-request-id";
+    /// On router responses: the endpoint (`ip:port`) that answered.
+    pub const ENDPOINT: &str = "x-modelfleet-endpoint";
+    /// On router responses: the revision that answered.
+    pub const REVISION: &str = "x-modelfleet-revision";
+    /// On router responses: `hit`, `miss` or `bypass` (not cacheable).
+    pub const CACHE: &str = "x-modelfleet-cache";
+    /// On router responses: the ModelDeployment (`namespace/name`) that answered, when the request
+    /// went to a fallback.
+    pub const FALLBACK: &str = "x-modelfleet-fallback";
+    /// The router's retries of this request (on the server's side: 1 for a retried copy).
+    pub const RETRY: &str = "x-modelfleet-retry";
+}
+
+/// The router's listening ports (`modelfleet-router`, docs/router.md).
+pub mod router_ports {
+    /// OpenAI-compatible HTTP (`--http-port`).
+    pub const HTTP: u16 = 8000;
+    /// Envoy ext_proc gRPC: the Endpoint Picker (`--epp-port`), the port Gateway API Inference
+    /// Extension pickers use.
+    pub const EPP: u16 = 9002;
+    /// Prometheus `/metrics`, `/healthz`, `/readyz` (`--metrics-port`).
+    pub const METRICS: u16 = 9090;
 }
 
 /// Annotations more than one part reads or writes.

@@ -74,6 +74,18 @@ pub const SCRAPED: [ServerMetric; 8] = [
     SHADOW_COMPARISONS,
 ];
 
+/// The Gateway API Inference Extension's model-server protocol (its proposal 003): the gauges a
+/// standard Endpoint Picker scrapes, under the vLLM names it reads by default, so that picker
+/// works with modelfleet-server pods unconfigured. The server exports them beside its own.
+pub mod model_server_protocol {
+    /// TotalQueuedRequests: the same value as [`super::REQUESTS_QUEUED`].
+    pub const QUEUED: &str = "vllm:num_requests_waiting";
+    /// TotalRunningRequests: the same value as [`super::REQUESTS_RUNNING`].
+    pub const RUNNING: &str = "vllm:num_requests_running";
+    /// KVCacheUtilization, 0 to 1 (generation servers; embeddings servers report 0).
+    pub const KV_CACHE_USAGE: &str = "vllm:kv_cache_usage_perc";
+}
+
 /// Label names the agent reads.
 pub mod labels {
     /// The priority tier.

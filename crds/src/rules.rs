@@ -49,6 +49,17 @@ const POSITIVE_DURATION: &str = "!self.matches('^([0-9]+(ms|s|m|h))+$') || durat
 // --- spec.model ---
 /// `spec.model.name` is not empty.
 pub const MODEL_NAME: CelRule = on_field("size(self) > 0", "spec.model.name must not be empty");
+/// Aliases are 1 to 128 characters, unique, and differ from the served name.
+pub const MODEL_ALIASES: CelRule = on_field(
+    "self.all(a, size(a) >= 1 && size(a) <= 128 && self.exists_one(b, b == a))",
+    "spec.model.aliases[*] must be 1 to 128 characters and unique",
+);
+/// No alias repeats the served name.
+pub const MODEL_ALIAS_NOT_NAME: CelRule = on_object(
+    "!has(self.aliases) || self.aliases.all(a, a != self.name)",
+    ".aliases",
+    "spec.model.aliases[*] must differ from spec.model.name",
+);
 /// `spec.model.version` is not empty.
 pub const MODEL_VERSION: CelRule = on_field("size(self) > 0", "spec.model.version must not be empty");
 /// `spec.model.uri` uses a supported scheme.
@@ -113,8 +124,13 @@ pub const SCALING_MIN_LE_MAX: CelRule = on_object(
 );
 /// `minReplicas >= 1`.
 pub const SCALING_MIN: CelRule = on_field(
-    "self >= 1",
-    "spec.scaling.minReplicas must be at least 1 (scale to zero is not supported)",
+    "self >= 0",
+    "spec.scaling.minReplicas must be 0 or more (0: scale to zero after spec.scaling.idlePeriod)",
+);
+/// `idlePeriod > 0`.
+pub const IDLE_PERIOD: CelRule = on_field(
+    POSITIVE_DURATION,
+    "spec.scaling.idlePeriod must be greater than 0s",
 );
 /// `maxReplicas >= 1`.
 pub const SCALING_MAX: CelRule = on_field("self >= 1", "spec.scaling.maxReplicas must be at least 1");
@@ -245,9 +261,40 @@ pub const GATEWAY_PARENTS: CelRule = on_field(
     "spec.traffic.gateway.parentRefs must list at least one Gateway",
 );
 
+// --- spec.routing ---
+/// A fallback names a model.
+pub const FALLBACK_MODEL: CelRule = on_field(
+    "size(self) >= 1 && size(self) <= 128",
+    "spec.routing.fallback.model must be 1 to 128 characters",
+);
+/// The queue threshold is positive.
+pub const FALLBACK_QUEUE_DEPTH: CelRule = on_field(
+    "self > 0.0",
+    "spec.routing.fallback.queueDepthAbove must be greater than 0",
+);
+/// The prompt-token rule is positive.
+pub const FALLBACK_PROMPT_TOKENS: CelRule = on_field(
+    "self >= 1",
+    "spec.routing.fallback.promptTokensAbove must be at least 1",
+);
+
+// --- spec.traffic.inferencePool ---
+/// The endpoint picker's Service port is a port.
+pub const ENDPOINT_PICKER_PORT: CelRule = on_field(
+    "self >= 1 && self <= 65535",
+    "spec.traffic.inferencePool.endpointPicker.port must be 1 to 65535",
+);
+/// The endpoint picker names a Service.
+pub const ENDPOINT_PICKER_NAME: CelRule = on_field(
+    "size(self) >= 1 && size(self) <= 63",
+    "spec.traffic.inferencePool.endpointPicker.name must be 1 to 63 characters",
+);
+
 /// Every rule, for documentation and for tests that prove each one fires.
 pub const ALL: &[CelRule] = &[
     MODEL_NAME,
+    MODEL_ALIASES,
+    MODEL_ALIAS_NOT_NAME,
     MODEL_VERSION,
     MODEL_URI,
     CUDA_NEEDS_GPU,
@@ -263,6 +310,7 @@ pub const ALL: &[CelRule] = &[
     TIER_QUEUE_SHARE,
     SCALING_MIN_LE_MAX,
     SCALING_MIN,
+    IDLE_PERIOD,
     SCALING_MAX,
     SCALING_TARGETS,
     TARGET_QUEUE_DEPTH,
@@ -288,6 +336,11 @@ pub const ALL: &[CelRule] = &[
     CHECK_PROMETHEUS_NAME,
     PROMETHEUS_QUERY,
     GATEWAY_PARENTS,
+    FALLBACK_MODEL,
+    FALLBACK_QUEUE_DEPTH,
+    FALLBACK_PROMPT_TOKENS,
+    ENDPOINT_PICKER_PORT,
+    ENDPOINT_PICKER_NAME,
 ];
 
 #[cfg(test)]

@@ -80,6 +80,7 @@ pub fn validate(spec: &ModelDeploymentSpec) -> Result<(), ValidationErrors> {
     let mut c = Checker(Vec::new());
 
     c.check(!spec.model.name.is_empty(), "spec.model.name", rules::MODEL_NAME);
+    check_aliases(&mut c, &spec.model);
     c.check(
         !spec.model.version.is_empty(),
         "spec.model.version",
@@ -111,10 +112,63 @@ pub fn validate(spec: &ModelDeploymentSpec) -> Result<(), ValidationErrors> {
         );
     }
 
+    if let Some(pool) = spec.traffic.as_ref().and_then(|t| t.inference_pool.as_ref()) {
+        let picker = &pool.endpoint_picker;
+        let name_ok = (1..=63).contains(&picker.name.len());
+        c.check(
+            name_ok,
+            "spec.traffic.inferencePool.endpointPicker.name",
+            rules::ENDPOINT_PICKER_NAME,
+        );
+        c.check(
+            (1..=65535).contains(&picker.port),
+            "spec.traffic.inferencePool.endpointPicker.port",
+            rules::ENDPOINT_PICKER_PORT,
+        );
+    }
+    if let Some(fallback) = spec.routing.as_ref().and_then(|r| r.fallback.as_ref()) {
+        check_fallback(&mut c, fallback);
+    }
+
     if c.0.is_empty() {
         Ok(())
     } else {
         Err(ValidationErrors(c.0))
+    }
+}
+
+fn check_aliases(c: &mut Checker, model: &crate::v1alpha1::ModelSpec) {
+    let aliases = &model.aliases;
+    let well_formed = aliases
+        .iter()
+        .all(|a| (1..=128).contains(&a.len()) && aliases.iter().filter(|b| *b == a).count() == 1);
+    c.check(well_formed, "spec.model.aliases", rules::MODEL_ALIASES);
+    c.check(
+        aliases.iter().all(|a| *a != model.name),
+        "spec.model.aliases",
+        rules::MODEL_ALIAS_NOT_NAME,
+    );
+}
+
+fn check_fallback(c: &mut Checker, f: &crate::v1alpha1::FallbackSpec) {
+    c.check(
+        (1..=128).contains(&f.model.len()),
+        "spec.routing.fallback.model",
+        rules::FALLBACK_MODEL,
+    );
+    if let Some(v) = f.queue_depth_above {
+        c.check(
+            v > 0.0,
+            "spec.routing.fallback.queueDepthAbove",
+            rules::FALLBACK_QUEUE_DEPTH,
+        );
+    }
+    if let Some(v) = f.prompt_tokens_above {
+        c.check(
+            v >= 1,
+            "spec.routing.fallback.promptTokensAbove",
+            rules::FALLBACK_PROMPT_TOKENS,
+        );
     }
 }
 
@@ -175,10 +229,11 @@ fn check_batching(c: &mut Checker, b: &BatchingSpec) {
 
 fn check_scaling(c: &mut Checker, s: &ScalingSpec) {
     c.check(
-        s.min_replicas >= 1,
+        s.min_replicas >= 0,
         "spec.scaling.minReplicas",
         rules::SCALING_MIN,
     );
+    c.positive(s.idle_period, "spec.scaling.idlePeriod", rules::IDLE_PERIOD);
     c.check(
         s.max_replicas >= 1,
         "spec.scaling.maxReplicas",

@@ -13,7 +13,7 @@ fn base() -> Value {
         "kind": "ModelDeployment",
         "metadata": {"name": "minilm", "namespace": "search"},
         "spec": {
-            "model": {"name": "all-MiniLM-L6-v2", "version": "2", "uri": "hf://sentence-transformers/all-MiniLM-L6-v2"},
+            "model": {"name": "all-MiniLM-L6-v2", "version": "2", "uri": "hf://sentence-transformers/all-MiniLM-L6-v2", "aliases": ["minilm", "embed-small"]},
             "runtime": {"backend": "candle", "device": "cuda"},
             "resources": {"gpus": 1, "gpuProduct": "NVIDIA-H100-80GB-HBM3", "minGpuMemoryMiB": 40000},
             "replicas": 2,
@@ -24,7 +24,7 @@ fn base() -> Value {
             "scaling": {
                 "minReplicas": 1, "maxReplicas": 20,
                 "targets": {"queueDepthPerReplica": 16, "inFlightPerReplica": 64, "p95Latency": "250ms", "gpuUtilization": 85},
-                "stableWindow": "60s", "panicWindow": "6s", "panicThreshold": 2.0, "scaleDownStabilization": "300s"
+                "stableWindow": "60s", "panicWindow": "6s", "panicThreshold": 2.0, "scaleDownStabilization": "300s", "idlePeriod": "15m"
             },
             "rollout": {
                 "steps": [
@@ -42,7 +42,11 @@ fn base() -> Value {
                 },
                 "progressDeadline": "15m", "scaleDownDelay": "30s"
             },
-            "traffic": {"gateway": {"parentRefs": [{"name": "inference", "namespace": "gateway"}], "hostnames": ["a.example.com"]}}
+            "traffic": {
+                "gateway": {"parentRefs": [{"name": "inference", "namespace": "gateway"}], "hostnames": ["a.example.com"]},
+                "inferencePool": {"endpointPicker": {"name": "modelfleet-router", "port": 9002, "failureMode": "FailClose"}}
+            },
+            "routing": {"responseCache": true, "fallback": {"model": "tiny", "queueDepthAbove": 32, "promptTokensAbove": 4096, "tiers": ["free"]}}
         }
     })
 }
@@ -134,7 +138,7 @@ fn cases() -> Vec<(rules::CelRule, &'static str, Option<Value>, &'static str)> {
         (
             SCALING_MIN,
             "/spec/scaling/minReplicas",
-            Some(json!(0)),
+            Some(json!(-1)),
             "spec.scaling.minReplicas",
         ),
         (
@@ -286,6 +290,54 @@ fn cases() -> Vec<(rules::CelRule, &'static str, Option<Value>, &'static str)> {
             "/spec/traffic/gateway/parentRefs",
             Some(json!([])),
             "spec.traffic.gateway.parentRefs",
+        ),
+        (
+            MODEL_ALIASES,
+            "/spec/model/aliases",
+            Some(json!(["minilm", "minilm"])),
+            "spec.model.aliases",
+        ),
+        (
+            MODEL_ALIAS_NOT_NAME,
+            "/spec/model/aliases",
+            Some(json!(["all-MiniLM-L6-v2"])),
+            "spec.model.aliases",
+        ),
+        (
+            IDLE_PERIOD,
+            "/spec/scaling/idlePeriod",
+            Some(json!("0s")),
+            "spec.scaling.idlePeriod",
+        ),
+        (
+            FALLBACK_MODEL,
+            "/spec/routing/fallback/model",
+            Some(json!("")),
+            "spec.routing.fallback.model",
+        ),
+        (
+            FALLBACK_QUEUE_DEPTH,
+            "/spec/routing/fallback/queueDepthAbove",
+            Some(json!(0)),
+            "spec.routing.fallback.queueDepthAbove",
+        ),
+        (
+            FALLBACK_PROMPT_TOKENS,
+            "/spec/routing/fallback/promptTokensAbove",
+            Some(json!(0)),
+            "spec.routing.fallback.promptTokensAbove",
+        ),
+        (
+            ENDPOINT_PICKER_PORT,
+            "/spec/traffic/inferencePool/endpointPicker/port",
+            Some(json!(0)),
+            "spec.traffic.inferencePool.endpointPicker.port",
+        ),
+        (
+            ENDPOINT_PICKER_NAME,
+            "/spec/traffic/inferencePool/endpointPicker/name",
+            Some(json!("")),
+            "spec.traffic.inferencePool.endpointPicker.name",
         ),
     ]
 }

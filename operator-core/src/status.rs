@@ -168,6 +168,7 @@ fn assemble(
                 .map(|o| o.status.clone())
                 .or_else(|| recorded.and_then(|s| s.autoscaling.clone())),
         ),
+        routing: recorded.and_then(|s| s.routing.clone()),
         conditions,
     }
 }

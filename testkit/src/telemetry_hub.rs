@@ -43,6 +43,14 @@ struct Service {
 #[tonic::async_trait]
 impl Telemetry for Service {
     type ReportStream = ReceiverStream<Result<ReportAck, Status>>;
+    type RouterReportStream = ReceiverStream<Result<ReportAck, Status>>;
+
+    async fn router_report(
+        &self,
+        _request: Request<Streaming<modelfleet_proto::telemetry::RouterReport>>,
+    ) -> Result<Response<Self::RouterReportStream>, Status> {
+        Err(Status::unimplemented("the test hub takes node reports only"))
+    }
 
     async fn report(
         &self,

@@ -3,6 +3,7 @@
 mod batching;
 mod model;
 mod rollout;
+mod routing;
 mod scaling;
 mod status;
 mod traffic;
@@ -10,7 +11,7 @@ mod traffic;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-pub use self::{batching::*, model::*, rollout::*, scaling::*, status::*, traffic::*};
+pub use self::{batching::*, model::*, rollout::*, routing::*, scaling::*, status::*, traffic::*};
 use crate::rules;
 
 /// A model served by a fleet of modelfleet-server pods, with autoscaling and progressive rollouts.
@@ -62,6 +63,10 @@ pub struct ModelDeploymentSpec {
     /// Traffic management. Empty: canary traffic is split by replica share.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic: Option<TrafficSpec>,
+    /// What the modelfleet router does with this model's requests: response cache, fallback.
+    /// Empty: cache on, no fallback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<RoutingSpec>,
 }
 
 fn default_replicas() -> i32 {

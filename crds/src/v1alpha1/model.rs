@@ -13,6 +13,7 @@ use crate::rules;
 /// The model to serve.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = rules::MODEL_ALIAS_NOT_NAME)]
 pub struct ModelSpec {
     /// Served model name: the `model` field clients send in OpenAI requests and the OIP v2 model name.
     #[x_kube(validation = rules::MODEL_NAME)]
@@ -31,6 +32,20 @@ pub struct ModelSpec {
     /// What the model does; selects the server's API surface.
     #[serde(default)]
     pub task: ModelTask,
+    /// Other names clients may send as `model` to reach this ModelDeployment through the router.
+    /// Unique within the namespace across names and aliases: where two ModelDeployments claim one
+    /// name, the older one keeps it and the newer reports `Degraded` with reason `ModelNameConflict`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = rules::MODEL_ALIASES)]
+    #[schemars(length(max = 8))]
+    pub aliases: Vec<String>,
+}
+
+impl ModelSpec {
+    /// The served name, then the aliases: every `model` value that selects this ModelDeployment.
+    pub fn served_names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.name.as_str()).chain(self.aliases.iter().map(String::as_str))
+    }
 }
 
 /// The kind of model.

@@ -12,7 +12,8 @@ use crate::{Duration, rules};
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = rules::SCALING_MIN_LE_MAX, validation = rules::PANIC_WINDOW_LE_STABLE)]
 pub struct ScalingSpec {
-    /// Fewest replicas.
+    /// Fewest replicas. 0: scale to zero once no request has arrived for `idlePeriod`; the router
+    /// holds the next request while the autoscaler brings one replica back (docs/router.md).
     #[serde(default = "default_min_replicas")]
     #[x_kube(validation = rules::SCALING_MIN)]
     pub min_replicas: i32,
@@ -38,6 +39,10 @@ pub struct ScalingSpec {
     /// Scale down only to the highest recommendation seen over this window.
     #[serde(default = "default_scale_down_stabilization")]
     pub scale_down_stabilization: Duration,
+    /// With `minReplicas: 0`: how long without a request before the last replica goes.
+    #[serde(default = "default_idle_period")]
+    #[x_kube(validation = rules::IDLE_PERIOD)]
+    pub idle_period: Duration,
 }
 
 /// Scaling targets per ready replica. At least one must be set.
@@ -79,6 +84,9 @@ fn default_panic_threshold() -> f64 {
 fn default_scale_down_stabilization() -> Duration {
     Duration::from_secs(300)
 }
+fn default_idle_period() -> Duration {
+    Duration::from_secs(900)
+}
 
 impl ScalingSpec {
     /// A spec with the given bounds and targets and every other field at its default.
@@ -91,6 +99,7 @@ impl ScalingSpec {
             panic_window: default_panic_window(),
             panic_threshold: default_panic_threshold(),
             scale_down_stabilization: default_scale_down_stabilization(),
+            idle_period: default_idle_period(),
         }
     }
 }

@@ -54,6 +54,9 @@ pub struct ModelDeploymentStatus {
     /// What the built-in autoscaler sees and decided (only with `spec.scaling`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingStatus>,
+    /// What the modelfleet routers reported for this model (only where a router runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<RoutingStatus>,
     /// Available, Progressing, Degraded, ScalingLimited and MetricsAvailable, kstatus style.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -298,4 +301,29 @@ pub struct ScaleEvent {
     pub to: i32,
     /// Why, e.g. `queueDepthPerReplica 31.2 > 16`.
     pub reason: String,
+}
+
+/// The routers' view of one model, summed over every router replica that reported in the last
+/// minute.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutingStatus {
+    /// Router replicas reporting.
+    #[serde(default)]
+    pub routers: i32,
+    /// Requests the routers received for this model since they started.
+    #[serde(default)]
+    pub requests: i64,
+    /// Share of cacheable requests answered from the response cache, 0 to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_hit_ratio: Option<f64>,
+    /// Requests sent to `spec.routing.fallback` instead of this model.
+    #[serde(default)]
+    pub fallbacks: i64,
+    /// Requests held now, waiting for a replica (scale from zero).
+    #[serde(default)]
+    pub held_requests: i32,
+    /// When the last request for this model arrived at a router.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_request_time: Option<Time>,
 }

@@ -14,6 +14,51 @@ pub struct TrafficSpec {
     /// traffic is split by replica share through the Service `<name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewayTraffic>,
+    /// Create an `InferencePool` `<name>` (inference.networking.k8s.io/v1) selecting this
+    /// ModelDeployment's serving pods, for a Gateway API Inference Extension gateway. Needs the
+    /// extension's CRDs in the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference_pool: Option<InferencePoolTraffic>,
+}
+
+/// The InferencePool the operator owns.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InferencePoolTraffic {
+    /// The Endpoint Picker Service in this namespace (`modelfleet-router --epp-port`, or any
+    /// Gateway API Inference Extension picker).
+    pub endpoint_picker: EndpointPickerRef,
+}
+
+/// An Endpoint Picker Service.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointPickerRef {
+    /// Service name, in the ModelDeployment's namespace.
+    #[x_kube(validation = rules::ENDPOINT_PICKER_NAME)]
+    #[schemars(length(max = 63))]
+    pub name: String,
+    /// Service port of the picker's ext_proc gRPC.
+    #[serde(default = "default_picker_port")]
+    #[x_kube(validation = rules::ENDPOINT_PICKER_PORT)]
+    pub port: i32,
+    /// What the gateway does when the picker is down.
+    #[serde(default)]
+    pub failure_mode: PickerFailureMode,
+}
+
+/// `endpointPickerRef.failureMode` of the InferencePool.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum PickerFailureMode {
+    /// Reject requests while the picker is down.
+    #[default]
+    FailClose,
+    /// Forward requests to an endpoint of the gateway's choosing.
+    FailOpen,
+}
+
+fn default_picker_port() -> i32 {
+    9002
 }
 
 /// The HTTPRoute the operator owns.

@@ -10,7 +10,7 @@ use std::{net::SocketAddr, pin::Pin, time::Instant};
 
 use futures::Stream;
 use modelfleet_proto::telemetry::{
-    NodeReport, ReportAck,
+    NodeReport, ReportAck, RouterReport,
     telemetry_server::{Telemetry, TelemetryServer},
 };
 use tokio::sync::{mpsc, watch};
@@ -72,6 +72,14 @@ type AckStream = Pin<Box<dyn Stream<Item = Result<ReportAck, Status>> + Send>>;
 #[tonic::async_trait]
 impl Telemetry for Hub {
     type ReportStream = AckStream;
+    type RouterReportStream = AckStream;
+
+    async fn router_report(
+        &self,
+        _request: Request<Streaming<RouterReport>>,
+    ) -> Result<Response<AckStream>, Status> {
+        Err(Status::unimplemented("router reports are not accepted yet"))
+    }
 
     async fn report(&self, request: Request<Streaming<NodeReport>>) -> Result<Response<AckStream>, Status> {
         if !*self.leading.borrow() {

@@ -1,0 +1,59 @@
+//! `spec.routing`: what the modelfleet router does with this model's requests.
+
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::rules;
+
+/// Router behaviour for this model (docs/router.md).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutingSpec {
+    /// Answer repeated deterministic requests (embeddings; generation at temperature 0 with a
+    /// seed) from the router's response cache. false: never cache this model's responses.
+    #[serde(default = "default_response_cache")]
+    pub response_cache: bool,
+    /// Where requests go when this model is overloaded or unavailable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<FallbackSpec>,
+}
+
+impl Default for RoutingSpec {
+    fn default() -> Self {
+        Self {
+            response_cache: default_response_cache(),
+            fallback: None,
+        }
+    }
+}
+
+fn default_response_cache() -> bool {
+    true
+}
+
+/// A fallback model: requests go there when this one is overloaded (queue above the threshold,
+/// or every ready pod answered 429), unavailable (no ready pod), or when a request matches a rule.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FallbackSpec {
+    /// Served name (or alias) of the fallback ModelDeployment, in the same namespace and of the
+    /// same task.
+    #[x_kube(validation = rules::FALLBACK_MODEL)]
+    #[schemars(length(max = 128))]
+    pub model: String,
+    /// Overloaded when the queued requests per ready replica (as the servers report them) are
+    /// above this. Empty: only 429 from every pod counts as overload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = rules::FALLBACK_QUEUE_DEPTH)]
+    pub queue_depth_above: Option<f64>,
+    /// Send requests whose prompt is estimated above this many tokens (4 bytes a token) straight
+    /// to the fallback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = rules::FALLBACK_PROMPT_TOKENS)]
+    pub prompt_tokens_above: Option<i64>,
+    /// Send requests of these tiers straight to the fallback.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub tiers: Vec<String>,
+}

@@ -1,0 +1,5 @@
+//! `modelfleet-router`.
+
+fn main() {
+    println!("modelfleet-router {}", env!("CARGO_PKG_VERSION"));
+}

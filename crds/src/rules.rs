@@ -124,8 +124,8 @@ pub const SCALING_MIN_LE_MAX: CelRule = on_object(
 );
 /// `minReplicas >= 1`.
 pub const SCALING_MIN: CelRule = on_field(
-    "self >= 0",
-    "spec.scaling.minReplicas must be 0 or more (0: scale to zero after spec.scaling.idlePeriod)",
+    "self >= 1",
+    "spec.scaling.minReplicas must be at least 1 (scale to zero is not supported yet)",
 );
 /// `idlePeriod > 0`.
 pub const IDLE_PERIOD: CelRule = on_field(

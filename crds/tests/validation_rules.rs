@@ -138,7 +138,7 @@ fn cases() -> Vec<(rules::CelRule, &'static str, Option<Value>, &'static str)> {
         (
             SCALING_MIN,
             "/spec/scaling/minReplicas",
-            Some(json!(-1)),
+            Some(json!(0)),
             "spec.scaling.minReplicas",
         ),
         (

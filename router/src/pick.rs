@@ -47,7 +47,7 @@ pub fn to_candidate(n: u64, weight: u32) -> bool {
 
 /// The revision for the model's `n`-th request: the candidate by its weight when it has a
 /// usable endpoint, else the stable one (and the other way round).
-pub fn revision<'a>(model: &'a ModelEntry, n: u64, usable: impl Fn(&Revision) -> bool) -> &'a Revision {
+pub fn revision(model: &ModelEntry, n: u64, usable: impl Fn(&Revision) -> bool) -> &Revision {
     match &model.candidate {
         Some((candidate, weight)) if *weight > 0 => {
             let preferred = to_candidate(n, *weight);

@@ -101,7 +101,7 @@ impl Table {
     /// A table of `models`. Each served name and alias selects one model: the oldest claimant
     /// (then the smallest key) wins; `namespace/name` always selects its own.
     pub fn new(mut models: Vec<ModelEntry>) -> Self {
-        models.sort_by(|a, b| (a.created, a.key()).cmp(&(b.created, b.key())));
+        models.sort_by_key(|m| (m.created, m.key()));
         let mut by_name = HashMap::new();
         for (i, m) in models.iter().enumerate() {
             by_name.insert(m.key(), i);

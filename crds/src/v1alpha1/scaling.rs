@@ -12,8 +12,7 @@ use crate::{Duration, rules};
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = rules::SCALING_MIN_LE_MAX, validation = rules::PANIC_WINDOW_LE_STABLE)]
 pub struct ScalingSpec {
-    /// Fewest replicas. 0: scale to zero once no request has arrived for `idlePeriod`; the router
-    /// holds the next request while the autoscaler brings one replica back (docs/router.md).
+    /// Fewest replicas, at least 1 (scale to zero with the router is in progress: issue #17).
     #[serde(default = "default_min_replicas")]
     #[x_kube(validation = rules::SCALING_MIN)]
     pub min_replicas: i32,
@@ -39,7 +38,8 @@ pub struct ScalingSpec {
     /// Scale down only to the highest recommendation seen over this window.
     #[serde(default = "default_scale_down_stabilization")]
     pub scale_down_stabilization: Duration,
-    /// With `minReplicas: 0`: how long without a request before the last replica goes.
+    /// Reserved for scale to zero (in progress): how long without a request before the last
+    /// replica goes. Not acted on yet.
     #[serde(default = "default_idle_period")]
     #[x_kube(validation = rules::IDLE_PERIOD)]
     pub idle_period: Duration,

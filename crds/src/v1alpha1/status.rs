@@ -54,7 +54,8 @@ pub struct ModelDeploymentStatus {
     /// What the built-in autoscaler sees and decided (only with `spec.scaling`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingStatus>,
-    /// What the modelfleet routers reported for this model (only where a router runs).
+    /// What the modelfleet routers reported for this model (in progress, issue #17: not
+    /// written yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routing: Option<RoutingStatus>,
     /// Available, Progressing, Degraded, ScalingLimited and MetricsAvailable, kstatus style.

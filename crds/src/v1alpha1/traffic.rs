@@ -14,9 +14,9 @@ pub struct TrafficSpec {
     /// traffic is split by replica share through the Service `<name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewayTraffic>,
-    /// Create an `InferencePool` `<name>` (inference.networking.k8s.io/v1) selecting this
-    /// ModelDeployment's serving pods, for a Gateway API Inference Extension gateway. Needs the
-    /// extension's CRDs in the cluster.
+    /// In progress (issue #17), accepted but not acted on yet: an `InferencePool` `<name>`
+    /// (inference.networking.k8s.io/v1) selecting this ModelDeployment's serving pods, for a
+    /// Gateway API Inference Extension gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inference_pool: Option<InferencePoolTraffic>,
 }

@@ -12,13 +12,14 @@ use crate::{Error, Result};
 
 /// The workspace's binaries and the packages that build them, for the build command a missing
 /// binary's error names.
-pub const WORKSPACE_BINS: [(&str, &str); 7] = [
+pub const WORKSPACE_BINS: [(&str, &str); 8] = [
     ("modelfleet-operator", "modelfleet-operator"),
     ("modelfleet-node-agent", "modelfleet-node-agent"),
     ("modelfleet-server", "modelfleet-server"),
     ("modelfleet-loadgen", "modelfleet-server"),
     ("kubectl-modelfleet", "modelfleet-kubectl-plugin"),
     ("modelfleet-e2e", "modelfleet-e2e"),
+    ("modelfleet-router", "modelfleet-router"),
     ("crdgen", "modelfleet-crds"),
 ];
 

@@ -27,6 +27,16 @@ pub async fn install_gateway_api_crds(client: &Client, toolchain: &Toolchain) ->
     apply_crds(client, crds).await
 }
 
+/// Installs every CRD in the given manifest files (for example the chart's `crds/`), as a user's
+/// `kubectl apply --server-side` would, and waits until each is established.
+pub async fn install_crd_files(client: &Client, files: &[std::path::PathBuf]) -> Result<()> {
+    let mut crds = Vec::new();
+    for file in files {
+        crds.extend(read_crds(file)?);
+    }
+    apply_crds(client, crds).await
+}
+
 fn read_crds(path: &Path) -> Result<Vec<CustomResourceDefinition>> {
     let text = std::fs::read_to_string(path).map_err(Error::io(format!("read {}", path.display())))?;
     let mut out = Vec::new();

@@ -37,7 +37,7 @@ pub struct ModelSpec {
     /// name, the older one keeps it and the newer reports `Degraded` with reason `ModelNameConflict`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(validation = rules::MODEL_ALIASES)]
-    #[schemars(length(max = 8))]
+    #[schemars(length(max = 8), inner(length(min = 1, max = 128)))]
     pub aliases: Vec<String>,
 }
 

@@ -12,8 +12,8 @@ use crate::table::{Endpoint, ModelEntry, Revision};
 /// How endpoints are chosen among the eligible ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Strategy {
-    /// Power of two choices on the least load (the router's own in flight plus the server's
-    /// reported queue).
+    /// Power of two choices on the least cost: requests ahead (the router's own in flight plus
+    /// the server's reported queue) times recent response time.
     #[default]
     LeastLoaded,
     /// Each endpoint in turn, ignoring load (for comparison).
@@ -99,7 +99,7 @@ impl Picker {
                 let a = fastrand::usize(..count);
                 let b = (a + 1 + fastrand::usize(..count - 1)) % count;
                 let (a, b) = (nth(a)?, nth(b)?);
-                Some(if b.load.score() < a.load.score() { b } else { a })
+                Some(if b.load.cost() < a.load.cost() { b } else { a })
             }
         }
     }
@@ -115,7 +115,7 @@ impl Picker {
             .iter()
             .filter(|e| e.load.is_fresh(now, config.stale_after))
             .collect();
-        list.sort_by_key(|e| e.load.score());
+        list.sort_by_key(|e| e.load.cost());
         list
     }
 }

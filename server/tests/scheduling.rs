@@ -240,3 +240,35 @@ async fn sigterm_finishes_queued_work_refuses_new_work_and_exits_zero() {
         server.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_reports_the_servers_load_and_echoes_the_request_id() {
+    let server = ServerProcess::start(&[
+        "--backend=synthetic",
+        "--max-batch-size=1",
+        "--synthetic-batch-cost=100ms",
+    ]);
+    let url = server.url("/v1/embeddings");
+    let one = post(&url, &body("alone"), &[("x-request-id", "req-42")]).await;
+    assert_eq!(one.status, 200);
+    assert_eq!(one.headers["x-request-id"], "req-42");
+    let load = |a: &Answer| -> u32 {
+        a.headers["x-modelfleet-load"]
+            .to_str()
+            .expect("ascii")
+            .parse()
+            .expect("a count")
+    };
+    // Four at once, one batch at a time: the answers that finish first still see the others.
+    let answers = futures::future::join_all((0..4).map(|i| {
+        let url = url.clone();
+        async move { post(&url, &body(&format!("load {i}")), &[]).await }
+    }))
+    .await;
+    let most = answers.iter().map(load).max().expect("answers");
+    assert!(most >= 2, "the busiest answer saw {most} queued or running");
+    assert!(
+        answers.iter().all(|a| a.headers.get("x-request-id").is_none()),
+        "no id, none echoed"
+    );
+}

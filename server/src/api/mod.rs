@@ -10,8 +10,10 @@ use std::sync::Arc;
 
 use axum::{
     Router,
-    extract::DefaultBodyLimit,
-    http::HeaderMap,
+    extract::{DefaultBodyLimit, Request, State},
+    http::{HeaderMap, HeaderValue},
+    middleware::{self, Next},
+    response::Response,
     routing::{get, post},
 };
 pub use grpc::grpc_service;
@@ -46,7 +48,30 @@ pub fn router(engine: Arc<Engine>, max_request_bytes: usize) -> Router {
             post(oip::infer_version),
         )
         .layer(DefaultBodyLimit::max(max_request_bytes))
+        .layer(middleware::from_fn_with_state(
+            engine.clone(),
+            load_and_request_id,
+        ))
         .with_state(engine)
+}
+
+/// Every answer carries the server's load (requests queued plus running, the router's picking
+/// input between scrapes) and echoes the caller's request id, so logs on both sides join.
+async fn load_and_request_id(State(engine): State<Arc<Engine>>, request: Request, next: Next) -> Response {
+    let id = request.headers().get(headers::REQUEST_ID).cloned();
+    let mut response = next.run(request).await;
+    let load = engine
+        .metrics
+        .queued
+        .get()
+        .saturating_add(engine.metrics.running.get())
+        .max(0);
+    let h = response.headers_mut();
+    h.insert(headers::LOAD, HeaderValue::from(load));
+    if let Some(id) = id {
+        h.insert(headers::REQUEST_ID, id);
+    }
+    response
 }
 
 /// `/metrics` on the metrics port.

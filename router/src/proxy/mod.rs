@@ -1,0 +1,477 @@
+//! The OpenAI-compatible serving path: `GET /v1/models` and `POST /v1/...` (embeddings, chat
+//! completions, completions). Each request: the caller's grant, the body's `model`, the model
+//! (or its fallback), the tenant's limits, the cache, then up to two tries on the least-loaded
+//! endpoints, holding while the model has none Ready.
+
+pub mod answer;
+pub mod forward;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Json,
+    body::Body,
+    extract::State,
+    http::{HeaderMap, HeaderValue, StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use modelfleet_contract::headers;
+use serde_json::{Value, json};
+
+use crate::{
+    cache,
+    keys::Grant,
+    metrics::{CacheLabels, FallbackLabels, Metrics, PickLabels, RequestLabels},
+    pick,
+    route::{self, Health},
+    state::Router,
+    table::{ModelEntry, Table},
+};
+use answer::{Refusal, rate_limit_headers};
+use forward::{Outgoing, TryError};
+
+/// The API routes.
+pub fn app(router: Arc<Router>) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/{*path}", post(infer))
+        .with_state(router)
+}
+
+/// The `Authorization: Bearer` key, if any.
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Refusal> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(|k| Some(k.trim()))
+        .ok_or(Refusal::Unauthorized(
+            "the Authorization header must be `Bearer <key>`",
+        ))
+}
+
+fn grant(router: &Router, headers: &HeaderMap) -> Result<Grant, Refusal> {
+    let key = bearer(headers)?;
+    router.grant(key).ok_or(Refusal::Unauthorized(if key.is_some() {
+        "the API key is not valid"
+    } else {
+        "an API key is required (Authorization: Bearer <key>)"
+    }))
+}
+
+async fn models(State(router): State<Arc<Router>>, headers: HeaderMap) -> Response {
+    let grant = match grant(&router, &headers) {
+        Ok(g) => g,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let table = router.table();
+    let now = Instant::now();
+    let data: Vec<Value> = route::visible(&table, &grant)
+        .into_iter()
+        .map(|m| {
+            let ready = m
+                .all_endpoints()
+                .filter(|e| e.load.is_fresh(now, router.config.pick.stale_after))
+                .count();
+            json!({
+                "id": m.served,
+                "object": "model",
+                "created": m.created.max(0),
+                "owned_by": m.namespace,
+                "deployment": m.key(),
+                "aliases": m.aliases,
+                "task": m.task,
+                "version": m.stable.version,
+                "ready_replicas": ready,
+            })
+        })
+        .collect();
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// A request id: the client's `x-request-id` when it is a sane token, else a new one.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(headers::REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| format!("{:016x}", fastrand::u64(..)), str::to_owned)
+}
+
+/// What a finished request is counted under.
+#[derive(Debug, Default)]
+struct Served {
+    model: Option<String>,
+    tier: Option<String>,
+}
+
+async fn infer(State(router): State<Arc<Router>>, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let id = request_id(&headers);
+    let mut served = Served::default();
+    let mut response = match handle(&router, uri.path(), &headers, body, &id, &mut served).await {
+        Ok(r) => r,
+        Err(refusal) => refusal.into_response(),
+    };
+    if let Ok(v) = HeaderValue::try_from(id.as_str()) {
+        response.headers_mut().insert(headers::REQUEST_ID, v);
+    }
+    let model = served.model.unwrap_or_else(|| "unknown".into());
+    let code = response.status().as_u16();
+    tracing::info!(request_id = %id, model = %model, path = uri.path(), code, ms = started.elapsed().as_secs_f64() * 1e3, "request");
+    router
+        .metrics
+        .duration
+        .get_or_create(&Metrics::model(&model))
+        .observe(started.elapsed().as_secs_f64());
+    router
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            model,
+            tier: served.tier.unwrap_or_else(|| "none".into()),
+            code,
+        })
+        .inc();
+    response
+}
+
+/// The request's deadline: `--request-timeout`, or the client's `x-modelfleet-timeout` if shorter.
+fn deadline(router: &Router, headers: &HeaderMap, started: Instant) -> Instant {
+    let asked = headers
+        .get(headers::TIMEOUT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<modelfleet_crds::Duration>().ok())
+        .map(Duration::from);
+    started
+        + asked.map_or(router.config.request_timeout, |a| {
+            a.min(router.config.request_timeout)
+        })
+}
+
+async fn handle(
+    router: &Arc<Router>,
+    path: &str,
+    headers: &HeaderMap,
+    body: Body,
+    id: &str,
+    served: &mut Served,
+) -> Result<Response, Refusal> {
+    let started = Instant::now();
+    let deadline = deadline(router, headers, started);
+    let grant = grant(router, headers)?;
+    let bytes = axum::body::to_bytes(body, router.config.max_body_bytes)
+        .await
+        .map_err(|_| Refusal::TooLarge(router.config.max_body_bytes))?;
+    let json: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| Refusal::BadRequest(format!("the body is not JSON: {e}")))?;
+    let requested = json
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            Refusal::BadRequest("`model` is required: the name of a model (GET /v1/models lists them)".into())
+        })?
+        .to_owned();
+    let max_tokens = json.get("max_tokens").and_then(Value::as_u64);
+    let tokens = route::estimated_tokens(bytes.len(), max_tokens);
+    let table = router.table();
+    let health = Now { router, now: started };
+    let routed =
+        route::route(&table, &requested, &grant, tokens, &health).ok_or_else(|| Refusal::UnknownModel {
+            requested: requested.clone(),
+            available: route::visible(&table, &grant)
+                .iter()
+                .map(|m| m.served.clone())
+                .collect(),
+        })?;
+    let model_key = routed.model.key();
+    // The server knows its served name only: an alias, a `namespace/name` or a fallback is
+    // renamed on the way.
+    let (json, bytes) = if requested == routed.model.served {
+        (json, bytes)
+    } else {
+        let mut json = json;
+        json["model"] = Value::String(routed.model.served.clone());
+        let bytes = bytes::Bytes::from(serde_json::to_vec(&json).unwrap_or_default());
+        (json, bytes)
+    };
+    served.model = Some(model_key.clone());
+    let tier = routed.model.tier_for(grant.tier.as_deref()).map(str::to_owned);
+    served.tier.clone_from(&tier);
+    let verdict = router.admit(&grant, tokens as f64, started);
+    if let Some(Err(after)) = verdict.as_ref().map(|v| v.allowed) {
+        let mut r = Refusal::RateLimited(after).into_response();
+        rate_limit_headers(r.headers_mut(), verdict.as_ref().expect("a verdict"));
+        return Ok(r);
+    }
+    let fallback = routed.fallback_from.map(|(from, why)| {
+        router
+            .metrics
+            .fallbacks
+            .get_or_create(&FallbackLabels {
+                model: from.key(),
+                to: model_key.clone(),
+                reason: why.as_str(),
+            })
+            .inc();
+        why.as_str()
+    });
+    let request = Request {
+        path,
+        body: bytes,
+        json,
+        id,
+        accept: headers.get(header::ACCEPT),
+        tier: tier.as_deref(),
+        deadline,
+    };
+    let mut response = serve(router, &model_key, &request).await?;
+    let h = response.headers_mut();
+    if let Some(v) = &verdict {
+        rate_limit_headers(h, v);
+    }
+    if let Some(why) = fallback {
+        h.insert(headers::FALLBACK, HeaderValue::from_static(why));
+    }
+    Ok(response)
+}
+
+/// A parsed request on its way to a model.
+struct Request<'a> {
+    path: &'a str,
+    body: bytes::Bytes,
+    json: Value,
+    id: &'a str,
+    accept: Option<&'a HeaderValue>,
+    tier: Option<&'a str>,
+    deadline: Instant,
+}
+
+/// The model's state as routing sees it now.
+struct Now<'a> {
+    router: &'a Router,
+    now: Instant,
+}
+
+impl Health for Now<'_> {
+    fn overloaded(&self, model: &ModelEntry) -> bool {
+        let limit = model.routing.fallback.as_ref().and_then(|f| f.queue_depth_above);
+        let endpoints: Vec<_> = model.all_endpoints().cloned().collect();
+        pick::overloaded(&endpoints, limit, &self.router.config.pick, self.now)
+    }
+
+    fn available(&self, model: &ModelEntry) -> bool {
+        model
+            .all_endpoints()
+            .any(|e| e.load.is_fresh(self.now, self.router.config.pick.stale_after))
+    }
+}
+
+fn usable(router: &Router, now: Instant) -> impl Fn(&crate::table::Revision) -> bool + '_ {
+    move |r| {
+        r.endpoints
+            .iter()
+            .any(|e| e.load.is_fresh(now, router.config.pick.stale_after))
+    }
+}
+
+/// Serves `request` from model `key`: the cache, else up to two tries, holding for an endpoint
+/// while the model has none (re-reading the table on each change).
+async fn serve(router: &Arc<Router>, key: &str, request: &Request<'_>) -> Result<Response, Refusal> {
+    let mut slot = None;
+    let mut tried = Vec::new();
+    let mut last_failure: Option<Response> = None;
+    let sequence = router.next_sequence(key);
+    let mut changes = router.table.clone();
+    loop {
+        let table: Arc<Table> = changes.borrow_and_update().clone();
+        let Some(model) = table.by_key(key) else {
+            return Err(Refusal::Unavailable {
+                message: format!("model {key} was removed"),
+                retry_after: Duration::from_secs(1),
+            });
+        };
+        let now = Instant::now();
+        let revision = pick::revision(model, sequence, usable(router, now));
+        if let Some(hit) = cached(router, model, &revision.name, request, now) {
+            return Ok(hit);
+        }
+        let picked = router
+            .picker
+            .pick(&router.config.pick, &revision.endpoints, &tried, now)
+            .cloned();
+        let Some(endpoint) = picked else {
+            if let Some(failure) = last_failure {
+                return Ok(failure);
+            }
+            if slot.is_none() {
+                slot = Some(
+                    router
+                        .hold(key)
+                        .ok_or_else(|| unavailable(model, "too many requests are waiting"))?,
+                );
+            }
+            let wait = request.deadline.min(now + router.config.hold_timeout);
+            if tokio::time::timeout_at(wait.into(), changes.changed())
+                .await
+                .is_err()
+            {
+                return Err(unavailable(model, "no Ready replica came up in time"));
+            }
+            continue;
+        };
+        router
+            .metrics
+            .picks
+            .get_or_create(&PickLabels {
+                model: key.to_owned(),
+                revision: revision.name.clone(),
+                endpoint: endpoint.pod.clone(),
+            })
+            .inc();
+        let out = Outgoing {
+            path: request.path,
+            body: request.body.clone(),
+            tier: request.tier,
+            request_id: request.id,
+            accept: request.accept,
+            remaining: request.deadline.saturating_duration_since(now),
+        };
+        let attempt = forward::send(&router.upstream, &endpoint.load, &out).await;
+        let retry_left = tried.is_empty() && Instant::now() < request.deadline;
+        tried.push(endpoint.load.addr);
+        match attempt {
+            Ok(r) if !(forward::retryable(r.status()) && retry_left) => {
+                return Ok(finish(
+                    router,
+                    model,
+                    &revision.name,
+                    &endpoint.pod,
+                    request,
+                    r,
+                    tried.len() - 1,
+                )
+                .await);
+            }
+            Ok(r) => last_failure = Some(r),
+            Err(TryError::Timeout) => {
+                return Err(Refusal::Upstream {
+                    status: StatusCode::GATEWAY_TIMEOUT,
+                    message: "the model server did not answer before the request's deadline".into(),
+                });
+            }
+            Err(TryError::Connect(e)) if !retry_left => {
+                return Err(Refusal::Upstream {
+                    status: StatusCode::BAD_GATEWAY,
+                    message: format!("the model server could not be reached: {e}"),
+                });
+            }
+            Err(TryError::Connect(_)) => {}
+        }
+        router.metrics.retries.get_or_create(&Metrics::model(key)).inc();
+    }
+}
+
+fn unavailable(model: &ModelEntry, why: &str) -> Refusal {
+    Refusal::Unavailable {
+        message: format!("model {} has no Ready replica: {why}", model.served),
+        retry_after: Duration::from_secs(if model.scales_from_zero { 10 } else { 5 }),
+    }
+}
+
+fn cache_key(
+    router: &Router,
+    model: &ModelEntry,
+    revision: &str,
+    request: &Request<'_>,
+) -> Option<cache::Key> {
+    let on = router.config.cache.max_bytes > 0
+        && model.routing.response_cache
+        && cache::cacheable(request.path, &request.json);
+    on.then(|| cache::key(revision, request.path, &request.json))
+}
+
+fn cached(
+    router: &Router,
+    model: &ModelEntry,
+    revision: &str,
+    request: &Request<'_>,
+    now: Instant,
+) -> Option<Response> {
+    let key = cache_key(router, model, revision, request)?;
+    let hit = router.cache.get(&key, now);
+    let result = if hit.is_some() { "hit" } else { "miss" };
+    router
+        .metrics
+        .cache
+        .get_or_create(&CacheLabels {
+            model: model.key(),
+            result,
+        })
+        .inc();
+    let body = hit?;
+    let mut r = Response::new(Body::from(body));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(headers::CACHE, HeaderValue::from_static("hit"));
+    if let Ok(v) = HeaderValue::try_from(revision) {
+        h.insert(headers::REVISION, v);
+    }
+    Some(r)
+}
+
+/// The server's answer on its way out: the router's headers, and a cacheable 200 stored.
+async fn finish(
+    router: &Router,
+    model: &ModelEntry,
+    revision: &str,
+    pod: &str,
+    request: &Request<'_>,
+    mut response: Response,
+    retries: usize,
+) -> Response {
+    let h = response.headers_mut();
+    for (name, value) in [(headers::ENDPOINT, pod), (headers::REVISION, revision)] {
+        if let Ok(v) = HeaderValue::try_from(value) {
+            h.insert(name, v);
+        }
+    }
+    h.insert(headers::RETRY, HeaderValue::from(retries));
+    // Only a complete, small answer is stored; anything else streams through untouched.
+    let small = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_some_and(|n| n <= router.config.cache.max_bytes / 4);
+    let Some(key) =
+        cache_key(router, model, revision, request).filter(|_| small && response.status() == StatusCode::OK)
+    else {
+        return response;
+    };
+    let (mut parts, body) = response.into_parts();
+    let remaining = request.deadline.saturating_duration_since(Instant::now());
+    let Some(bytes) = forward::collect(body, router.config.cache.max_bytes.max(1), remaining).await else {
+        return Refusal::Upstream {
+            status: StatusCode::BAD_GATEWAY,
+            message: "the model server's answer ended early".into(),
+        }
+        .into_response();
+    };
+    router.cache.put(key, bytes.clone(), Instant::now());
+    router
+        .metrics
+        .cache_bytes
+        .set(i64::try_from(router.cache.bytes()).unwrap_or(i64::MAX));
+    parts
+        .headers
+        .insert(headers::CACHE, HeaderValue::from_static("miss"));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(bytes))
+}

@@ -1,0 +1,153 @@
+//! The router process: discovery (or the static table), the scrape loop, the API and the
+//! metrics/health servers, and the drain on SIGTERM.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{extract::State, http::StatusCode, routing::get};
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::{
+    config::{Cli, RouterConfig},
+    discovery::{self, DiscoveryConfig},
+    keys::KeyStore,
+    load::LoadBoard,
+    proxy, scrape,
+    state::Router,
+    static_config,
+    table::Table,
+};
+
+/// Why the router could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listen address is taken or not ours.
+    #[error("cannot listen on {addr}: {error}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// `--static-config` is unreadable.
+    #[error("--static-config {0}")]
+    StaticConfig(String),
+    /// No Kubernetes client configuration.
+    #[error("no Kubernetes configuration (in-cluster or KUBECONFIG): {0}")]
+    Kube(String),
+}
+
+/// A started router.
+#[derive(Debug)]
+pub struct Running {
+    /// The API address.
+    pub http_addr: SocketAddr,
+    /// The metrics and health address.
+    pub metrics_addr: SocketAddr,
+    /// The shared state.
+    pub router: Arc<Router>,
+    /// Ends when the API has drained.
+    pub served: tokio::task::JoinHandle<()>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|error| StartError::Bind { addr, error })?;
+    let local = listener
+        .local_addr()
+        .map_err(|error| StartError::Bind { addr, error })?;
+    Ok((listener, local))
+}
+
+/// Starts everything; the API stops taking connections after `shutdown` resolves and
+/// `--drain-delay` has passed (readiness already failing), then finishes what is in flight.
+pub async fn start(
+    cli: &Cli,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Running, StartError> {
+    let mut config = RouterConfig::from(cli);
+    let board = LoadBoard::default();
+    let (table_tx, table_rx) = watch::channel(Arc::new(Table::default()));
+    let (keys_tx, keys_rx) = watch::channel(Arc::new(KeyStore::default()));
+    let static_table = match &cli.static_config {
+        Some(path) => Some(static_config::load(path).map_err(StartError::StaticConfig)?),
+        None => None,
+    };
+    if static_table.is_some() {
+        // Not scraped: only the router's own counts and the servers' answers say how loaded
+        // a static endpoint is, so none goes stale.
+        config.pick.stale_after = Duration::from_secs(u64::from(u32::MAX));
+    }
+    let router = Arc::new(Router::new(config, table_rx, keys_rx, board.clone()));
+    match static_table {
+        Some(file) => {
+            table_tx.send_replace(Arc::new(static_config::table(&file, &board)));
+            keys_tx.send_replace(Arc::new(static_config::key_store(&file).0));
+            router.set_synced();
+        }
+        None => {
+            let client = kube::Client::try_default()
+                .await
+                .map_err(|e| StartError::Kube(e.to_string()))?;
+            let discovery = DiscoveryConfig {
+                namespace: cli.namespace.clone(),
+                keys_namespace: cli.keys_namespace.clone(),
+            };
+            let synced = router.clone();
+            tokio::spawn(discovery::run(
+                client,
+                discovery,
+                board,
+                table_tx,
+                keys_tx,
+                move || {
+                    synced.set_synced();
+                },
+            ));
+            tokio::spawn(scrape::run(router.clone(), cli.scrape_interval));
+        }
+    }
+    let (api, http_addr) = bind(cli.http_addr).await?;
+    let (ops, metrics_addr) = bind(cli.metrics_addr).await?;
+    let ops_app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(|State(r): State<Arc<Router>>| async move { r.metrics.render() }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(router.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(ops, ops_app).await;
+    });
+    let draining = router.clone();
+    let drain_delay = cli.drain_delay;
+    let stop = async move {
+        shutdown.await;
+        draining.drain();
+        tracing::info!(
+            delay_s = drain_delay.as_secs_f64(),
+            "draining: not ready, still serving"
+        );
+        tokio::time::sleep(drain_delay).await;
+    };
+    let app = proxy::app(router.clone());
+    let served = tokio::spawn(async move {
+        let _ = axum::serve(api, app).with_graceful_shutdown(stop).await;
+        tracing::info!("drained");
+    });
+    Ok(Running {
+        http_addr,
+        metrics_addr,
+        router,
+        served,
+    })
+}
+
+async fn readyz(State(router): State<Arc<Router>>) -> (StatusCode, &'static str) {
+    if router.is_ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}

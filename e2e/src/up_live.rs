@@ -42,7 +42,7 @@ pub fn state_file() -> PathBuf {
 }
 
 fn step(n: u32, what: &str, since: Instant) {
-    eprintln!("[{n}/6] {what} ({:.1}s)", since.elapsed().as_secs_f64());
+    eprintln!("[{n}/7] {what} ({:.1}s)", since.elapsed().as_secs_f64());
 }
 
 fn text<E: std::fmt::Display>(e: E) -> String {
@@ -112,7 +112,16 @@ pub async fn up(live: LiveArgs, dir: Option<PathBuf>) -> Result<(), String> {
         .start_node_agents(&cluster, &format!("http://{hub}"))
         .await
         .map_err(text)?;
-    step(6, "ready", t0);
+    step(
+        6,
+        "router (in the fleet namespace; anonymous callers get each model's lowest tier)",
+        t0,
+    );
+    let mut router = fleet
+        .start_router(&cluster, &["--allow-anonymous"])
+        .await
+        .map_err(text)?;
+    step(7, "ready", t0);
     let state = LiveState {
         netns: fleet.net().name().to_string(),
         kubeconfig: cluster.kubeconfig_path().to_path_buf(),
@@ -138,8 +147,10 @@ pub async fn up(live: LiveArgs, dir: Option<PathBuf>) -> Result<(), String> {
         fleet.net().name()
     );
     println!("Prometheus: {}", prometheus.url());
+    println!("router: {}", router.base_url());
     println!("Try:");
     println!("  kubectl get pods -o wide -w");
+    println!("  curl -s {}/models", router.base_url());
     println!("  cargo run -p modelfleet-e2e -- exec -- curl -s http://<name>.<namespace>.svc:8080/v1/models");
     let mut signals =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(text)?;
@@ -151,6 +162,7 @@ pub async fn up(live: LiveArgs, dir: Option<PathBuf>) -> Result<(), String> {
         agents.stop();
     }
     operator.stop(modelfleet_testkit::process::STOP_GRACE);
+    router.process.stop(modelfleet_testkit::process::STOP_GRACE);
     prometheus.stop();
     fleet.stop().await;
     cluster.stop();

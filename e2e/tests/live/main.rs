@@ -3,6 +3,7 @@
 //! of node agents serve every test of this binary.
 
 mod rollouts;
+mod router;
 mod serving;
 mod telemetry;
 

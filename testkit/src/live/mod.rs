@@ -13,6 +13,7 @@ pub mod kubelet_api;
 pub mod netns;
 pub mod node;
 pub mod relay;
+pub mod router;
 pub mod runtime;
 pub mod scrape;
 pub mod services;
@@ -30,8 +31,9 @@ use netns::FleetNet;
 use runtime::{GpuPool, IpPool, LocalImages, NodeCtx, NodeRuntime};
 
 /// The workspace binaries that live pods may run (their images map to them).
-pub const LOCAL_BINARIES: [(&str, &str); 3] = [
+pub const LOCAL_BINARIES: [(&str, &str); 4] = [
     ("modelfleet-server", "modelfleet-server"),
+    ("modelfleet-router", "modelfleet-router"),
     ("modelfleet-node-agent", "modelfleet-node-agent"),
     ("modelfleet-operator", "modelfleet-operator"),
 ];
@@ -294,6 +296,23 @@ impl LiveFleet {
             ];
             started.push(crate::agents::NodeAgents::start(cluster, config).await?);
         }
+        Ok(started)
+    }
+
+    /// Starts `modelfleet-router` in the namespace (it reaches pod IPs there) with `extra`
+    /// flags, waits until it is ready, and relays its API to the host; see [`router`].
+    pub async fn start_router(
+        &mut self,
+        cluster: &LocalCluster,
+        extra: &[&str],
+    ) -> Result<router::FleetRouter> {
+        let binary = self
+            .images
+            .binary_for("modelfleet-router")
+            .map_err(Error::Runtime)?
+            .to_path_buf();
+        let mut started = router::start(cluster, &self.net, &binary, extra).await?;
+        started.url_addr = self.relay_out(0, router::HTTP_IN_NAMESPACE).await?;
         Ok(started)
     }
 

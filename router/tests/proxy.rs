@@ -268,6 +268,12 @@ async fn a_server_killed_mid_load_costs_no_request_and_the_retries_are_counted()
         r#"modelfleet_router_retries_total{model="default/emb"}"#,
     );
     assert!(retries >= 1.0, "retries counted: {retries}\n{metrics}");
+    // A refused connection makes the dead server the costliest pick: a few retries, not one in
+    // two requests.
+    assert!(
+        retries <= 12.0,
+        "the dead server keeps being picked: {retries} retries"
+    );
 }
 
 fn p95(mut v: Vec<Duration>) -> Duration {

@@ -63,8 +63,8 @@ pub struct ModelDeploymentSpec {
     /// Traffic management. Empty: canary traffic is split by replica share.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic: Option<TrafficSpec>,
-    /// What the modelfleet router (in progress, issue #17) does with this model's requests:
-    /// response cache, fallback. Empty: cache on, no fallback. Accepted, not acted on yet.
+    /// What the modelfleet router does with this model's requests: response cache, fallback
+    /// (docs/router.md). Empty: cache on, no fallback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routing: Option<RoutingSpec>,
 }

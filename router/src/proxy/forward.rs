@@ -19,6 +19,9 @@ use modelfleet_contract::headers;
 
 use crate::{load::EndpointLoad, state::Upstream};
 
+/// The response time a failed connection counts as.
+const UNREACHABLE_PENALTY: Duration = Duration::from_secs(5);
+
 /// What one try sends.
 #[derive(Debug)]
 pub struct Outgoing<'a> {
@@ -57,7 +60,12 @@ pub async fn send(
     let sent = tokio::time::timeout(out.remaining, upstream.request(request)).await;
     let response = match sent {
         Err(_) => return Err(TryError::Timeout),
-        Ok(Err(e)) => return Err(TryError::Connect(e.to_string())),
+        Ok(Err(e)) => {
+            // Until a scrape or the watch takes it out, an endpoint that refuses connections
+            // costs as much as one that takes seconds to answer.
+            load.observe_latency(UNREACHABLE_PENALTY);
+            return Err(TryError::Connect(e.to_string()));
+        }
         Ok(Ok(r)) => r,
     };
     load.observe_latency(started.elapsed());

@@ -211,18 +211,9 @@ async fn handle(
         rate_limit_headers(r.headers_mut(), verdict.as_ref().expect("a verdict"));
         return Ok(r);
     }
-    let fallback = routed.fallback_from.map(|(from, why)| {
-        router
-            .metrics
-            .fallbacks
-            .get_or_create(&FallbackLabels {
-                model: from.key(),
-                to: model_key.clone(),
-                reason: why.as_str(),
-            })
-            .inc();
-        why.as_str()
-    });
+    let fallback = routed
+        .fallback_from
+        .map(|(from, why)| count_fallback(router, from, &model_key, why));
     let request = Request {
         path,
         body: bytes,
@@ -241,6 +232,19 @@ async fn handle(
         h.insert(headers::FALLBACK, HeaderValue::from_static(why));
     }
     Ok(response)
+}
+
+fn count_fallback(router: &Router, from: &ModelEntry, to: &str, why: route::FallbackReason) -> &'static str {
+    router
+        .metrics
+        .fallbacks
+        .get_or_create(&FallbackLabels {
+            model: from.key(),
+            to: to.to_owned(),
+            reason: why.as_str(),
+        })
+        .inc();
+    why.as_str()
 }
 
 /// A parsed request on its way to a model.
@@ -347,8 +351,8 @@ async fn serve(router: &Arc<Router>, key: &str, request: &Request<'_>) -> Result
         let attempt = forward::send(&router.upstream, &endpoint.load, &out).await;
         let retry_left = tried.is_empty() && Instant::now() < request.deadline;
         tried.push(endpoint.load.addr);
-        match attempt {
-            Ok(r) if !(forward::retryable(r.status()) && retry_left) => {
+        match after_try(attempt, retry_left) {
+            Next::Answer(r) => {
                 return Ok(finish(
                     router,
                     model,
@@ -360,22 +364,36 @@ async fn serve(router: &Arc<Router>, key: &str, request: &Request<'_>) -> Result
                 )
                 .await);
             }
-            Ok(r) => last_failure = Some(r),
-            Err(TryError::Timeout) => {
-                return Err(Refusal::Upstream {
-                    status: StatusCode::GATEWAY_TIMEOUT,
-                    message: "the model server did not answer before the request's deadline".into(),
-                });
-            }
-            Err(TryError::Connect(e)) if !retry_left => {
-                return Err(Refusal::Upstream {
-                    status: StatusCode::BAD_GATEWAY,
-                    message: format!("the model server could not be reached: {e}"),
-                });
-            }
-            Err(TryError::Connect(_)) => {}
+            Next::Fail(refusal) => return Err(refusal),
+            Next::Retry(failure) => last_failure = failure.or(last_failure),
         }
         router.metrics.retries.get_or_create(&Metrics::model(key)).inc();
+    }
+}
+
+/// What to do after one try.
+enum Next {
+    /// Give the client this answer.
+    Answer(Response),
+    /// Give up with this.
+    Fail(Refusal),
+    /// Try another endpoint; the failed answer, if any, is what the client gets when none is left.
+    Retry(Option<Response>),
+}
+
+fn after_try(attempt: Result<Response, TryError>, retry_left: bool) -> Next {
+    match attempt {
+        Ok(r) if !(forward::retryable(r.status()) && retry_left) => Next::Answer(r),
+        Ok(r) => Next::Retry(Some(r)),
+        Err(TryError::Timeout) => Next::Fail(Refusal::Upstream {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            message: "the model server did not answer before the request's deadline".into(),
+        }),
+        Err(TryError::Connect(e)) if !retry_left => Next::Fail(Refusal::Upstream {
+            status: StatusCode::BAD_GATEWAY,
+            message: format!("the model server could not be reached: {e}"),
+        }),
+        Err(TryError::Connect(_)) => Next::Retry(None),
     }
 }
 

@@ -29,6 +29,13 @@ pub struct PickConfig {
     pub stale_after: Duration,
 }
 
+impl PickConfig {
+    /// Whether `endpoint` may be picked now: its load was read within `stale_after`.
+    pub fn eligible(&self, endpoint: &Endpoint, now: Instant) -> bool {
+        endpoint.load.is_fresh(now, self.stale_after)
+    }
+}
+
 impl Default for PickConfig {
     fn default() -> Self {
         Self {
@@ -82,8 +89,7 @@ impl Picker {
         exclude: &[SocketAddr],
         now: Instant,
     ) -> Option<&'a Endpoint> {
-        let eligible =
-            |e: &&Endpoint| !exclude.contains(&e.load.addr) && e.load.is_fresh(now, config.stale_after);
+        let eligible = |e: &&Endpoint| !exclude.contains(&e.load.addr) && config.eligible(e, now);
         let count = endpoints.iter().filter(eligible).count();
         if count == 0 {
             return None;
@@ -111,10 +117,7 @@ impl Picker {
         endpoints: &'a [Endpoint],
         now: Instant,
     ) -> Vec<&'a Endpoint> {
-        let mut list: Vec<&Endpoint> = endpoints
-            .iter()
-            .filter(|e| e.load.is_fresh(now, config.stale_after))
-            .collect();
+        let mut list: Vec<&Endpoint> = endpoints.iter().filter(|e| config.eligible(e, now)).collect();
         list.sort_by_key(|e| e.load.cost());
         list
     }
@@ -122,8 +125,8 @@ impl Picker {
 
 /// Whether a model counts as overloaded for `queue_depth_above`: the servers' reported load per
 /// eligible endpoint above it (None: never by queue).
-pub fn overloaded(
-    endpoints: &[Endpoint],
+pub fn overloaded<'a>(
+    endpoints: impl IntoIterator<Item = &'a Endpoint>,
     queue_depth_above: Option<f64>,
     config: &PickConfig,
     now: Instant,
@@ -132,8 +135,8 @@ pub fn overloaded(
         return false;
     };
     let fresh: Vec<&Endpoint> = endpoints
-        .iter()
-        .filter(|e| e.load.is_fresh(now, config.stale_after))
+        .into_iter()
+        .filter(|e| config.eligible(e, now))
         .collect();
     if fresh.is_empty() {
         return false;

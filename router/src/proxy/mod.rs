@@ -78,7 +78,7 @@ async fn models(State(router): State<Arc<Router>>, headers: HeaderMap) -> Respon
         .map(|m| {
             let ready = m
                 .all_endpoints()
-                .filter(|e| e.load.is_fresh(now, router.config.pick.stale_after))
+                .filter(|e| router.config.pick.eligible(e, now))
                 .count();
             json!({
                 "id": m.served,
@@ -206,9 +206,11 @@ async fn handle(
     let tier = routed.model.tier_for(grant.tier.as_deref()).map(str::to_owned);
     served.tier.clone_from(&tier);
     let verdict = router.admit(&grant, tokens as f64, started);
-    if let Some(Err(after)) = verdict.as_ref().map(|v| v.allowed) {
+    if let Some(v) = &verdict
+        && let Err(after) = v.allowed
+    {
         let mut r = Refusal::RateLimited(after).into_response();
-        rate_limit_headers(r.headers_mut(), verdict.as_ref().expect("a verdict"));
+        rate_limit_headers(r.headers_mut(), v);
         return Ok(r);
     }
     let fallback = routed
@@ -267,29 +269,27 @@ struct Now<'a> {
 impl Health for Now<'_> {
     fn overloaded(&self, model: &ModelEntry) -> bool {
         let limit = model.routing.fallback.as_ref().and_then(|f| f.queue_depth_above);
-        let endpoints: Vec<_> = model.all_endpoints().cloned().collect();
-        pick::overloaded(&endpoints, limit, &self.router.config.pick, self.now)
+        pick::overloaded(model.all_endpoints(), limit, &self.router.config.pick, self.now)
     }
 
     fn available(&self, model: &ModelEntry) -> bool {
         model
             .all_endpoints()
-            .any(|e| e.load.is_fresh(self.now, self.router.config.pick.stale_after))
+            .any(|e| self.router.config.pick.eligible(e, self.now))
     }
 }
 
 fn usable(router: &Router, now: Instant) -> impl Fn(&crate::table::Revision) -> bool + '_ {
-    move |r| {
-        r.endpoints
-            .iter()
-            .any(|e| e.load.is_fresh(now, router.config.pick.stale_after))
-    }
+    move |r| r.endpoints.iter().any(|e| router.config.pick.eligible(e, now))
 }
 
 /// Serves `request` from model `key`: the cache, else up to two tries, holding for an endpoint
 /// while the model has none (re-reading the table on each change).
 async fn serve(router: &Arc<Router>, key: &str, request: &Request<'_>) -> Result<Response, Refusal> {
-    let mut slot = None;
+    // The held slot and when holding ends: set once, so table changes do not extend the hold.
+    let mut held: Option<(crate::state::HeldSlot, Instant)> = None;
+    // The revision whose cache entry was looked up (a hold or a retry need not look again).
+    let mut looked_up: Option<String> = None;
     let mut tried = Vec::new();
     let mut last_failure: Option<Response> = None;
     let sequence = router.next_sequence(key);
@@ -304,8 +304,11 @@ async fn serve(router: &Arc<Router>, key: &str, request: &Request<'_>) -> Result
         };
         let now = Instant::now();
         let revision = pick::revision(model, sequence, usable(router, now));
-        if let Some(hit) = cached(router, model, &revision.name, request, now) {
-            return Ok(hit);
+        if looked_up.as_deref() != Some(revision.name.as_str()) {
+            if let Some(hit) = cached(router, model, &revision.name, request, now) {
+                return Ok(hit);
+            }
+            looked_up = Some(revision.name.clone());
         }
         let picked = router
             .picker
@@ -315,21 +318,23 @@ async fn serve(router: &Arc<Router>, key: &str, request: &Request<'_>) -> Result
             if let Some(failure) = last_failure {
                 return Ok(failure);
             }
-            if slot.is_none() {
-                slot = Some(
-                    router
+            let wait = match &held {
+                Some((_, until)) => *until,
+                None => {
+                    let slot = router
                         .hold(key)
-                        .ok_or_else(|| unavailable(model, "too many requests are waiting"))?,
-                );
+                        .ok_or_else(|| unavailable(model, "too many requests are waiting"))?;
+                    let until = request.deadline.min(now + router.config.hold_timeout);
+                    held = Some((slot, until));
+                    until
+                }
+            };
+            match tokio::time::timeout_at(wait.into(), changes.changed()).await {
+                Ok(Ok(())) => continue,
+                // Discovery is gone: no change will come, so waiting longer cannot help.
+                Ok(Err(_)) => return Err(unavailable(model, "the routing table stopped updating")),
+                Err(_) => return Err(unavailable(model, "no Ready replica came up in time")),
             }
-            let wait = request.deadline.min(now + router.config.hold_timeout);
-            if tokio::time::timeout_at(wait.into(), changes.changed())
-                .await
-                .is_err()
-            {
-                return Err(unavailable(model, "no Ready replica came up in time"));
-            }
-            continue;
         };
         router
             .metrics

@@ -69,7 +69,7 @@ pub struct Cli {
     #[arg(long, env = "MODELFLEET_ROUTER_DRAIN_DELAY", default_value = "5s", value_parser = parse_duration)]
     pub drain_delay: Duration,
     /// `json` (one object per line) or `text`.
-    #[arg(long, env = "MODELFLEET_ROUTER_LOG_FORMAT", default_value = "json")]
+    #[arg(long, env = "MODELFLEET_ROUTER_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     pub log_format: String,
 }
 
@@ -143,5 +143,7 @@ mod tests {
     fn a_bad_duration_names_the_flag() {
         let err = Cli::try_parse_from(["modelfleet-router", "--hold-timeout", "soon"]).unwrap_err();
         assert!(err.to_string().contains("--hold-timeout"), "{err}");
+        let err = Cli::try_parse_from(["modelfleet-router", "--log-format", "yaml"]).unwrap_err();
+        assert!(err.to_string().contains("--log-format"), "{err}");
     }
 }

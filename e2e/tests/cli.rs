@@ -17,6 +17,11 @@ fn cli(state_dir: &Path) -> Command {
     // Keep each test's `up --keep` record apart from the user's.
     cmd.env("MODELFLEET_E2E_STATE", state_dir.join("cluster.json"));
     cmd.env("MODELFLEET_E2E_LIVE_STATE", state_dir.join("live.json"));
+    // Without $CARGO the CLI runs the binaries `cargo test` already built beside it instead of
+    // building its own: `cargo build -p …` resolves other features than the workspace test
+    // build, so it recompiled the operator's dependencies inside the test's start-up timeout
+    // (CI: `up --with-agents` still building the operator after 300 s).
+    cmd.env_remove("CARGO");
     cmd
 }
 

@@ -70,10 +70,7 @@ pub fn route<'t>(
 ) -> Option<Routed<'t>> {
     let primary = table.resolve(requested).filter(|m| allowed(grant, m))?;
     let fallback = primary.routing.fallback.as_ref().and_then(|rule| {
-        let target = table
-            .resolve(&rule.model)
-            .filter(|f| f.namespace == primary.namespace && f.task == primary.task)
-            .filter(|f| f.key() != primary.key() && allowed(grant, f))?;
+        let target = fallback_target(table, primary, grant)?;
         let tier = primary.tier_for(grant.tier.as_deref());
         let reason = if tier.is_some_and(|t| rule.tiers.iter().any(|r| r == t)) {
             FallbackReason::Tier
@@ -101,6 +98,16 @@ pub fn route<'t>(
             fallback_from: None,
         },
     })
+}
+
+/// The fallback `primary`'s rule names, when it exists, is in the same namespace and of the same
+/// task, and `grant` may use it.
+pub fn fallback_target<'t>(table: &'t Table, primary: &ModelEntry, grant: &Grant) -> Option<&'t ModelEntry> {
+    let rule = primary.routing.fallback.as_ref()?;
+    table
+        .resolve(&rule.model)
+        .filter(|f| f.namespace == primary.namespace && f.task == primary.task)
+        .filter(|f| f.key() != primary.key() && allowed(grant, f))
 }
 
 /// A prompt's token estimate for limits and rules: 4 bytes a token of the body, plus the

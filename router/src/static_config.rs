@@ -10,6 +10,10 @@
 //!     task: embedding         # default: embedding
 //!     tiers: [paid, free]     # highest first; default: none
 //!     endpoints: ["127.0.0.1:8080", "127.0.0.1:8081"]
+//!     candidate:              # optional: a second revision and its traffic weight
+//!       {version: v2, weight: 20, endpoints: ["127.0.0.1:8082"]}
+//!     routing:                # optional: spec.routing of a ModelDeployment
+//!       fallback: {model: small, queueDepthAbove: 4}
 //! keys:                       # optional; the fields of a key Secret (docs/router.md)
 //!   - {key: sk-0123456789abcdef, tenant: acme, tier: paid}
 //! ```
@@ -56,6 +60,24 @@ pub struct StaticModel {
     pub tiers: Vec<String>,
     /// `host:port` of each server.
     pub endpoints: Vec<SocketAddr>,
+    /// A candidate revision beside the stable one.
+    #[serde(default)]
+    pub candidate: Option<StaticCandidate>,
+    /// What `spec.routing` of a ModelDeployment says.
+    #[serde(default)]
+    pub routing: RoutingSpec,
+}
+
+/// A candidate revision of a static model.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticCandidate {
+    /// Its model version (also its revision name).
+    pub version: String,
+    /// Percent of requests it gets, 0..=100.
+    pub weight: u32,
+    /// `host:port` of each of its servers.
+    pub endpoints: Vec<SocketAddr>,
 }
 
 fn default_namespace() -> String {
@@ -74,6 +96,15 @@ pub fn load(path: &Path) -> Result<StaticConfig, String> {
             return Err(format!(
                 "{}: models[{i}].endpoints needs at least one host:port",
                 path.display()
+            ));
+        }
+        if let Some(c) = &m.candidate
+            && (c.weight > 100 || c.endpoints.is_empty())
+        {
+            return Err(format!(
+                "{}: models[{i}].candidate needs a weight of 0 to 100 (is {}) and at least one endpoint",
+                path.display(),
+                c.weight
             ));
         }
     }
@@ -113,27 +144,33 @@ pub fn table(config: &StaticConfig, board: &LoadBoard) -> Table {
             served: m.name.clone(),
             aliases: m.aliases.clone(),
             task: m.task,
-            stable: Revision {
-                name: "static".into(),
-                version: "static".into(),
-                endpoints: m
-                    .endpoints
-                    .iter()
-                    .map(|addr| Endpoint {
-                        pod: addr.to_string(),
-                        load: board.entry(*addr),
-                    })
-                    .collect(),
-            },
-            candidate: None,
+            stable: revision("static", &m.endpoints, board),
+            candidate: m
+                .candidate
+                .as_ref()
+                .map(|c| (revision(&c.version, &c.endpoints, board), c.weight)),
             tiers: m.tiers.clone(),
-            routing: RoutingSpec::default(),
+            routing: m.routing.clone(),
             scales_from_zero: false,
             replicas: i32::try_from(m.endpoints.len()).unwrap_or(i32::MAX),
             created: i64::try_from(i).unwrap_or(i64::MAX),
         })
         .collect();
     Table::new(models)
+}
+
+fn revision(name: &str, endpoints: &[SocketAddr], board: &LoadBoard) -> Revision {
+    Revision {
+        name: name.into(),
+        version: name.into(),
+        endpoints: endpoints
+            .iter()
+            .map(|addr| Endpoint {
+                pod: addr.to_string(),
+                load: board.entry(*addr),
+            })
+            .collect(),
+    }
 }
 
 #[cfg(test)]

@@ -3,66 +3,13 @@
 //! past a killed server, and least-loaded picking against a slow server. The same path behind
 //! Kubernetes discovery runs in e2e's live tests.
 
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+mod common;
 
-use clap::Parser;
-use modelfleet_router::{config::Cli, serve};
-use modelfleet_testkit::server::{Answer, ServerProcess, get, get_text, metric_value, post};
+use std::time::{Duration, Instant};
+
+use common::{Router, dim, header};
+use modelfleet_testkit::server::{ServerProcess, get, get_text, metric_value, post};
 use serde_json::json;
-
-struct Router {
-    running: serve::Running,
-    _dir: tempfile::TempDir,
-}
-
-impl Router {
-    async fn start(config: &str, flags: &[&str]) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file: PathBuf = dir.path().join("router.yaml");
-        std::fs::write(&file, config).expect("write the static config");
-        let mut args = vec![
-            "modelfleet-router".to_owned(),
-            format!("--static-config={}", file.display()),
-            "--http-addr=127.0.0.1:0".into(),
-            "--metrics-addr=127.0.0.1:0".into(),
-            "--hold-timeout=1s".into(),
-        ];
-        args.extend(flags.iter().map(|f| (*f).to_owned()));
-        let cli = Cli::parse_from(args);
-        let running = serve::start(&cli, std::future::pending())
-            .await
-            .expect("router starts");
-        Self { running, _dir: dir }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.running.http_addr)
-    }
-
-    async fn metrics(&self) -> String {
-        get_text(&format!("http://{}/metrics", self.running.metrics_addr)).await
-    }
-
-    async fn embed(&self, model: &str, input: &str, headers: &[(&str, &str)]) -> Answer {
-        post(
-            &self.url("/v1/embeddings"),
-            &json!({"model": model, "input": input}),
-            headers,
-        )
-        .await
-    }
-}
-
-fn header<'a>(a: &'a Answer, name: &str) -> &'a str {
-    a.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
-}
-
-fn dim(a: &Answer) -> usize {
-    a.body["data"][0]["embedding"].as_array().map_or(0, Vec::len)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_serves_two_models_and_an_unknown_one_gets_404_listing_them() {

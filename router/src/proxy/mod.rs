@@ -167,18 +167,7 @@ async fn handle(
     let started = Instant::now();
     let deadline = deadline(router, headers, started);
     let grant = grant(router, headers)?;
-    let bytes = axum::body::to_bytes(body, router.config.max_body_bytes)
-        .await
-        .map_err(|_| Refusal::TooLarge(router.config.max_body_bytes))?;
-    let json: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| Refusal::BadRequest(format!("the body is not JSON: {e}")))?;
-    let requested = json
-        .get("model")
-        .and_then(Value::as_str)
-        .ok_or_else(|| {
-            Refusal::BadRequest("`model` is required: the name of a model (GET /v1/models lists them)".into())
-        })?
-        .to_owned();
+    let (json, bytes, requested) = read_body(router, body).await?;
     let max_tokens = json.get("max_tokens").and_then(Value::as_u64);
     let tokens = route::estimated_tokens(bytes.len(), max_tokens);
     let table = router.table();
@@ -191,17 +180,8 @@ async fn handle(
                 .map(|m| m.served.clone())
                 .collect(),
         })?;
-    let model_key = routed.model.key();
-    // The server knows its served name only: an alias, a `namespace/name` or a fallback is
-    // renamed on the way.
-    let (json, bytes) = if requested == routed.model.served {
-        (json, bytes)
-    } else {
-        let mut json = json;
-        json["model"] = Value::String(routed.model.served.clone());
-        let bytes = bytes::Bytes::from(serde_json::to_vec(&json).unwrap_or_default());
-        (json, bytes)
-    };
+    let mut model_key = routed.model.key();
+    let (json, bytes) = renamed(json, bytes, &routed.model.served);
     served.model = Some(model_key.clone());
     let tier = routed.model.tier_for(grant.tier.as_deref()).map(str::to_owned);
     served.tier.clone_from(&tier);
@@ -213,10 +193,10 @@ async fn handle(
         rate_limit_headers(r.headers_mut(), v);
         return Ok(r);
     }
-    let fallback = routed
+    let mut fallback = routed
         .fallback_from
         .map(|(from, why)| count_fallback(router, from, &model_key, why));
-    let request = Request {
+    let mut request = Request {
         path,
         body: bytes,
         json,
@@ -226,6 +206,24 @@ async fn handle(
         deadline,
     };
     let mut response = serve(router, &model_key, &request).await?;
+    // The pod picked as the least loaded refused for a full queue: the primary is overloaded, and
+    // a fallback that has room answers instead (nothing was processed, so resending is safe).
+    if response.status() == StatusCode::TOO_MANY_REQUESTS
+        && fallback.is_none()
+        && let Some(target) = route::fallback_target(&table, routed.model, &grant)
+    {
+        let why = count_fallback(
+            router,
+            routed.model,
+            &target.key(),
+            route::FallbackReason::Overloaded,
+        );
+        (request.json, request.body) = renamed(request.json, request.body, &target.served);
+        model_key = target.key();
+        served.model = Some(model_key.clone());
+        fallback = Some(why);
+        response = serve(router, &model_key, &request).await?;
+    }
     let h = response.headers_mut();
     if let Some(v) = &verdict {
         rate_limit_headers(h, v);
@@ -234,6 +232,34 @@ async fn handle(
         h.insert(headers::FALLBACK, HeaderValue::from_static(why));
     }
     Ok(response)
+}
+
+/// The body as JSON and bytes, and the `model` it names.
+async fn read_body(router: &Router, body: Body) -> Result<(Value, bytes::Bytes, String), Refusal> {
+    let bytes = axum::body::to_bytes(body, router.config.max_body_bytes)
+        .await
+        .map_err(|_| Refusal::TooLarge(router.config.max_body_bytes))?;
+    let json: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| Refusal::BadRequest(format!("the body is not JSON: {e}")))?;
+    let requested = json
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            Refusal::BadRequest("`model` is required: the name of a model (GET /v1/models lists them)".into())
+        })?
+        .to_owned();
+    Ok((json, bytes, requested))
+}
+
+/// The body with `model` set to `served` (the server knows its served name only: an alias, a
+/// `namespace/name` or a fallback is renamed on the way); unchanged when it names it already.
+fn renamed(mut json: Value, bytes: bytes::Bytes, served: &str) -> (Value, bytes::Bytes) {
+    if json.get("model").and_then(Value::as_str) == Some(served) {
+        return (json, bytes);
+    }
+    json["model"] = Value::String(served.to_owned());
+    let bytes = bytes::Bytes::from(serde_json::to_vec(&json).unwrap_or_default());
+    (json, bytes)
 }
 
 fn count_fallback(router: &Router, from: &ModelEntry, to: &str, why: route::FallbackReason) -> &'static str {

@@ -88,7 +88,8 @@ fn latency_histogram() -> Histogram {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut r = Registry::with_prefix(PREFIX);
+        let mut root = Registry::default();
+        let r = root.sub_registry_with_prefix(PREFIX);
         let requests = Family::<RequestLabels, Counter>::default();
         let request_duration = Family::<TierLabel, Histogram>::new_with_constructor(latency_histogram);
         let queue_duration = Family::<TierLabel, Histogram>::new_with_constructor(latency_histogram);
@@ -206,8 +207,9 @@ impl Default for Metrics {
             "1 when the model is loaded, warmed up and the server is not draining",
             ready.clone(),
         );
+        register_model_server_protocol(&mut root, &queued, &running);
         Self {
-            registry: Arc::new(r),
+            registry: Arc::new(root),
             requests,
             request_duration,
             queue_duration,
@@ -230,6 +232,28 @@ impl Default for Metrics {
             ready,
         }
     }
+}
+
+/// The gauges a standard Gateway API Inference Extension picker scrapes, under the vLLM names it
+/// reads by default (the same values as ours), so our pods work behind either picker.
+fn register_model_server_protocol(root: &mut Registry, queued: &Gauge, running: &Gauge) {
+    use modelfleet_contract::metrics::model_server_protocol as msp;
+    root.register(
+        msp::QUEUED,
+        "Requests waiting in the queue (model-server protocol name of modelfleet_requests_queued)",
+        queued.clone(),
+    );
+    root.register(
+        msp::RUNNING,
+        "Requests in running batches (model-server protocol name of modelfleet_requests_running)",
+        running.clone(),
+    );
+    // Embeddings hold no KV cache: always 0 (a generation server sets its own).
+    root.register(
+        msp::KV_CACHE_USAGE,
+        "Share of the KV cache in use, 0 to 1 (0 for embeddings)",
+        FloatGauge::default(),
+    );
 }
 
 impl Metrics {
@@ -311,6 +335,27 @@ mod tests {
                 "{name} is not in docs/metrics.md"
             );
         }
+    }
+
+    #[test]
+    fn a_standard_picker_reads_the_queue_and_running_requests_under_the_vllm_names() {
+        use modelfleet_contract::metrics::model_server_protocol as msp;
+        let m = Metrics::default();
+        m.queued.set(7);
+        m.running.set(3);
+        let text = m.render();
+        let sample = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+        };
+        assert_eq!(sample(msp::QUEUED), Some(7.0), "{text}");
+        assert_eq!(sample(msp::RUNNING), Some(3.0), "{text}");
+        assert_eq!(sample(msp::KV_CACHE_USAGE), Some(0.0), "{text}");
+        assert_eq!(
+            sample(scraped::REQUESTS_QUEUED.sample),
+            Some(7.0),
+            "ours stay: {text}"
+        );
     }
 
     #[test]

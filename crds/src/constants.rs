@@ -45,6 +45,11 @@ pub mod annotations {
     pub const PROMOTE: &str = "modelfleet.dev/promote";
     /// Roll the candidate back now.
     pub const ABORT: &str = "modelfleet.dev/abort";
+    /// RFC 3339 time of the latest request the router saw for a ModelDeployment with
+    /// `minReplicas: 0`. The router writes it (at once when a request finds no replica, else at
+    /// most every `idlePeriod / 4`); the autoscaler wakes the model from zero on a request newer
+    /// than its scale-down and scales to zero after `idlePeriod` without one. Never removed.
+    pub const LAST_REQUEST: &str = "modelfleet.dev/last-request";
 }
 
 /// Condition types in `status.conditions` (kstatus style: `kubectl wait --for=condition=Available`).

@@ -122,10 +122,10 @@ pub const SCALING_MIN_LE_MAX: CelRule = on_object(
     ".minReplicas",
     "spec.scaling.minReplicas must be less than or equal to spec.scaling.maxReplicas",
 );
-/// `minReplicas >= 1`.
+/// `minReplicas >= 0`.
 pub const SCALING_MIN: CelRule = on_field(
-    "self >= 1",
-    "spec.scaling.minReplicas must be at least 1 (scale to zero is not supported yet)",
+    "self >= 0",
+    "spec.scaling.minReplicas must be at least 0 (0: scale to zero after idlePeriod without requests)",
 );
 /// `idlePeriod > 0`.
 pub const IDLE_PERIOD: CelRule = on_field(

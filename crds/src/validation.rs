@@ -229,7 +229,7 @@ fn check_batching(c: &mut Checker, b: &BatchingSpec) {
 
 fn check_scaling(c: &mut Checker, s: &ScalingSpec) {
     c.check(
-        s.min_replicas >= 1,
+        s.min_replicas >= 0,
         "spec.scaling.minReplicas",
         rules::SCALING_MIN,
     );

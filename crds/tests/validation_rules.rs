@@ -138,7 +138,7 @@ fn cases() -> Vec<(rules::CelRule, &'static str, Option<Value>, &'static str)> {
         (
             SCALING_MIN,
             "/spec/scaling/minReplicas",
-            Some(json!(0)),
+            Some(json!(-1)),
             "spec.scaling.minReplicas",
         ),
         (

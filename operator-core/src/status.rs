@@ -199,7 +199,16 @@ fn stepless_candidate(facts: &Facts<'_>) -> Option<CandidateStatus> {
 /// Available and Progressing from the replica counts.
 fn replica_conditions(facts: &Facts<'_>, problem: Option<&diagnose::Problem>) -> Vec<(Source, Desired)> {
     let (plan, version, ready) = (facts.plan, facts.version, facts.current_ready);
-    let (available, progressing) = if facts.available() {
+    let (available, progressing) = if facts.available() && plan.desired == 0 {
+        let msg = format!(
+            "no replica runs (minReplicas 0, idle): the next request through the router starts one of revision {}",
+            plan.current
+        );
+        (
+            Desired::new(types::AVAILABLE, true, "ScaledToZero", msg.clone()),
+            Desired::new(types::PROGRESSING, false, "ScaledToZero", msg),
+        )
+    } else if facts.available() {
         (
             Desired::new(
                 types::AVAILABLE,

@@ -250,4 +250,7 @@ scenarios!(
     autoscale_panic_scale_up,
     autoscale_stale_telemetry_holds,
     autoscale_gpu_exhaustion,
+    autoscale_wakes_from_zero,
+    autoscale_idles_to_zero,
+    autoscale_idle_but_busy_keeps_one,
 );

@@ -94,6 +94,10 @@ fn entry(md: &ModelDeployment, found: &[FoundEndpoint], board: &LoadBoard) -> Op
         tiers: spec.batching.tiers.iter().map(|t| t.name.clone()).collect(),
         routing: spec.routing.clone().unwrap_or_default(),
         scales_from_zero: spec.scaling.as_ref().is_some_and(|s| s.min_replicas == 0),
+        idle_period: spec
+            .scaling
+            .as_ref()
+            .map_or(crate::table::DEFAULT_IDLE_PERIOD, |s| s.idle_period.into()),
         replicas: status.replicas,
         created: md
             .metadata

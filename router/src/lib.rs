@@ -2,8 +2,9 @@
 //!
 //! Layout (docs/router.md): the decisions ([`table`], [`from_kube`], [`route`], [`pick`],
 //! [`limits`], [`keys`], [`cache`]) are pure and tested from fixtures; the I/O ([`discovery`],
-//! [`scrape`], [`proxy`], [`serve`], [`epp`]) sits at the edges in small functions.
+//! [`scrape`], [`proxy`], [`serve`], [`epp`], [`activity`]) sits at the edges in small functions.
 
+pub mod activity;
 pub mod cache;
 pub mod config;
 pub mod discovery;

@@ -7,6 +7,7 @@ use axum::{extract::State, http::StatusCode, routing::get};
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
+    activity::Activity,
     config::{Cli, RouterConfig},
     discovery::{self, DiscoveryConfig},
     keys::KeyStore,
@@ -78,7 +79,9 @@ pub async fn start(
         // a static endpoint is, so none goes stale.
         config.pick.stale_after = Duration::from_secs(u64::from(u32::MAX));
     }
-    let router = Arc::new(Router::new(config, table_rx, keys_rx, board.clone()));
+    let (reports_tx, reports_rx) = crate::activity::channel();
+    let activity = Activity::new(static_table.is_none().then_some(reports_tx));
+    let router = Arc::new(Router::new(config, table_rx, keys_rx, board.clone(), activity));
     match static_table {
         Some(file) => {
             table_tx.send_replace(Arc::new(static_config::table(&file, &board)));
@@ -94,6 +97,7 @@ pub async fn start(
                 keys_namespace: cli.keys_namespace.clone(),
             };
             let synced = router.clone();
+            tokio::spawn(crate::activity::run(client.clone(), reports_rx));
             tokio::spawn(discovery::run(
                 client,
                 discovery,

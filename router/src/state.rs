@@ -20,6 +20,7 @@ use hyper_util::{
 use tokio::sync::watch;
 
 use crate::{
+    activity::Activity,
     cache::ResponseCache,
     config::RouterConfig,
     keys::{Grant, KeyStore},
@@ -52,6 +53,8 @@ pub struct Router {
     pub metrics: Metrics,
     /// The client to the servers.
     pub upstream: Upstream,
+    /// Scale-from-zero reports and measured cold starts.
+    pub activity: Activity,
     limiters: Mutex<HashMap<String, Limiter>>,
     sequence: Mutex<HashMap<String, u64>>,
     held: Mutex<HashMap<String, usize>>,
@@ -66,6 +69,7 @@ impl Router {
         table: watch::Receiver<Arc<Table>>,
         keys: watch::Receiver<Arc<KeyStore>>,
         board: LoadBoard,
+        activity: Activity,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -82,6 +86,7 @@ impl Router {
             picker: Picker::default(),
             metrics: Metrics::default(),
             upstream,
+            activity,
             limiters: Mutex::default(),
             sequence: Mutex::default(),
             held: Mutex::default(),
@@ -186,6 +191,7 @@ pub fn anonymous() -> Grant {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// The guarded value, also after a panic elsewhere poisoned the lock (every update is one step).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -152,6 +152,7 @@ pub fn table(config: &StaticConfig, board: &LoadBoard) -> Table {
             tiers: m.tiers.clone(),
             routing: m.routing.clone(),
             scales_from_zero: false,
+            idle_period: crate::table::DEFAULT_IDLE_PERIOD,
             replicas: i32::try_from(m.endpoints.len()).unwrap_or(i32::MAX),
             created: i64::try_from(i).unwrap_or(i64::MAX),
         })

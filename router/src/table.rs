@@ -12,6 +12,9 @@ use modelfleet_crds::v1alpha1::{ModelTask, RoutingSpec};
 
 use crate::load::{EndpointLoad, LoadBoard};
 
+/// `idlePeriod` of a model without `spec.scaling` (the API's default).
+pub const DEFAULT_IDLE_PERIOD: std::time::Duration = std::time::Duration::from_secs(900);
+
 /// One Ready serving pod.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
@@ -55,6 +58,8 @@ pub struct ModelEntry {
     pub routing: RoutingSpec,
     /// `spec.scaling.minReplicas` is 0: an empty model is held for, not failed.
     pub scales_from_zero: bool,
+    /// `spec.scaling.idlePeriod` (how often the router reports the model in use).
+    pub idle_period: std::time::Duration,
     /// Replicas the operator runs now (`status.replicas`).
     pub replicas: i32,
     /// `metadata.creationTimestamp` in seconds: the older of two claimants keeps a name.
@@ -195,6 +200,7 @@ pub mod tests_support {
             tiers: vec!["paid".into(), "free".into()],
             routing: RoutingSpec::default(),
             scales_from_zero: false,
+            idle_period: DEFAULT_IDLE_PERIOD,
             replicas: 3,
             created: 0,
         }

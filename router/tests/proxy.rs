@@ -341,6 +341,7 @@ async fn a_held_request_gets_503_at_the_hold_timeout_even_while_the_table_keeps_
             tiers: vec![],
             routing: RoutingSpec::default(),
             scales_from_zero: false,
+            idle_period: Duration::from_secs(900),
             replicas: 1,
             created: 0,
         }]))
@@ -357,6 +358,7 @@ async fn a_held_request_gets_503_at_the_hold_timeout_even_while_the_table_keeps_
         table_rx,
         keys_rx,
         LoadBoard::default(),
+        modelfleet_router::activity::Activity::default(),
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -33,7 +33,8 @@ fn default_response_cache() -> bool {
 }
 
 /// A fallback model: requests go there when this one is overloaded (queue above the threshold,
-/// or every ready pod answered 429), unavailable (no ready pod), or when a request matches a rule.
+/// or the least-loaded ready pod answered 429), unavailable (no ready pod), or when a request
+/// matches a rule.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FallbackSpec {
@@ -43,7 +44,7 @@ pub struct FallbackSpec {
     #[schemars(length(max = 128))]
     pub model: String,
     /// Overloaded when the queued requests per ready replica (as the servers report them) are
-    /// above this. Empty: only 429 from every pod counts as overload.
+    /// above this. Empty: only a 429 from the pod the router picked counts as overload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = rules::FALLBACK_QUEUE_DEPTH)]
     pub queue_depth_above: Option<f64>,

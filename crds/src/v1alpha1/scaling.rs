@@ -12,7 +12,8 @@ use crate::{Duration, rules};
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = rules::SCALING_MIN_LE_MAX, validation = rules::PANIC_WINDOW_LE_STABLE)]
 pub struct ScalingSpec {
-    /// Fewest replicas, at least 1 (scale to zero with the router is in progress: issue #17).
+    /// Fewest replicas. 0: scale to zero after `idlePeriod` without a request through the
+    /// router, and back to one when a request arrives (the router holds it meanwhile).
     #[serde(default = "default_min_replicas")]
     #[x_kube(validation = rules::SCALING_MIN)]
     pub min_replicas: i32,
@@ -38,8 +39,9 @@ pub struct ScalingSpec {
     /// Scale down only to the highest recommendation seen over this window.
     #[serde(default = "default_scale_down_stabilization")]
     pub scale_down_stabilization: Duration,
-    /// Reserved for scale to zero (in progress): how long without a request before the last
-    /// replica goes. Not acted on yet.
+    /// With `minReplicas: 0`, how long without a request (as the router reports it in the
+    /// `modelfleet.dev/last-request` annotation) and without work in flight before the last
+    /// replica goes.
     #[serde(default = "default_idle_period")]
     #[x_kube(validation = rules::IDLE_PERIOD)]
     pub idle_period: Duration,

@@ -4,6 +4,7 @@
 
 mod rollouts;
 mod router;
+mod scale_zero;
 mod serving;
 mod telemetry;
 

@@ -35,6 +35,8 @@ pub struct Params {
     pub panic_window: Duration,
     pub panic_threshold: f64,
     pub scale_down_stabilization: Duration,
+    /// With `minReplicas: 0`: quiet time before the last replica goes (see `idle`).
+    pub idle_period: Duration,
 }
 
 impl From<&ScalingSpec> for Params {
@@ -53,6 +55,7 @@ impl From<&ScalingSpec> for Params {
             panic_window: s.panic_window.into(),
             panic_threshold: s.panic_threshold,
             scale_down_stabilization: s.scale_down_stabilization.into(),
+            idle_period: s.idle_period.into(),
         }
     }
 }
@@ -107,6 +110,12 @@ pub enum Reason {
     InsufficientGpu,
     /// Clamped to minReplicas or maxReplicas.
     Bounded,
+    /// `minReplicas: 0` and a request arrived: one replica.
+    ScaleFromZero,
+    /// `minReplicas: 0` and no request for `idlePeriod`: none.
+    ScaleToZero,
+    /// At zero, no request since.
+    Idle,
 }
 
 impl Reason {
@@ -122,6 +131,9 @@ impl Reason {
             Reason::PartialMetrics => "partial_metrics",
             Reason::InsufficientGpu => "insufficient_gpu",
             Reason::Bounded => "bounded",
+            Reason::ScaleFromZero => "scale_from_zero",
+            Reason::ScaleToZero => "scale_to_zero",
+            Reason::Idle => "idle",
         }
     }
 }
@@ -315,6 +327,7 @@ mod tests {
             panic_window: Duration::from_secs(6),
             panic_threshold: 2.0,
             scale_down_stabilization: Duration::from_secs(300),
+            idle_period: Duration::from_secs(900),
         }
     }
 

@@ -14,7 +14,10 @@ use modelfleet_crds::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    autoscale::algorithm::{Autoscaler, Decision, Observation, Params, Reason, Signals},
+    autoscale::{
+        algorithm::{Autoscaler, Decision, Observation, Params, Reason, Signals},
+        idle::{self, Activity},
+    },
     conditions::Desired,
     telemetry::Aggregate,
 };
@@ -105,6 +108,8 @@ pub struct FleetView {
     pub pods_short_of_gpu: usize,
     /// `spec.resources.gpus`.
     pub gpus_per_replica: i32,
+    /// The router's newest request (the `modelfleet.dev/last-request` annotation).
+    pub last_request: Option<Timestamp>,
 }
 
 /// One evaluation: the outcome to publish, and the reason when the count changed (for the
@@ -130,17 +135,39 @@ pub fn evaluate(
     let t = &view.telemetry;
     let (signals, metrics_available) = read_signals(view, memory.current);
     let current = memory.current;
-    let decision = memory.autoscaler.decide(
-        &params,
-        &Observation {
-            at: now,
-            ready_replicas: view.ready,
-            current,
-            signals,
-            complete: t.fresh_pods >= view.ready,
-            capacity_exhausted: view.pods_short_of_gpu > 0,
-        },
-    );
+    let complete = t.fresh_pods >= view.ready;
+    // With minReplicas 0 the idle rule owns zero; the algorithm keeps at least one replica.
+    let zero = (scaling.min_replicas == 0)
+        .then(|| {
+            idle::to_or_from_zero(
+                &Activity {
+                    idle_period: scaling.idle_period.into(),
+                    last_request: view.last_request,
+                    last_scale: memory.last_scale_time.as_ref().map(|t| t.0),
+                    current,
+                    load: signals.filter(|_| complete),
+                    request_rate: t.request_rate,
+                },
+                wall,
+            )
+        })
+        .flatten();
+    let decision = zero.unwrap_or_else(|| {
+        memory.autoscaler.decide(
+            &Params {
+                min_replicas: params.min_replicas.max(1),
+                ..params.clone()
+            },
+            &Observation {
+                at: now,
+                ready_replicas: view.ready,
+                current,
+                signals,
+                complete,
+                capacity_exhausted: view.pods_short_of_gpu > 0,
+            },
+        )
+    });
     let current_metrics = signals
         .map(|s| current_metrics(&params, &s, view.ready))
         .unwrap_or_default();
@@ -182,6 +209,12 @@ fn read_signals(view: &FleetView, holding: u32) -> (Option<Signals>, Desired) {
             Desired::new(types::METRICS_AVAILABLE, false, reason, message),
         )
     };
+    if view.ready == 0 && holding == 0 {
+        return unavailable(
+            "ScaledToZero",
+            "no replica runs (minReplicas 0, idle); a request through the router starts one".into(),
+        );
+    }
     if view.ready == 0 {
         return unavailable(
             "NoReadyReplicas",
@@ -278,6 +311,11 @@ fn explain(d: &Decision, metrics: &[MetricValue], p: &Params) -> String {
             "{} for {}s (at most halving per step)",
             versus(m, "<"),
             p.scale_down_stabilization.as_secs()
+        ),
+        (Reason::ScaleFromZero, _) => "a request arrived through the router at zero replicas".into(),
+        (Reason::ScaleToZero, _) => format!(
+            "no request and nothing in flight for idlePeriod {}s",
+            p.idle_period.as_secs()
         ),
         (Reason::Bounded, _) => format!(
             "demand {} clamped to minReplicas..maxReplicas {}..{}",

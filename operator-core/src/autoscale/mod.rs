@@ -4,6 +4,7 @@
 
 pub mod algorithm;
 pub mod evaluate;
+pub mod idle;
 
 pub use algorithm::{Autoscaler, Decision, Observation, Params, Reason, Signals};
 pub use evaluate::{Evaluation, FleetView, Memory, Outcome, evaluate, resume_replicas};

@@ -175,5 +175,15 @@ fn fleet_view(
         telemetry: ctx.telemetry.aggregate(namespace, &name, None, now),
         pods_short_of_gpu: diagnose::pods_short_of_gpu(&observed.pods),
         gpus_per_replica: md.spec.resources.gpus,
+        last_request: last_request(md),
     }
+}
+
+/// The router's `modelfleet.dev/last-request`; an unreadable value counts as none (the model
+/// then neither wakes on it nor idles from it).
+fn last_request(md: &ModelDeployment) -> Option<Timestamp> {
+    md.annotations()
+        .get(modelfleet_crds::constants::annotations::LAST_REQUEST)?
+        .parse()
+        .ok()
 }

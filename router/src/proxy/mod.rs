@@ -21,6 +21,7 @@ use axum::{
 };
 use modelfleet_contract::headers;
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
 use crate::{
     cache,
@@ -312,8 +313,8 @@ fn usable(router: &Router, now: Instant) -> impl Fn(&crate::table::Revision) -> 
 /// Serves `request` from model `key`: the cache, else up to two tries, holding for an endpoint
 /// while the model has none (re-reading the table on each change).
 async fn serve(router: &Arc<Router>, key: &str, request: &Request<'_>) -> Result<Response, Refusal> {
-    // The held slot and when holding ends: set once, so table changes do not extend the hold.
-    let mut held: Option<(crate::state::HeldSlot, Instant)> = None;
+    // Set once, so table changes do not extend the hold.
+    let mut held: Option<Held> = None;
     // The revision whose cache entry was looked up (a hold or a retry need not look again).
     let mut looked_up: Option<String> = None;
     let mut tried = Vec::new();
@@ -344,24 +345,15 @@ async fn serve(router: &Arc<Router>, key: &str, request: &Request<'_>) -> Result
             if let Some(failure) = last_failure {
                 return Ok(failure);
             }
-            let wait = match &held {
-                Some((_, until)) => *until,
-                None => {
-                    let slot = router
-                        .hold(key)
-                        .ok_or_else(|| unavailable(model, "too many requests are waiting"))?;
-                    let until = request.deadline.min(now + router.config.hold_timeout);
-                    held = Some((slot, until));
-                    until
-                }
-            };
-            match tokio::time::timeout_at(wait.into(), changes.changed()).await {
-                Ok(Ok(())) => continue,
-                // Discovery is gone: no change will come, so waiting longer cannot help.
-                Ok(Err(_)) => return Err(unavailable(model, "the routing table stopped updating")),
-                Err(_) => return Err(unavailable(model, "no Ready replica came up in time")),
-            }
+            wait_for_endpoint(router, model, request, &mut held, &mut changes, now).await?;
+            continue;
         };
+        if tried.is_empty() {
+            match &held {
+                Some(h) => router.activity.woke(key, now.duration_since(h.since)),
+                None => router.activity.seen(model, false, now),
+            }
+        }
         router
             .metrics
             .picks
@@ -402,6 +394,50 @@ async fn serve(router: &Arc<Router>, key: &str, request: &Request<'_>) -> Result
     }
 }
 
+/// A request waiting for a Ready endpoint.
+struct Held {
+    _slot: crate::state::HeldSlot,
+    /// When holding ends.
+    until: Instant,
+    /// When it began.
+    since: Instant,
+}
+
+/// Waits for the next table change while `model` has no endpoint to pick, holding the request
+/// (bounded by `--hold-queue` per model, until its deadline or `--hold-timeout`).
+async fn wait_for_endpoint(
+    router: &Arc<Router>,
+    model: &ModelEntry,
+    request: &Request<'_>,
+    held: &mut Option<Held>,
+    changes: &mut watch::Receiver<Arc<Table>>,
+    now: Instant,
+) -> Result<(), Refusal> {
+    // At zero replicas this is what wakes the model (throttled to one write a second).
+    router.activity.seen(model, true, now);
+    let until = match held {
+        Some(h) => h.until,
+        None => {
+            let slot = router
+                .hold(&model.key())
+                .ok_or_else(|| unavailable(router, model, "too many requests are waiting"))?;
+            let until = request.deadline.min(now + router.config.hold_timeout);
+            *held = Some(Held {
+                _slot: slot,
+                until,
+                since: now,
+            });
+            until
+        }
+    };
+    match tokio::time::timeout_at(until.into(), changes.changed()).await {
+        Ok(Ok(())) => Ok(()),
+        // Discovery is gone: no change will come, so waiting longer cannot help.
+        Ok(Err(_)) => Err(unavailable(router, model, "the routing table stopped updating")),
+        Err(_) => Err(unavailable(router, model, "no Ready replica came up in time")),
+    }
+}
+
 /// What to do after one try.
 enum Next {
     /// Give the client this answer.
@@ -428,10 +464,21 @@ fn after_try(attempt: Result<Response, TryError>, retry_left: bool) -> Next {
     }
 }
 
-fn unavailable(model: &ModelEntry, why: &str) -> Refusal {
+/// 503 for a model without a Ready replica; a model that scales from zero says to come back
+/// after its measured cold start.
+fn unavailable(router: &Router, model: &ModelEntry, why: &str) -> Refusal {
+    let retry_after = if model.scales_from_zero {
+        let cold = router
+            .activity
+            .cold_start(&model.key())
+            .unwrap_or(crate::activity::UNMEASURED_COLD_START);
+        Duration::from_secs(cold.as_secs_f64().ceil().max(1.0) as u64)
+    } else {
+        Duration::from_secs(5)
+    };
     Refusal::Unavailable {
         message: format!("model {} has no Ready replica: {why}", model.served),
-        retry_after: Duration::from_secs(if model.scales_from_zero { 10 } else { 5 }),
+        retry_after,
     }
 }
 

@@ -55,7 +55,8 @@ struct Entry {
     latest: Option<ModelDeploymentStatus>,
     /// Statuses it was built on and earlier writes, newest last.
     older: VecDeque<Option<ModelDeploymentStatus>>,
-    route_hash: Option<String>,
+    /// Hash of the last write per dynamic kind (HTTPRoute, InferencePool).
+    dynamic_hashes: HashMap<&'static str, String>,
     /// `Kind/name` → the last write to that child.
     children: HashMap<String, ChildWrite>,
 }
@@ -141,11 +142,14 @@ impl Written {
         }
     }
 
-    /// Whether the HTTPRoute with this hash was the last one written.
-    pub fn route_is(&self, md: &ModelDeployment, hash: &str) -> bool {
-        self.inner
-            .lock()
-            .is_ok_and(|m| m.get(&key(md)).and_then(|e| e.route_hash.as_deref()) == Some(hash))
+    /// Whether the dynamic object of `kind` (HTTPRoute, InferencePool) with this hash was the
+    /// last one written.
+    pub fn dynamic_is(&self, md: &ModelDeployment, kind: &str, hash: &str) -> bool {
+        self.inner.lock().is_ok_and(|m| {
+            m.get(&key(md))
+                .and_then(|e| e.dynamic_hashes.get(kind))
+                .is_some_and(|h| h == hash)
+        })
     }
 
     /// Drops everything remembered for the object with this uid (it was deleted).
@@ -172,10 +176,15 @@ impl Written {
         self.len() == 0
     }
 
-    /// Records the HTTPRoute written (None: forget it, so the next reconcile writes again).
-    pub fn remember_route(&self, md: &ModelDeployment, hash: Option<String>) {
+    /// Records the dynamic object of `kind` written (None: forget it, so the next reconcile
+    /// writes again).
+    pub fn remember_dynamic(&self, md: &ModelDeployment, kind: &'static str, hash: Option<String>) {
         if let Ok(mut m) = self.inner.lock() {
-            m.entry(key(md)).or_default().route_hash = hash;
+            let hashes = &mut m.entry(key(md)).or_default().dynamic_hashes;
+            match hash {
+                Some(h) => hashes.insert(kind, h),
+                None => hashes.remove(kind),
+            };
         }
     }
 }

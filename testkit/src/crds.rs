@@ -20,11 +20,12 @@ pub async fn install_modelfleet_crds(client: &Client) -> Result<()> {
 
 /// Installs the Gateway API standard CRDs shipped with the toolchain.
 pub async fn install_gateway_api_crds(client: &Client, toolchain: &Toolchain) -> Result<()> {
-    let mut crds = Vec::new();
-    for file in toolchain.gateway_api_crds()? {
-        crds.extend(read_crds(&file)?);
-    }
-    apply_crds(client, crds).await
+    install_crd_files(client, &toolchain.gateway_api_crds()?).await
+}
+
+/// Installs the Gateway API Inference Extension CRDs shipped with the toolchain (InferencePool).
+pub async fn install_inference_extension_crds(client: &Client, toolchain: &Toolchain) -> Result<()> {
+    install_crd_files(client, &toolchain.inference_extension_crds()?).await
 }
 
 /// Installs every CRD in the given manifest files (for example the chart's `crds/`), as a user's

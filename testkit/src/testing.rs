@@ -41,6 +41,7 @@ async fn start_shared() -> crate::Result<LocalCluster> {
     let cluster = start_with_gpu_nodes(2).await?;
     let client = cluster.client().await?;
     crds::install_gateway_api_crds(&client, cluster.toolchain()).await?;
+    crds::install_inference_extension_crds(&client, cluster.toolchain()).await?;
     nodes::add_cpu_nodes(&client, 1).await?;
     Ok(cluster)
 }

@@ -35,7 +35,10 @@ impl Toolchain {
     /// takes 25 to 40 minutes cold on 2 cores; afterwards this returns at once.
     pub fn ensure() -> Result<Self> {
         let dir = Self::expected_dir()?;
-        if dir.join("ready").is_file() && system_packages_present() {
+        // The data files are fetched apart from the binaries (a new pin does not rebuild them):
+        // a ready toolchain without them runs the script again, which then only fetches.
+        let data_present = dir.join("inference-extension-crds").is_dir();
+        if dir.join("ready").is_file() && system_packages_present() && data_present {
             return Ok(Self { dir });
         }
         eprintln!(
@@ -89,6 +92,11 @@ impl Toolchain {
     /// The Gateway API standard-channel CRD files.
     pub fn gateway_api_crds(&self) -> Result<Vec<PathBuf>> {
         list_yaml(&self.dir.join("gateway-api-crds"))
+    }
+
+    /// The Gateway API Inference Extension's CRD files (InferencePool).
+    pub fn inference_extension_crds(&self) -> Result<Vec<PathBuf>> {
+        list_yaml(&self.dir.join("inference-extension-crds"))
     }
 }
 

@@ -11,7 +11,8 @@
 # Usage: testkit/toolchain/build.sh [--print-dir]
 #   --print-dir   print the output directory and exit (builds nothing)
 # Env:   MODELFLEET_TOOLCHAIN_DIR overrides the output directory; K8S_VERSION, ETCD_VERSION,
-#        KWOK_VERSION, HELM_VERSION, GATEWAY_API_VERSION, COREDNS_VERSION override the pins;
+#        KWOK_VERSION, HELM_VERSION, GATEWAY_API_VERSION, COREDNS_VERSION, GAIE_VERSION override
+#        the pins;
 #        MODELFLEET_SKIP_APT=1 skips the Debian packages.
 # The last line of stdout is the output directory.
 set -euo pipefail
@@ -22,6 +23,10 @@ KWOK=${KWOK_VERSION:-v0.8.0}
 HELM=${HELM_VERSION:-v3.22.0}
 GWAPI=${GATEWAY_API_VERSION:-v1.3.0}
 COREDNS=${COREDNS_VERSION:-v1.14.7}
+# The Gateway API Inference Extension's InferencePool CRD: fetched into its own versioned
+# directory, so pinning another version does not rebuild the Kubernetes binaries. v1.0.0 is the
+# strictest v1 (one target port, endpointPickerRef required): what the operator writes must pass it.
+GAIE=${GAIE_VERSION:-v1.0.0}
 
 K8S_MINOR=$(echo "$K8S" | cut -d. -f2)
 STAGING="v0.${K8S#v1.}"
@@ -58,6 +63,20 @@ mkdir -p "$OUT"
 # One build at a time per output directory (tests and `modelfleet-e2e up` may race).
 exec 9>"$OUT/.lock"
 flock 9
+
+GAIE_OUT="$OUT/inference-extension-crds-$GAIE"
+if [[ ! -f "$GAIE_OUT/inference.networking.k8s.io_inferencepools.yaml" ]]; then
+  command -v go >/dev/null || die "go is not installed (needed to fetch the Inference Extension CRD)"
+  log "fetching the Gateway API Inference Extension $GAIE InferencePool CRD"
+  GAIE_DIR=$(go mod download -json "sigs.k8s.io/gateway-api-inference-extension@$GAIE" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  mkdir -p "$GAIE_OUT.tmp"
+  cp "$GAIE_DIR/config/crd/bases/inference.networking.k8s.io_inferencepools.yaml" "$GAIE_OUT.tmp/"
+  chmod -R u+w "$GAIE_OUT.tmp"
+  rm -rf "$GAIE_OUT"
+  mv "$GAIE_OUT.tmp" "$GAIE_OUT"
+fi
+ln -sfn "inference-extension-crds-$GAIE" "$OUT/inference-extension-crds"
 
 if [[ -f "$OUT/ready" ]]; then
   log "toolchain ready in $OUT"

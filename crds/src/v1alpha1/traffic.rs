@@ -14,9 +14,10 @@ pub struct TrafficSpec {
     /// traffic is split by replica share through the Service `<name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewayTraffic>,
-    /// In progress (issue #17), accepted but not acted on yet: an `InferencePool` `<name>`
-    /// (inference.networking.k8s.io/v1) selecting this ModelDeployment's serving pods, for a
-    /// Gateway API Inference Extension gateway.
+    /// Write an `InferencePool` `<name>` (inference.networking.k8s.io/v1) selecting this
+    /// ModelDeployment's pods on the HTTP port, for a Gateway API Inference Extension gateway;
+    /// its Endpoint Picker is the Service named here (modelfleet-router `--epp-addr`, or any
+    /// Inference Extension picker). Needs the InferencePool CRD in the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inference_pool: Option<InferencePoolTraffic>,
 }

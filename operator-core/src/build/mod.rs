@@ -1,6 +1,7 @@
 //! The desired objects of a ModelDeployment: a pure function of the object and the revision plan.
 
 mod pod;
+pub mod pool;
 pub mod route;
 
 use std::collections::BTreeMap;
@@ -46,6 +47,8 @@ pub struct DesiredObjects {
     pub pdb: PodDisruptionBudget,
     /// `<name>`, only with `spec.traffic.gateway`.
     pub route: Option<route::HttpRoute>,
+    /// `<name>`, only with `spec.traffic.inferencePool`.
+    pub pool: Option<pool::InferencePool>,
 }
 
 /// Name of a revision's Deployment.
@@ -142,6 +145,7 @@ pub fn build(
         routing: routing_config_map(md, plan),
         pdb: pdb(md),
         route: route::http_route(md, plan),
+        pool: pool::inference_pool(md),
     }
 }
 

@@ -22,10 +22,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
 
 use modelfleet_operator_core::{
-    build::{
-        DesiredObjects,
-        route::{self, HttpRoute},
-    },
+    build::DesiredObjects,
     observed::{Observed, SPEC_HASH_ANNOTATION},
 };
 
@@ -199,31 +196,48 @@ pub async fn retire(client: &Client, namespace: &str, md_name: &str, revisions: 
     Ok(())
 }
 
-/// Applies the HTTPRoute unless this process last wrote the same one.
-pub async fn apply_route(
+/// An object of an optional API (Gateway API, Inference Extension) the operator applies as a
+/// dynamic object: no watch cache, so this process's last write is what it compares against.
+#[derive(Debug)]
+pub struct DynamicChild<'a, T> {
+    /// The object.
+    pub object: &'a T,
+    /// Its name.
+    pub name: String,
+    /// Its API resource.
+    pub resource: kube::core::ApiResource,
+    /// Its kind, as memory and errors name it.
+    pub kind: &'static str,
+    /// What to check when the write fails, for the error.
+    pub hint: &'static str,
+}
+
+/// Applies `child` unless this process last wrote the same one.
+pub async fn apply_dynamic<T: Serialize + std::fmt::Debug>(
     client: &Client,
     md: &ModelDeployment,
-    route: &HttpRoute,
+    child: DynamicChild<'_, T>,
     written: &Written,
 ) -> Result<()> {
-    let hash = spec_hash(route);
-    if written.route_is(md, &hash) {
+    let hash = spec_hash(child.object);
+    if written.dynamic_is(md, child.kind, &hash) {
         return Ok(());
     }
     let namespace = md.namespace().unwrap_or_default();
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &route::api_resource());
-    let name = route.metadata.name.clone().unwrap_or_default();
-    let result = api.patch(&name, &apply_params(), &Patch::Apply(route)).await;
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &child.resource);
+    let result = api
+        .patch(&child.name, &apply_params(), &Patch::Apply(child.object))
+        .await;
     match result {
         Ok(_) => {
-            written.remember_route(md, Some(hash));
+            written.remember_dynamic(md, child.kind, Some(hash));
             Ok(())
         }
         Err(source) => {
-            written.remember_route(md, None);
+            written.remember_dynamic(md, child.kind, None);
             Err(Error::Apply {
-                kind: "HTTPRoute (is the Gateway API installed?)".into(),
-                name,
+                kind: format!("{} ({})", child.kind, child.hint),
+                name: child.name,
                 source,
             })
         }

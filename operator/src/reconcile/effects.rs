@@ -16,7 +16,12 @@ use kube::{
 };
 use modelfleet_crds::{ModelDeployment, ModelDeploymentStatus, constants::annotations};
 
-use modelfleet_operator_core::{Controls, build::DesiredObjects, events::EventNote, observed::Observed};
+use modelfleet_operator_core::{
+    Controls,
+    build::{DesiredObjects, pool, route},
+    events::EventNote,
+    observed::Observed,
+};
 
 use crate::{
     Error, Result,
@@ -76,29 +81,55 @@ async fn write_children(ctx: &Context, effects: &Effects<'_>) -> Result<Applied>
         observed: effects.observed,
         written: &ctx.written,
     };
-    let route = async {
-        let Some(route) = &effects.desired.route else {
-            return Ok(());
-        };
-        let result = apply::apply_route(&ctx.client, md, route, &ctx.written).await;
-        if let Err(e) = &result {
-            // Visible in `kubectl describe mdep` (repeats aggregate), not only in the logs.
-            let event = EventNote {
-                warning: true,
-                reason: "HTTPRouteFailed",
-                action: "Apply",
-                note: e.to_string(),
-            };
-            status::publish(&ctx.recorder, md, &event).await;
-        }
-        result
-    };
-    let (applied, route) = futures::join!(apply::apply(target, effects.desired), route);
+    let route = effects.desired.route.as_ref().map(|r| apply::DynamicChild {
+        object: r,
+        name: r.metadata.name.clone().unwrap_or_default(),
+        resource: route::api_resource(),
+        kind: "HTTPRoute",
+        hint: "is the Gateway API installed?",
+    });
+    let pool = effects.desired.pool.as_ref().map(|p| apply::DynamicChild {
+        object: p,
+        name: p.metadata.name.clone().unwrap_or_default(),
+        resource: pool::api_resource(),
+        kind: "InferencePool",
+        hint: "is the Gateway API Inference Extension installed?",
+    });
+    let (applied, route, pool) = futures::join!(
+        apply::apply(target, effects.desired),
+        dynamic_child(ctx, md, route, "HTTPRouteFailed"),
+        dynamic_child(ctx, md, pool, "InferencePoolFailed"),
+    );
     let applied = applied?;
     route?;
+    pool?;
     // A revision is retired only once what replaces it is written.
     apply::retire(&ctx.client, &namespace, &md.name_any(), effects.retire).await?;
     Ok(applied)
+}
+
+/// Applies an optional-API child, if there is one; a failure is also a Warning Event with
+/// `reason`, visible in `kubectl describe mdep` (repeats aggregate), not only in the logs.
+async fn dynamic_child<T: serde::Serialize + std::fmt::Debug>(
+    ctx: &Context,
+    md: &ModelDeployment,
+    child: Option<apply::DynamicChild<'_, T>>,
+    reason: &'static str,
+) -> Result<()> {
+    let Some(child) = child else {
+        return Ok(());
+    };
+    let result = apply::apply_dynamic(&ctx.client, md, child, &ctx.written).await;
+    if let Err(e) = &result {
+        let event = EventNote {
+            warning: true,
+            reason,
+            action: "Apply",
+            note: e.to_string(),
+        };
+        status::publish(&ctx.recorder, md, &event).await;
+    }
+    result
 }
 
 /// Step 2: the status, unless it is what the object already shows.

@@ -317,54 +317,17 @@ async fn least_loaded_picking_keeps_p95_near_the_fast_servers_where_round_robin_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_request_gets_503_at_the_hold_timeout_even_while_the_table_keeps_changing() {
-    use std::sync::Arc;
-
-    use modelfleet_crds::v1alpha1::{ModelTask, RoutingSpec};
-    use modelfleet_router::{
-        config::RouterConfig,
-        keys::KeyStore,
-        load::LoadBoard,
-        proxy, state,
-        table::{ModelEntry, Revision, Table},
-    };
+    use modelfleet_router::{activity::Activity, config::RouterConfig, load::LoadBoard};
 
     // A model with no Ready endpoint: every request is held.
-    let starting = || {
-        Arc::new(Table::new(vec![ModelEntry {
-            namespace: "default".into(),
-            deployment: "emb".into(),
-            served: "emb".into(),
-            aliases: vec![],
-            task: ModelTask::Embedding,
-            stable: Revision::default(),
-            candidate: None,
-            tiers: vec![],
-            routing: RoutingSpec::default(),
-            scales_from_zero: false,
-            idle_period: Duration::from_secs(900),
-            replicas: 1,
-            created: 0,
-        }]))
-    };
-    let (table_tx, table_rx) = tokio::sync::watch::channel(starting());
-    let (_keys_tx, keys_rx) = tokio::sync::watch::channel(Arc::new(KeyStore::default()));
+    let starting = || common::one_model("r1", vec![], false);
     let config = RouterConfig {
         allow_anonymous: true,
         hold_timeout: Duration::from_secs(1),
         ..RouterConfig::default()
     };
-    let router = Arc::new(state::Router::new(
-        config,
-        table_rx,
-        keys_rx,
-        LoadBoard::default(),
-        modelfleet_router::activity::Activity::default(),
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("listen");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, proxy::app(router)).await });
+    let (url, table_tx) =
+        common::hand_driven(config, LoadBoard::default(), Activity::default(), starting()).await;
     // Watch events that change nothing for this model, as pod updates elsewhere would.
     let churn = tokio::spawn(async move {
         for _ in 0..20 {
@@ -373,12 +336,7 @@ async fn a_held_request_gets_503_at_the_hold_timeout_even_while_the_table_keeps_
         }
     });
     let started = Instant::now();
-    let held = post(
-        &format!("http://{addr}/v1/embeddings"),
-        &json!({"model": "emb", "input": "x"}),
-        &[],
-    )
-    .await;
+    let held = post(&url, &json!({"model": "emb", "input": "x"}), &[]).await;
     let waited = started.elapsed();
     churn.abort();
     assert_eq!(held.status, 503, "{:?}", held.body);
@@ -390,12 +348,7 @@ async fn a_held_request_gets_503_at_the_hold_timeout_even_while_the_table_keeps_
     // With discovery gone (the sender dropped), nothing can change: 503 at once, no spinning.
     let _ = churn.await;
     let started = Instant::now();
-    let gone = post(
-        &format!("http://{addr}/v1/embeddings"),
-        &json!({"model": "emb", "input": "x"}),
-        &[],
-    )
-    .await;
+    let gone = post(&url, &json!({"model": "emb", "input": "x"}), &[]).await;
     assert_eq!(gone.status, 503, "{:?}", gone.body);
     assert!(
         started.elapsed() < Duration::from_millis(800),

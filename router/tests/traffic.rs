@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Router, dim, header};
+use common::{Router, dim, endpoint, hand_driven, header, one_model};
 use modelfleet_testkit::server::{ServerProcess, metric_value, post};
 use serde_json::json;
 
@@ -92,68 +92,30 @@ async fn the_primary_at_its_queue_limit_sends_requests_to_the_fallback_and_count
     assert_eq!(counted, f64::from(by_fallback), "{metrics}");
 }
 
-/// A model at zero replicas behind a hand-driven table, as discovery would publish it.
-fn at_zero(
-    endpoints: Vec<modelfleet_router::table::Endpoint>,
-) -> std::sync::Arc<modelfleet_router::table::Table> {
-    use modelfleet_crds::v1alpha1::{ModelTask, RoutingSpec};
-    use modelfleet_router::table::{ModelEntry, Revision, Table};
-    let replicas = i32::try_from(endpoints.len()).unwrap_or(0);
-    std::sync::Arc::new(Table::new(vec![ModelEntry {
-        namespace: "default".into(),
-        deployment: "emb".into(),
-        served: "emb".into(),
-        aliases: vec![],
-        task: ModelTask::Embedding,
-        stable: Revision {
-            name: "r1".into(),
-            version: "1".into(),
-            endpoints,
-        },
-        candidate: None,
-        tiers: vec![],
-        routing: RoutingSpec::default(),
-        scales_from_zero: true,
-        idle_period: std::time::Duration::from_secs(60),
-        replicas,
-        created: 0,
-    }]))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_at_zero_is_woken_its_held_request_served_and_the_cold_start_sets_retry_after() {
-    use std::{sync::Arc, time::Duration};
+    use std::time::Duration;
 
     use modelfleet_router::{
         activity::{self, Activity},
         config::RouterConfig,
-        keys::KeyStore,
         load::LoadBoard,
-        proxy, state,
-        table::Endpoint,
     };
 
     let board = LoadBoard::default();
-    let (table_tx, table_rx) = tokio::sync::watch::channel(at_zero(vec![]));
-    let (_keys_tx, keys_rx) = tokio::sync::watch::channel(Arc::new(KeyStore::default()));
     let (reports_tx, mut reports) = activity::channel();
     let config = RouterConfig {
         allow_anonymous: true,
         hold_timeout: Duration::from_secs(10),
         ..RouterConfig::default()
     };
-    let router = Arc::new(state::Router::new(
+    let (url, table_tx) = hand_driven(
         config,
-        table_rx,
-        keys_rx,
         board.clone(),
         Activity::new(Some(reports_tx)),
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("listen");
-    let url = format!("http://{}/v1/embeddings", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, proxy::app(router)).await });
+        one_model("r1", vec![], true),
+    )
+    .await;
 
     // Unmeasured: a request that cannot wait gets the default cold start as Retry-After.
     let hurried = post(
@@ -177,17 +139,16 @@ async fn a_model_at_zero_is_woken_its_held_request_served_and_the_cold_start_set
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let server = ServerProcess::start(&["--backend=synthetic", "--model-name=emb"]);
-    let endpoint = Endpoint {
-        pod: "emb-0".into(),
-        load: board.entry(server.http),
-    };
-    endpoint.load.report(0, std::time::Instant::now());
-    table_tx.send_replace(at_zero(vec![endpoint]));
+    table_tx.send_replace(one_model(
+        "r1",
+        vec![endpoint(&board, "emb-0", server.http)],
+        true,
+    ));
     let served = first.await.expect("request");
     assert_eq!(served.status, 200, "{:?}", served.body);
 
     // Back at zero: the measured wake (about 1.5 s, rounded up) is the Retry-After now.
-    table_tx.send_replace(at_zero(vec![]));
+    table_tx.send_replace(one_model("r1", vec![], true));
     let again = post(
         &url,
         &json!({"model": "emb", "input": "z"}),
@@ -200,4 +161,51 @@ async fn a_model_at_zero_is_woken_its_held_request_served_and_the_cold_start_set
         (2..=5).contains(&retry),
         "Retry-After {retry} s for a 1.5 s cold start"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_revision_never_answers_from_the_old_revisions_cache() {
+    use modelfleet_router::{activity::Activity, config::RouterConfig, load::LoadBoard};
+
+    let server = ServerProcess::start(&["--backend=synthetic", "--model-name=emb"]);
+    let board = LoadBoard::default();
+    let config = RouterConfig {
+        allow_anonymous: true,
+        ..RouterConfig::default()
+    };
+    let v1 = one_model("v1", vec![endpoint(&board, "emb-v1", server.http)], false);
+    let (url, table_tx) = hand_driven(config, board.clone(), Activity::default(), v1).await;
+    let ask = json!({"model": "emb", "input": "the same words"});
+    assert_eq!(header(&post(&url, &ask, &[]).await, "x-modelfleet-cache"), "miss");
+    let hit = post(&url, &ask, &[]).await;
+    assert_eq!(
+        (
+            header(&hit, "x-modelfleet-cache"),
+            header(&hit, "x-modelfleet-revision")
+        ),
+        ("hit", "v1")
+    );
+    let before = server.metric("modelfleet_inputs_total").await;
+
+    // Version 2 rolled out: the same request reaches a server again, and is cached for v2.
+    table_tx.send_replace(one_model(
+        "v2",
+        vec![endpoint(&board, "emb-v2", server.http)],
+        false,
+    ));
+    let after = post(&url, &ask, &[]).await;
+    assert_eq!(
+        (
+            after.status,
+            header(&after, "x-modelfleet-cache"),
+            header(&after, "x-modelfleet-revision")
+        ),
+        (200, "miss", "v2")
+    );
+    assert_eq!(
+        server.metric("modelfleet_inputs_total").await,
+        before + 1.0,
+        "the server answered"
+    );
+    assert_eq!(header(&post(&url, &ask, &[]).await, "x-modelfleet-cache"), "hit");
 }

@@ -64,6 +64,8 @@ pub struct Snapshot<'a> {
     pub now: Timestamp,
     /// The server image for a spec without `spec.runtime.image`.
     pub default_image: &'a str,
+    /// The model names every ModelDeployment of its namespace claims (empty: none known).
+    pub name_claims: &'a [crate::names::NameClaim],
 }
 
 /// When the operator should look again, besides the watches.
@@ -187,12 +189,14 @@ pub fn decide(snapshot: &Snapshot<'_>) -> Decision {
     };
     let drain_left = plan::drain_after_promotion(md, recorded, snapshot.observed, &mut plan, snapshot.now);
     let report = rollout.as_ref().map(|d| &d.report);
+    let conflict = crate::names::conflict(md, snapshot.name_claims);
     let computed = status::compute(
         md,
         &plan,
         snapshot.observed,
         snapshot.autoscaling,
         report,
+        conflict.as_ref(),
         snapshot.now,
     );
     let why = snapshot.autoscaling.and_then(|o| o.last_reason());

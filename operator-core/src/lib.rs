@@ -20,6 +20,7 @@ pub mod conditions;
 pub mod decide;
 pub mod diagnose;
 pub mod events;
+pub mod names;
 pub mod observed;
 pub mod plan;
 pub mod rollout;

@@ -69,6 +69,7 @@ pub fn compute(
     observed: &Observed,
     autoscaling: Option<&Outcome>,
     rollout: Option<&RolloutReport>,
+    name_conflict: Option<&diagnose::Problem>,
     now: Timestamp,
 ) -> StatusReport {
     let stable_version = observed
@@ -84,7 +85,10 @@ pub fn compute(
         current_ready: observed.revision(&plan.current).map_or(0, |r| r.ready_replicas),
         stable_ready: observed.revision(&plan.stable).map_or(0, |r| r.ready_replicas),
     };
-    let problem = diagnose::diagnose(&observed.pods, &plan.current, i64::from(md.spec.resources.gpus));
+    // The pods' problems first (they stop serving); a model name another ModelDeployment holds
+    // stops requests from reaching this one by that name.
+    let problem = diagnose::diagnose(&observed.pods, &plan.current, i64::from(md.spec.resources.gpus))
+        .or_else(|| name_conflict.cloned());
     let mut said = replica_conditions(&facts, problem.as_ref());
     said.push((Source::Diagnosis, degraded(problem.as_ref())));
     said.extend(autoscaler_conditions(&facts, autoscaling));
@@ -449,6 +453,7 @@ mod tests {
                 md,
                 &plan(1, "a", None, &[]),
                 &Observed::default(),
+                None,
                 None,
                 None,
                 Timestamp::UNIX_EPOCH,

@@ -138,6 +138,7 @@ fn run(name: &str) {
         controls: scenario.controls,
         now: scenario.now,
         default_image: IMAGE,
+        name_claims: &[],
     };
     let decision = decide(&snapshot);
     let golden = Golden {

@@ -1,6 +1,10 @@
 //! What every reconcile shares.
 
-use kube::{Client, runtime::events::Recorder};
+use kube::{
+    Client,
+    runtime::{events::Recorder, reflector::Store},
+};
+use modelfleet_crds::ModelDeployment;
 
 use crate::{
     OperatorConfig, autoscaler::Decisions, backoff::Failures, cache::Index, memory::Written,
@@ -27,6 +31,8 @@ pub struct Context {
     pub written: Written,
     /// Consecutive failures per object, for the retry backoff.
     pub failures: Failures,
+    /// Every ModelDeployment (the controller's cache), for the model names others claim.
+    pub model_deployments: Store<ModelDeployment>,
 }
 
 impl Context {

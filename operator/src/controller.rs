@@ -179,6 +179,7 @@ async fn run_controller(base: Base, shutdown: impl Future<Output = ()> + Send + 
     let pods = watcher::Config::default().labels(labels::DEPLOYMENT);
     let pod_events = indexed(Api::<Pod>::all(client.clone()), pods, children.clone());
 
+    let (md_reader, md_writer) = reflector::store();
     let ctx = Arc::new(Context {
         client: base.client.clone(),
         recorder: base.recorder,
@@ -189,8 +190,8 @@ async fn run_controller(base: Base, shutdown: impl Future<Output = ()> + Send + 
         telemetry: base.telemetry.clone(),
         written: Written::default(),
         failures: Failures::default(),
+        model_deployments: md_reader.clone(),
     });
-    let (md_reader, md_writer) = reflector::store();
     let md_events = model_deployment_events(client, md_writer, md_reader.clone(), ctx.clone());
     let (trigger, triggered) = tokio::sync::mpsc::channel(1024);
     let autoscaler = control::LoopContext {

@@ -115,5 +115,6 @@ pub fn context(client: Client) -> Arc<Context> {
         telemetry: TelemetryStore::default(),
         written: Written::default(),
         failures: Failures::default(),
+        model_deployments: kube::runtime::reflector::store().0,
     })
 }

@@ -22,8 +22,10 @@ const MINUTE: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn examples_without_rollout_steps_become_available_with_their_children() {
-    let (client, ns) = setup("examples").await;
     for file in ["minimal.yaml", "gpu-autoscaled.yaml", "external-hpa.yaml"] {
+        // A namespace each: the examples serve the same model name, which two ModelDeployments
+        // of one namespace cannot share (the younger would be Degraded/ModelNameConflict).
+        let (client, ns) = setup("examples").await;
         let md = create(&client, &example(file, ns.name())).await;
         let name = md.name_any();
         let md = wait_condition(
@@ -427,4 +429,34 @@ async fn assert_children(client: &kube::Client, namespace: &str, name: &str, fil
         .get(name)
         .await
         .expect("exists");
+}
+
+#[tokio::test]
+async fn a_second_model_deployment_claiming_a_served_name_is_degraded_and_says_who_holds_it() {
+    let (client, ns) = setup("names").await;
+    create(&client, &model_deployment("first", ns.name(), CPU_SPEC)).await;
+    wait_condition(&client, ns.name(), "first", "Available", "True", None, MINUTE).await;
+    // Created later, with the same served name `m` (CPU_SPEC's).
+    create(&client, &model_deployment("second", ns.name(), CPU_SPEC)).await;
+    let second = wait_condition(
+        &client,
+        ns.name(),
+        "second",
+        "Degraded",
+        "True",
+        Some("ModelNameConflict"),
+        MINUTE,
+    )
+    .await;
+    let (_, _, message) = condition(&second, "Degraded").expect("reported");
+    assert!(
+        message.contains("\"m\"") && message.contains("first"),
+        "{message}"
+    );
+    let first = wait_condition(&client, ns.name(), "first", "Degraded", "False", None, MINUTE).await;
+    assert_eq!(
+        first.status.and_then(|s| s.phase),
+        Some(Phase::Available),
+        "the older keeps it"
+    );
 }

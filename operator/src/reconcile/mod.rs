@@ -18,7 +18,7 @@ use std::{
 use k8s_openapi::jiff::Timestamp;
 use kube::{ResourceExt, runtime::controller::Action};
 use modelfleet_crds::{ModelDeployment, validate};
-use modelfleet_operator_core::{Controls, Requeue, Snapshot, analysis_due, build, decide};
+use modelfleet_operator_core::{Controls, Requeue, Snapshot, analysis_due, build, decide, names::NameClaim};
 
 use crate::{
     Error, Result,
@@ -65,6 +65,13 @@ async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
     };
     let observed = ctx.children.observe(&key.uid, &key.namespace, &key.name);
     let autoscaling = ctx.decisions.get(&key.uid);
+    let name_claims: Vec<NameClaim> = ctx
+        .model_deployments
+        .state()
+        .iter()
+        .filter(|m| m.namespace().as_deref() == Some(key.namespace.as_str()))
+        .map(|m| NameClaim::of(m))
+        .collect();
     let mut snapshot = Snapshot {
         md: &md,
         observed: &observed,
@@ -73,6 +80,7 @@ async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
         controls: Controls::of(&md),
         now: Timestamp::now(),
         default_image: &ctx.config.default_image,
+        name_claims: &name_claims,
     };
     let analysis = match analysis_due(&snapshot) {
         Some(due) => Some(

@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "proto/inference/grpc_predict_v2.proto",
     "proto/modelfleet/telemetry/v1/telemetry.proto",
     "proto/kubelet/podresources/v1/api.proto",
+    "proto/envoy/service/ext_proc/v3/ext_proc.proto",
 ];
 
 /// The Open Inference Protocol file, as protox names it (relative to the include dir).

@@ -88,7 +88,7 @@ pub mod headers {
 pub mod router_ports {
     /// OpenAI-compatible HTTP (`--http-port`).
     pub const HTTP: u16 = 8000;
-    /// Envoy ext_proc gRPC: the Endpoint Picker (`--epp-port`), the port Gateway API Inference
+    /// Envoy ext_proc gRPC: the Endpoint Picker (`--epp-addr`), the port Gateway API Inference
     /// Extension pickers use.
     pub const EPP: u16 = 9002;
     /// Prometheus `/metrics`, `/healthz`, `/readyz` (`--metrics-port`).

@@ -5,6 +5,9 @@
 //! - [`telemetry`]: `modelfleet.telemetry.v1.Telemetry`, the NodeReport stream from the node
 //!   agents to the operator.
 //! - [`podresources`]: the part of the kubelet PodResources v1 API the node agent calls.
+//! - [`ext_proc`]: the part of Envoy's external processing v3 API
+//!   (`envoy.service.ext_proc.v3.ExternalProcessor`) the router serves as a Gateway API
+//!   Inference Extension Endpoint Picker; the client is generated too, for tests.
 //!
 //! [`OIP_FILE_DESCRIPTOR_SET`] holds the encoded descriptor of the inference protocol alone, for
 //! gRPC server reflection.
@@ -44,6 +47,19 @@ pub mod telemetry {
 )]
 pub mod podresources {
     tonic::include_proto!("v1");
+}
+
+/// Envoy external processing v3 (`Process` only), package `envoy.service.ext_proc.v3`. The
+/// messages Envoy keeps in other packages (`envoy.config.core.v3`, `google.protobuf.Struct`, ...)
+/// are declared in this package: the wire format does not carry message names.
+#[allow(
+    missing_debug_implementations,
+    clippy::all,
+    clippy::pedantic,
+    reason = "generated code"
+)]
+pub mod ext_proc {
+    tonic::include_proto!("envoy.service.ext_proc.v3");
 }
 
 #[cfg(test)]
@@ -132,6 +148,26 @@ mod tests {
         assert_eq!(decoded.inputs[0].shape, [2]);
         assert_eq!(&decoded.raw_input_contents[0][..4], 5u32.to_le_bytes());
         assert_eq!(&decoded.raw_input_contents[0][4..9], b"hello");
+    }
+
+    #[test]
+    fn ext_proc_fields_carry_envoys_numbers() {
+        use super::ext_proc::{
+            HeaderValue, ImmediateResponse, ProcessingResponse, Struct, processing_response::Response,
+        };
+        // HeaderValue.raw_value is field 3 (tag 0x1a): what Envoy reads in set_headers.
+        let header = HeaderValue {
+            key: "k".into(),
+            value: String::new(),
+            raw_value: b"v".to_vec(),
+        };
+        assert_eq!(header.encode_to_vec(), [0x0a, 0x01, b'k', 0x1a, 0x01, b'v']);
+        // ProcessingResponse: immediate_response is field 7 (tag 0x3a), dynamic_metadata 8 (0x42).
+        let response = ProcessingResponse {
+            response: Some(Response::ImmediateResponse(ImmediateResponse::default())),
+            dynamic_metadata: Some(Struct::default()),
+        };
+        assert_eq!(response.encode_to_vec(), [0x3a, 0x00, 0x42, 0x00]);
     }
 
     /// The parts of `google.protobuf.FileDescriptorSet` the test reads (prost skips the rest).

@@ -97,6 +97,17 @@ impl Activity {
     pub fn cold_start(&self, model: &str) -> Option<Duration> {
         crate::state::lock(&self.cold_starts).get(model).copied()
     }
+
+    /// The `Retry-After` of a request for `model` that found no replica and could not wait:
+    /// its measured cold start (rounded up, [`UNMEASURED_COLD_START`] before one) when it scales
+    /// from zero, else 5 s.
+    pub fn retry_after(&self, model: &ModelEntry) -> Duration {
+        if !model.scales_from_zero {
+            return Duration::from_secs(5);
+        }
+        let cold = self.cold_start(&model.key()).unwrap_or(UNMEASURED_COLD_START);
+        Duration::from_secs(cold.as_secs_f64().ceil().max(1.0) as u64)
+    }
 }
 
 /// Writes each report's annotation until the channel closes.

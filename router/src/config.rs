@@ -71,6 +71,10 @@ pub struct Cli {
     /// `json` (one object per line) or `text`.
     #[arg(long, env = "MODELFLEET_ROUTER_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     pub log_format: String,
+    /// Also serve the Endpoint Picker here: Envoy ext_proc gRPC for a Gateway API Inference
+    /// Extension InferencePool (port 9002 by convention; docs/router-epp.md). Unset: off.
+    #[arg(long, env = "MODELFLEET_ROUTER_EPP_ADDR")]
+    pub epp_addr: Option<SocketAddr>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

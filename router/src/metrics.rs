@@ -76,6 +76,8 @@ pub struct Metrics {
     pub held: Family<ModelLabel, Gauge>,
     /// Requests answered by a fallback model.
     pub fallbacks: Family<FallbackLabels, Counter>,
+    /// The Endpoint Picker's decisions.
+    pub epp: EppMetrics,
     /// Bytes in the response cache.
     pub cache_bytes: Gauge,
 }
@@ -125,6 +127,8 @@ impl Default for Metrics {
             Unit::Bytes,
             cache_bytes.clone(),
         );
+        let epp = EppMetrics::default();
+        epp.register(&mut registry);
         Self {
             registry: Arc::new(registry),
             requests,
@@ -135,6 +139,7 @@ impl Default for Metrics {
             held,
             fallbacks,
             cache_bytes,
+            epp,
         }
     }
 }
@@ -153,5 +158,43 @@ impl Metrics {
         ModelLabel {
             model: key.to_owned(),
         }
+    }
+}
+
+/// `modelfleet_router_epp_decisions_total{result}`: what the Endpoint Picker answered. Picks are
+/// also counted in `modelfleet_router_picks_total`, as on the HTTP path; this adds the refusals.
+/// One Endpoint Picker decision's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EppDecisionLabels {
+    /// `picked`, or the refusal's error code (`model_not_found`, `model_unavailable`,
+    /// `model_overloaded`, `invalid_request`, `request_too_large`, `picker_misconfigured`).
+    pub result: &'static str,
+}
+
+/// The picker's metrics; cheap to clone (clones count into the same series).
+#[derive(Debug, Clone, Default)]
+pub struct EppMetrics {
+    /// Decisions by result.
+    pub decisions: Family<EppDecisionLabels, Counter>,
+}
+
+impl EppMetrics {
+    /// Adds the picker's families to `registry` (the router's, prefixed `modelfleet_router`).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "epp_decisions",
+            "Endpoint Picker decisions by result",
+            self.decisions.clone(),
+        );
+    }
+
+    /// Counts one decision.
+    pub fn count(&self, result: &'static str) {
+        self.decisions.get_or_create(&EppDecisionLabels { result }).inc();
+    }
+
+    /// Decisions with `result` so far.
+    pub fn get(&self, result: &'static str) -> u64 {
+        self.decisions.get_or_create(&EppDecisionLabels { result }).get()
     }
 }

@@ -44,6 +44,8 @@ pub struct Running {
     pub http_addr: SocketAddr,
     /// The metrics and health address.
     pub metrics_addr: SocketAddr,
+    /// The Endpoint Picker's address (`--epp-addr`), if it serves one.
+    pub epp_addr: Option<SocketAddr>,
     /// The shared state.
     pub router: Arc<Router>,
     /// Ends when the API has drained.
@@ -135,6 +137,20 @@ pub async fn start(
         );
         tokio::time::sleep(drain_delay).await;
     };
+    let epp_addr = match cli.epp_addr {
+        Some(addr) => {
+            let (listener, local) = bind(addr).await?;
+            let epp = crate::epp::serve(listener, router.clone(), router.metrics.epp.clone());
+            tokio::spawn(async move {
+                if let Err(e) = epp.await {
+                    tracing::error!(error = %e, "the Endpoint Picker stopped");
+                }
+            });
+            tracing::info!(addr = %local, "Endpoint Picker (ext_proc) listening");
+            Some(local)
+        }
+        None => None,
+    };
     let app = proxy::app(router.clone());
     let served = tokio::spawn(async move {
         let _ = axum::serve(api, app).with_graceful_shutdown(stop).await;
@@ -143,6 +159,7 @@ pub async fn start(
     Ok(Running {
         http_addr,
         metrics_addr,
+        epp_addr,
         router,
         served,
     })

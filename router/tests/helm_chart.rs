@@ -170,6 +170,7 @@ fn the_chart_runs_two_routers_on_the_documented_ports() {
         "--max-body-bytes=8388608",
         "--drain-delay=5s",
         "--log-format=json",
+        "--epp-addr=0.0.0.0:9002",
     ] {
         assert!(args.iter().any(|a| a == flag), "{flag} in {args:?}");
     }
@@ -185,7 +186,14 @@ fn the_chart_runs_two_routers_on_the_documented_ports() {
         .flatten()
         .map(|p| (p.name.clone().unwrap_or_default(), p.container_port))
         .collect();
-    assert_eq!(ports, [("http".to_owned(), 8000), ("metrics".to_owned(), 9090)]);
+    assert_eq!(
+        ports,
+        [
+            ("http".to_owned(), 8000),
+            ("metrics".to_owned(), 9090),
+            ("epp".to_owned(), 9002)
+        ]
+    );
     for (probe, path) in [
         (container.liveness_probe.as_ref(), "/healthz"),
         (container.readiness_probe.as_ref(), "/readyz"),
@@ -235,6 +243,7 @@ fn the_service_and_pdb_select_the_router_pods_only() {
         [
             ("http".to_owned(), 80, Value::from("http")),
             ("metrics".to_owned(), 9090, Value::from("metrics")),
+            ("epp".to_owned(), 9002, Value::from("epp")),
         ]
     );
 

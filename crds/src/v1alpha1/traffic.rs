@@ -26,8 +26,9 @@ pub struct TrafficSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InferencePoolTraffic {
-    /// The Endpoint Picker Service in this namespace (`modelfleet-router --epp-port`, or any
-    /// Gateway API Inference Extension picker).
+    /// The Endpoint Picker Service in this namespace (`modelfleet-router --epp-addr`: the
+    /// chart's `modelfleet-router` Service, port 9002; or any Gateway API Inference Extension
+    /// picker).
     pub endpoint_picker: EndpointPickerRef,
 }
 

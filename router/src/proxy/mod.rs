@@ -467,15 +467,7 @@ fn after_try(attempt: Result<Response, TryError>, retry_left: bool) -> Next {
 /// 503 for a model without a Ready replica; a model that scales from zero says to come back
 /// after its measured cold start.
 fn unavailable(router: &Router, model: &ModelEntry, why: &str) -> Refusal {
-    let retry_after = if model.scales_from_zero {
-        let cold = router
-            .activity
-            .cold_start(&model.key())
-            .unwrap_or(crate::activity::UNMEASURED_COLD_START);
-        Duration::from_secs(cold.as_secs_f64().ceil().max(1.0) as u64)
-    } else {
-        Duration::from_secs(5)
-    };
+    let retry_after = router.activity.retry_after(model);
     Refusal::Unavailable {
         message: format!("model {} has no Ready replica: {why}", model.served),
         retry_after,

@@ -39,12 +39,22 @@ run() { # name url loadgen-args...
     --json-out "$dir/$name.json" "$@" >/dev/null
 }
 field() { python3 -c "import json,sys; r=json.load(open('$dir/$1.json')); print($2)"; }
+# CPU seconds (user + system) a process has used so far.
+cpu() { awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
 echo "open loop at $RATE req/s, ${SECONDS_PER}s each..." >&2
-run direct-open "http://127.0.0.1:$PORT" --mode open --rate "$RATE"
-run router-open "http://127.0.0.1:$((PORT + 10))" --mode open --rate "$RATE"
+# --timer sleep: a spinning generator would keep one of the two cores busy and leave the server
+# and the router to share the other. Sleeping, it sends up to ~2 ms late (counted as latency, the
+# same on both paths).
+run direct-open "http://127.0.0.1:$PORT" --mode open --rate "$RATE" --timer sleep
+run router-open "http://127.0.0.1:$((PORT + 10))" --mode open --rate "$RATE" --timer sleep
 echo "closed loop with $CONCURRENCY clients, ${SECONDS_PER}s each..." >&2
 run direct-closed "http://127.0.0.1:$PORT" --concurrency "$CONCURRENCY"
+server_cpu0=$(cpu "${pids[0]}")
+run direct-closed-cpu "http://127.0.0.1:$PORT" --concurrency "$CONCURRENCY"
+server_cpu=$(python3 -c "print($(cpu "${pids[0]}") - $server_cpu0)")
+router_cpu0=$(cpu "${pids[1]}")
 run router-closed "http://127.0.0.1:$((PORT + 10))" --concurrency "$CONCURRENCY"
+router_cpu=$(python3 -c "print($(cpu "${pids[1]}") - $router_cpu0)")
 echo
 echo "| path | open loop $RATE req/s: p50 / p99 (ms) | non-2xx or errors | closed loop $CONCURRENCY clients: req/s | p99 (ms) |"
 echo "|---|---|---|---|---|"
@@ -58,4 +68,14 @@ echo "added by the router at $RATE req/s: p50 $(python3 -c "
 import json
 d=json.load(open('$dir/direct-open.json'))['latency_ms']; r=json.load(open('$dir/router-open.json'))['latency_ms']
 print('%.3f ms, p99 %.3f ms' % (r['p50']-d['p50'], r['p99']-d['p99']))")"
+python3 - "$dir" "$server_cpu" "$router_cpu" <<'PY'
+import json, sys
+def per_request(name, cpu_s):
+    r = json.load(open(f"{sys.argv[1]}/{name}.json"))
+    # The warm-up's requests ran on the same CPU clock: count them at the measured rate.
+    return float(cpu_s) / (r["completed"] * (1 + 2.0 / r["duration_s"])) * 1e6
+server, router = per_request("direct-closed-cpu", sys.argv[2]), per_request("router-closed", sys.argv[3])
+print(f"CPU per request (closed loop, user + system): server {server:.1f} us, router {router:.1f} us")
+print(f"-> one router alone on 2 cores: about {2e6 / router:,.0f} req/s")
+PY
 echo "router peak memory: $(grep VmHWM /proc/${pids[1]}/status | awk '{print $2/1024}') MiB"

@@ -3,7 +3,7 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{extract::State, http::StatusCode, routing::get};
+use axum::{extract::State, http::StatusCode, routing::get, serve::ListenerExt};
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
@@ -152,6 +152,13 @@ pub async fn start(
         None => None,
     };
     let app = proxy::app(router.clone());
+    // Answers go out at once: with Nagle on, a small answer could wait for the client's delayed
+    // ACK (tens of ms).
+    let api = api.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let served = tokio::spawn(async move {
         let _ = axum::serve(api, app).with_graceful_shutdown(stop).await;
         tracing::info!("drained");

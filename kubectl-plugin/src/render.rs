@@ -185,6 +185,9 @@ pub fn status_tree(md: &ModelDeployment, now: Timestamp) -> String {
         );
         sections.push((format!("autoscaler desired {}{last}", a.desired_replicas), lines));
     }
+    if let Some(r) = &status.routing {
+        sections.push(routing_section(r, now));
+    }
     sections.push((
         "conditions".into(),
         status
@@ -204,6 +207,24 @@ pub fn status_tree(md: &ModelDeployment, now: Timestamp) -> String {
         }
     }
     out
+}
+
+/// `status.routing` as one line: what the routers saw of this model.
+fn routing_section(r: &modelfleet_crds::v1alpha1::RoutingStatus, now: Timestamp) -> (String, Vec<String>) {
+    let ratio = r
+        .cache_hit_ratio
+        .map_or_else(|| "-".to_string(), |x| format!("{:.1}%", x * 100.0));
+    let last = r
+        .last_request_time
+        .as_ref()
+        .map_or_else(|| "never".to_string(), |t| ago(t.0, now));
+    (
+        format!(
+            "router    {} requests from {} routers, cache hit ratio {ratio}, {} fallbacks, {} held, last request {last}",
+            r.requests, r.routers, r.fallbacks, r.held_requests
+        ),
+        Vec::new(),
+    )
 }
 
 #[cfg(test)]
@@ -236,6 +257,7 @@ status:
     history:
       - {time: "2026-12-01T10:39:00Z", from: 2, to: 4, reason: "queueDepthPerReplica 31.2 > 16"}
       - {time: "2026-12-01T10:41:00Z", from: 4, to: 5, reason: "queueDepthPerReplica 19 > 16"}
+  routing: {routers: 2, requests: 1200, cacheHitRatio: 0.255, fallbacks: 3, heldRequests: 0, lastRequestTime: "2026-12-01T10:41:59Z"}
   conditions:
     - {type: Available, status: "False", reason: RevisionRollingOut, message: "revision a1b2c3d is rolling out", lastTransitionTime: "2026-12-01T10:38:00Z"}
 "#;
@@ -255,6 +277,7 @@ ModelDeployment search/minilm: Progressing, 5/5 ready (model all-MiniLM-L6-v2 ve
 │  ├─ queueDepthPerReplica 15.2 (target 16)
 │  ├─ 1m0s ago 4 → 5: queueDepthPerReplica 19 > 16
 │  └─ 3m0s ago 2 → 4: queueDepthPerReplica 31.2 > 16
+├─ router    1200 requests from 2 routers, cache hit ratio 25.5%, 3 fallbacks, 0 held, last request 1s ago
 └─ conditions
    └─ Available False RevisionRollingOut: revision a1b2c3d is rolling out
 ";

@@ -119,3 +119,56 @@ async fn the_leader_acks_reports_and_closes_streams_when_it_loses_the_lease() {
     assert_eq!(end.expect_err("closed with a status").code(), Code::Unavailable);
     drop(tx);
 }
+
+#[tokio::test]
+async fn router_reports_are_authenticated_acked_and_summed_into_status_routing() {
+    use modelfleet_proto::telemetry::{ModelDemand, RouterReport};
+
+    let hub = hub(true).await;
+    let mut client = TelemetryClient::connect(hub.url.clone()).await.expect("connect");
+    let demand = |requests, hits| ModelDemand {
+        namespace: "team".into(),
+        deployment: "emb".into(),
+        requests,
+        held: 0,
+        cache_hits: hits,
+        cache_misses: 2,
+        fallbacks: 1,
+        last_request_unix_ms: 1_800_000_000_000,
+    };
+    for (router, requests, hits) in [("router-a", 10, 2), ("router-b", 30, 6)] {
+        let (tx, rx) = mpsc::channel(4);
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        request
+            .metadata_mut()
+            .insert("authorization", "Bearer good".parse().expect("metadata"));
+        tx.send(RouterReport {
+            router: router.into(),
+            sequence: 7,
+            interval_ms: 5000,
+            models: vec![demand(requests, hits)],
+            ..Default::default()
+        })
+        .await
+        .expect("queue");
+        let mut acks = client
+            .router_report(request)
+            .await
+            .expect("accepted")
+            .into_inner();
+        assert_eq!(acks.message().await.expect("ack").map(|a| a.sequence), Some(7));
+    }
+    let routing = hub
+        .store
+        .routing("team", "emb", std::time::Instant::now())
+        .expect("both routers reported");
+    assert_eq!((routing.routers, routing.requests, routing.fallbacks), (2, 40, 2));
+    assert_eq!(routing.cache_hit_ratio, Some(0.667), "8 hits of 12 cacheable");
+
+    // Without a good token: refused like a node agent.
+    let (_tx, rx) = mpsc::channel::<RouterReport>(1);
+    let refused = client
+        .router_report(tonic::Request::new(ReceiverStream::new(rx)))
+        .await;
+    assert_eq!(refused.expect_err("refused").code(), Code::Unauthenticated);
+}

@@ -38,12 +38,42 @@ pub struct Report {
     pub name: String,
 }
 
-/// When each model was last reported, and its measured cold starts.
+/// What this router saw of one model since it started (the `ModelDemand` of its reports to the
+/// operator: cumulative, so a lost report loses nothing).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Demand {
+    /// Requests that named it.
+    pub requests: u64,
+    /// Cacheable requests answered from the cache.
+    pub cache_hits: u64,
+    /// Cacheable requests that were not.
+    pub cache_misses: u64,
+    /// Requests its fallback answered instead.
+    pub fallbacks: u64,
+    /// When the newest request arrived, Unix milliseconds.
+    pub last_request_unix_ms: i64,
+}
+
+/// What a counted event was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// A request named the model.
+    Request,
+    /// A cache lookup for it hit.
+    CacheHit,
+    /// A cache lookup for it missed.
+    CacheMiss,
+    /// Its fallback answered a request for it.
+    Fallback,
+}
+
+/// When each model was last reported, its measured cold starts, and its demand.
 #[derive(Debug, Default)]
 pub struct Activity {
     reports: Option<mpsc::Sender<Report>>,
     last: Mutex<HashMap<String, Instant>>,
     cold_starts: Mutex<HashMap<String, Duration>>,
+    demand: Mutex<HashMap<(String, String), Demand>>,
 }
 
 impl Activity {
@@ -80,6 +110,29 @@ impl Activity {
         if reports.try_send(report).is_err() {
             tracing::warn!(model = %model.key(), "activity report dropped: the writer is behind");
         }
+    }
+
+    /// Counts `what` for `model`.
+    pub fn count(&self, model: &ModelEntry, what: Seen) {
+        let mut demand = crate::state::lock(&self.demand);
+        let d = demand
+            .entry((model.namespace.clone(), model.deployment.clone()))
+            .or_default();
+        match what {
+            Seen::Request => {
+                d.requests += 1;
+                d.last_request_unix_ms = k8s_openapi::jiff::Timestamp::now().as_millisecond();
+            }
+            Seen::CacheHit => d.cache_hits += 1,
+            Seen::CacheMiss => d.cache_misses += 1,
+            Seen::Fallback => d.fallbacks += 1,
+        }
+    }
+
+    /// Every model's demand so far: `(namespace, deployment)` → counts.
+    pub fn demand(&self) -> Vec<((String, String), Demand)> {
+        let demand = crate::state::lock(&self.demand);
+        demand.iter().map(|(k, d)| (k.clone(), d.clone())).collect()
     }
 
     /// A held request of `model` got a replica after `waited`.

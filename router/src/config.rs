@@ -75,6 +75,25 @@ pub struct Cli {
     /// Extension InferencePool (port 9002 by convention; docs/router-epp.md). Unset: off.
     #[arg(long, env = "MODELFLEET_ROUTER_EPP_ADDR")]
     pub epp_addr: Option<SocketAddr>,
+    /// The operator's telemetry hub (e.g. http://modelfleet-telemetry.modelfleet-system:9500):
+    /// what this replica saw per ModelDeployment streams there every --report-interval and
+    /// becomes status.routing. Unset: no reports.
+    #[arg(long, env = "MODELFLEET_ROUTER_OPERATOR_URL")]
+    pub operator_url: Option<String>,
+    /// Projected service-account token (audience modelfleet-operator) sent to the hub, re-read at
+    /// each connect.
+    #[arg(
+        long,
+        env = "MODELFLEET_ROUTER_TOKEN_FILE",
+        default_value = "/var/run/secrets/modelfleet/token"
+    )]
+    pub token_file: PathBuf,
+    /// How often a report goes to the hub.
+    #[arg(long, env = "MODELFLEET_ROUTER_REPORT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub report_interval: Duration,
+    /// This replica's name in its reports (the pod's name; the hub keeps one report per name).
+    #[arg(long, env = "POD_NAME", default_value = "modelfleet-router")]
+    pub pod_name: String,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -2,7 +2,7 @@
 //!
 //! Layout (docs/router.md): the decisions ([`table`], [`from_kube`], [`route`], [`pick`],
 //! [`limits`], [`keys`], [`cache`]) are pure and tested from fixtures; the I/O ([`discovery`],
-//! [`scrape`], [`proxy`], [`serve`], [`epp`], [`activity`]) sits at the edges in small functions.
+//! [`scrape`], [`proxy`], [`serve`], [`epp`], [`activity`], [`report`]) sits at the edges in small functions.
 
 pub mod activity;
 pub mod cache;
@@ -16,6 +16,7 @@ pub mod load;
 pub mod metrics;
 pub mod pick;
 pub mod proxy;
+pub mod report;
 pub mod route;
 pub mod scrape;
 pub mod serve;

@@ -111,6 +111,15 @@ pub async fn start(
                 },
             ));
             tokio::spawn(scrape::run(router.clone(), cli.scrape_interval));
+            if let Some(url) = &cli.operator_url {
+                let config = crate::report::ReportConfig {
+                    url: url.clone(),
+                    token_file: cli.token_file.clone(),
+                    interval: cli.report_interval,
+                    router: cli.pod_name.clone(),
+                };
+                tokio::spawn(crate::report::run(router.clone(), config));
+            }
         }
     }
     let (api, http_addr) = bind(cli.http_addr).await?;

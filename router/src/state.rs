@@ -144,6 +144,11 @@ impl Router {
         })
     }
 
+    /// Requests of `model` (`namespace/name`) held now.
+    pub fn held(&self, model: &str) -> usize {
+        lock(&self.held).get(model).copied().unwrap_or(0)
+    }
+
     /// Discovery has listed everything once.
     pub fn set_synced(&self) {
         self.synced.store(true, Ordering::Relaxed);

@@ -171,6 +171,8 @@ fn the_chart_runs_two_routers_on_the_documented_ports() {
         "--drain-delay=5s",
         "--log-format=json",
         "--epp-addr=0.0.0.0:9002",
+        "--operator-url=http://modelfleet-telemetry.modelfleet-system.svc:9091",
+        "--token-file=/var/run/secrets/modelfleet/token",
     ] {
         assert!(args.iter().any(|a| a == flag), "{flag} in {args:?}");
     }
@@ -206,6 +208,13 @@ fn the_chart_runs_two_routers_on_the_documented_ports() {
             "{path} on the metrics port"
         );
     }
+    // The report stream's credential: a projected token for the operator's hub.
+    let token = serde_json::to_value(&pod.volumes).expect("volumes");
+    assert_eq!(
+        token[0]["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+        "modelfleet-operator",
+        "{token}"
+    );
     let security = container.security_context.expect("a container securityContext");
     assert_eq!(security.read_only_root_filesystem, Some(true));
     assert_eq!(security.allow_privilege_escalation, Some(false));

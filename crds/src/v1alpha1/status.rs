@@ -54,8 +54,8 @@ pub struct ModelDeploymentStatus {
     /// What the built-in autoscaler sees and decided (only with `spec.scaling`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingStatus>,
-    /// What the modelfleet routers reported for this model (in progress, issue #17: not
-    /// written yet).
+    /// What the modelfleet routers reported for this model (summed over the replicas that
+    /// stream to the operator's telemetry hub; refreshed at most every 30 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routing: Option<RoutingStatus>,
     /// Available, Progressing, Degraded, ScalingLimited and MetricsAvailable, kstatus style.

@@ -91,7 +91,13 @@ async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
         None => None,
     };
     snapshot.analysis = analysis.as_deref();
-    let decision = decide(&snapshot);
+    let mut decision = decide(&snapshot);
+    // What the routers report, as it stands (refreshed at most every 30 s, so traffic does not
+    // turn every reconcile into a status write).
+    decision.status.routing = ctx
+        .telemetry
+        .routing(&key.namespace, &key.name, std::time::Instant::now());
+    let routed = decision.status.routing.is_some();
     let desired = build::build(&md, &decision.plan, &observed, &ctx.config.default_image);
     ctx.metrics.decision.observe(own_time.elapsed().as_secs_f64());
     let effects = Effects {
@@ -109,7 +115,12 @@ async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
         awaiting_cache = applied.awaiting_cache,
         "children applied"
     );
-    Ok(next_action(ctx, decision.requeue, applied.awaiting_cache > 0))
+    Ok(next_action(
+        ctx,
+        decision.requeue,
+        applied.awaiting_cache > 0,
+        routed,
+    ))
 }
 
 /// Who a reconcile is about.
@@ -173,11 +184,18 @@ fn analysis_env<'a>(ctx: &'a Context, key: &'a Key) -> AnalysisEnv<'a> {
 
 /// When to look again: as the decision says, and soon while a write of ours has yet to show in
 /// the cache (past [`CACHE_LAG_LIMIT`](crate::memory::CACHE_LAG_LIMIT) it is written again).
-fn next_action(ctx: &Context, requeue: Requeue, awaiting_cache: bool) -> Action {
-    let after = match requeue {
+fn next_action(ctx: &Context, requeue: Requeue, awaiting_cache: bool, routed: bool) -> Action {
+    let mut after = match requeue {
         Requeue::AfterSeconds(seconds) => Duration::from_secs(seconds).min(SOON),
         Requeue::Soon => SOON,
         Requeue::Resync => ctx.config.resync,
     };
-    Action::requeue(if awaiting_cache { after.min(SOON) } else { after })
+    if awaiting_cache {
+        after = after.min(SOON);
+    }
+    // Routers report this model: look again when the published counts may refresh.
+    if routed {
+        after = after.min(crate::telemetry::routers::STATUS_REFRESH);
+    }
+    Action::requeue(after)
 }

@@ -69,66 +69,54 @@ impl Hub {
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<ReportAck, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl Telemetry for Hub {
-    type ReportStream = AckStream;
-    type RouterReportStream = AckStream;
-
-    async fn router_report(
-        &self,
-        _request: Request<Streaming<RouterReport>>,
-    ) -> Result<Response<AckStream>, Status> {
-        Err(Status::unimplemented("router reports are not accepted yet"))
-    }
-
-    async fn report(&self, request: Request<Streaming<NodeReport>>) -> Result<Response<AckStream>, Status> {
+impl Hub {
+    /// The caller's user once it may stream: this replica leads and the token is good.
+    async fn admit(&self, metadata: &tonic::metadata::MetadataMap) -> Result<String, Status> {
         if !*self.leading.borrow() {
             return Err(Status::unavailable(
                 "this operator replica is not the leader; reconnect to reach the leader",
             ));
         }
-        let authorization = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        let user = match self.auth.authenticate(authorization).await {
-            Ok(user) => user,
-            Err(e) => {
-                self.metrics.telemetry_rejected(e.category());
-                tracing::warn!(category = e.category(), error = %e, "telemetry stream refused");
-                return Err(match e {
-                    crate::telemetry::auth::AuthError::Review(_) => Status::unavailable(e.to_string()),
-                    _ => Status::unauthenticated(e.to_string()),
-                });
+        let authorization = metadata.get("authorization").and_then(|v| v.to_str().ok());
+        self.auth.authenticate(authorization).await.map_err(|e| {
+            self.metrics.telemetry_rejected(e.category());
+            tracing::warn!(category = e.category(), error = %e, "telemetry stream refused");
+            match e {
+                crate::telemetry::auth::AuthError::Review(_) => Status::unavailable(e.to_string()),
+                _ => Status::unauthenticated(e.to_string()),
             }
-        };
-        let mut reports = request.into_inner();
+        })
+    }
+
+    /// Acknowledges every report of `reports` after `take` handled it (it returns the
+    /// sequence to ack), until the stream ends or this replica stops leading.
+    fn pump<R: Send + 'static>(
+        &self,
+        mut reports: Streaming<R>,
+        what: &'static str,
+        mut take: impl FnMut(R) -> u64 + Send + 'static,
+    ) -> AckStream {
         let (tx, rx) = mpsc::channel(4);
-        let (store, metrics, mut leading) = (self.store.clone(), self.metrics.clone(), self.leading.clone());
+        let (metrics, mut leading) = (self.metrics.clone(), self.leading.clone());
         tokio::spawn(async move {
             metrics.telemetry_streams.inc();
-            let mut node = String::new();
             loop {
                 tokio::select! {
                     next = reports.next() => match next {
                         Some(Ok(report)) => {
-                            if node.is_empty() {
-                                node.clone_from(&report.node);
-                                tracing::info!(%node, %user, "telemetry stream open");
-                            }
-                            store.ingest(&report, Instant::now());
+                            let sequence = take(report);
                             metrics.telemetry_reports.inc();
-                            if tx.send(Ok(ReportAck { sequence: report.sequence })).await.is_err() {
+                            if tx.send(Ok(ReportAck { sequence })).await.is_err() {
                                 break;
                             }
                         }
                         Some(Err(status)) => {
-                            tracing::debug!(%node, error = %status, "telemetry stream broke");
+                            tracing::debug!(what, error = %status, "telemetry stream broke");
                             break;
                         }
                         None => break,
                     },
-                    // Losing the Lease closes the stream so the agent finds the new leader.
+                    // Losing the Lease closes the stream so the sender finds the new leader.
                     lost = async { leading.wait_for(|l| !*l).await.is_ok() } => {
                         if lost {
                             let _ = tx.send(Err(Status::unavailable("leadership lost; reconnect"))).await;
@@ -138,8 +126,44 @@ impl Telemetry for Hub {
                 }
             }
             metrics.telemetry_streams.dec();
-            tracing::info!(%node, "telemetry stream closed");
+            tracing::info!(what, "telemetry stream closed");
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Box::pin(ReceiverStream::new(rx))
+    }
+}
+
+#[tonic::async_trait]
+impl Telemetry for Hub {
+    type ReportStream = AckStream;
+    type RouterReportStream = AckStream;
+
+    async fn router_report(
+        &self,
+        request: Request<Streaming<RouterReport>>,
+    ) -> Result<Response<AckStream>, Status> {
+        let user = self.admit(request.metadata()).await?;
+        tracing::info!(%user, "router report stream open");
+        let store = self.store.clone();
+        let acks = self.pump(request.into_inner(), "router", move |report: RouterReport| {
+            let sequence = report.sequence;
+            store.ingest_router(report, Instant::now());
+            sequence
+        });
+        Ok(Response::new(acks))
+    }
+
+    async fn report(&self, request: Request<Streaming<NodeReport>>) -> Result<Response<AckStream>, Status> {
+        let user = self.admit(request.metadata()).await?;
+        let store = self.store.clone();
+        let mut node = String::new();
+        let acks = self.pump(request.into_inner(), "node", move |report: NodeReport| {
+            if node.is_empty() {
+                node.clone_from(&report.node);
+                tracing::info!(%node, %user, "telemetry stream open");
+            }
+            store.ingest(&report, Instant::now());
+            report.sequence
+        });
+        Ok(Response::new(acks))
     }
 }

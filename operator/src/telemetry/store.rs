@@ -11,7 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use modelfleet_proto::telemetry::NodeReport;
+use modelfleet_proto::telemetry::{NodeReport, RouterReport};
+
+use crate::telemetry::routers::RouterReports;
 
 /// Samples older than this are dropped from a pod's window.
 pub const WINDOW: Duration = Duration::from_secs(30);
@@ -83,6 +85,8 @@ type DeploymentKey = (String, String);
 struct Inner {
     /// Pods grouped by their ModelDeployment, so aggregation reads only that group.
     deployments: HashMap<DeploymentKey, HashMap<String, PodWindow>>,
+    /// The routers' latest reports.
+    routers: RouterReports,
     /// Node → when its last report arrived.
     nodes: HashMap<String, Instant>,
 }
@@ -161,9 +165,27 @@ impl TelemetryStore {
         }
     }
 
-    /// Drops pods and nodes not heard of for five minutes.
+    /// Records one router report received at `now`.
+    pub fn ingest_router(&self, report: RouterReport, now: Instant) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.routers.ingest(report, now);
+        }
+    }
+
+    /// `status.routing` of a ModelDeployment from the routers' reports ([`RouterReports::routing`]).
+    pub fn routing(
+        &self,
+        namespace: &str,
+        name: &str,
+        now: Instant,
+    ) -> Option<modelfleet_crds::v1alpha1::RoutingStatus> {
+        self.inner.lock().ok()?.routers.routing(namespace, name, now)
+    }
+
+    /// Drops pods and nodes not heard of for five minutes, and silent routers.
     pub fn forget_old(&self, now: Instant) {
         if let Ok(mut inner) = self.inner.lock() {
+            inner.routers.forget_old(now);
             for pods in inner.deployments.values_mut() {
                 pods.retain(|_, w| {
                     w.newest()

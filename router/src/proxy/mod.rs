@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::{
+    activity::Seen,
     cache,
     keys::Grant,
     metrics::{CacheLabels, FallbackLabels, Metrics, PickLabels, RequestLabels},
@@ -181,6 +182,11 @@ async fn handle(
                 .map(|m| m.served.clone())
                 .collect(),
         })?;
+    // Counted under the model the request named, whoever answers it.
+    router.activity.count(
+        routed.fallback_from.map_or(routed.model, |(from, _)| from),
+        Seen::Request,
+    );
     let mut model_key = routed.model.key();
     let (json, bytes) = renamed(json, bytes, &routed.model.served);
     served.model = Some(model_key.clone());
@@ -264,6 +270,7 @@ fn renamed(mut json: Value, bytes: bytes::Bytes, served: &str) -> (Value, bytes:
 }
 
 fn count_fallback(router: &Router, from: &ModelEntry, to: &str, why: route::FallbackReason) -> &'static str {
+    router.activity.count(from, Seen::Fallback);
     router
         .metrics
         .fallbacks
@@ -495,7 +502,12 @@ fn cached(
 ) -> Option<Response> {
     let key = cache_key(router, model, revision, request)?;
     let hit = router.cache.get(&key, now);
-    let result = if hit.is_some() { "hit" } else { "miss" };
+    let (result, seen) = if hit.is_some() {
+        ("hit", Seen::CacheHit)
+    } else {
+        ("miss", Seen::CacheMiss)
+    };
+    router.activity.count(model, seen);
     router
         .metrics
         .cache

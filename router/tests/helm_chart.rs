@@ -211,8 +211,7 @@ fn the_chart_runs_two_routers_on_the_documented_ports() {
     // The report stream's credential: a projected token for the operator's hub.
     let token = serde_json::to_value(&pod.volumes).expect("volumes");
     assert_eq!(
-        token[0]["projected"]["sources"][0]["serviceAccountToken"]["audience"],
-        "modelfleet-operator",
+        token[0]["projected"]["sources"][0]["serviceAccountToken"]["audience"], "modelfleet-operator",
         "{token}"
     );
     let security = container.security_context.expect("a container securityContext");

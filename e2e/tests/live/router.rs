@@ -1,6 +1,7 @@
 //! The router on the live fleet: two ModelDeployments behind one address, found by watching the
 //! cluster, each picked by the request's `model`; an unknown model gets 404 listing both; a
-//! repeated request is answered from the cache.
+//! repeated request is answered from the cache. API keys come from labelled Secrets and a
+//! deleted Secret revokes its key.
 
 use std::time::Duration;
 
@@ -94,4 +95,86 @@ async fn one_router_address_serves_two_model_deployments_by_model_name() {
         "{}",
         unknown.body
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_keys_come_from_labelled_secrets_and_a_deleted_key_stops_working() {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::DeleteParams;
+
+    let live = shared();
+    let (client, ns) = namespace("live-keys").await;
+    let api: Api<ModelDeployment> = Api::namespaced(client.clone(), ns.name());
+    api.create(&PostParams::default(), &synthetic("keyed", "1", 8, 1, ""))
+        .await
+        .expect("create");
+    wait_md(&api, "keyed", Duration::from_secs(240), "Available", is_available).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns.name());
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "acme-key", "labels": {"modelfleet.dev/router-key": "true"}},
+        "stringData": {"key": "sk-live-0123456789abcdef", "tenant": "acme"}
+    }))
+    .expect("a Secret");
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create the key");
+    let binary = live
+        .fleet
+        .images()
+        .binary_for("modelfleet-router")
+        .expect("router binary");
+    let (namespace_flag, keys_flag) = (
+        format!("--namespace={}", ns.name()),
+        format!("--keys-namespace={}", ns.name()),
+    );
+    let _router = router::start(
+        &live.cluster,
+        live.fleet.net(),
+        binary,
+        &[&namespace_flag, &keys_flag],
+    )
+    .await
+    .expect("the router starts and lists the cluster");
+    let url = format!("http://{}/v1/embeddings", router::HTTP_IN_NAMESPACE);
+    let body = r#"{"model":"keyed-model","input":["who may ask"]}"#;
+    let ask = |key: Option<&'static str>| {
+        let url = url.clone();
+        async move {
+            let auth = key.map(|k| format!("Bearer {k}"));
+            let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+            live.fleet
+                .request("POST", &url, Some(body), &headers)
+                .await
+                .map(|a| (a.status, a.body))
+                .map_err(|e| e.to_string())
+        }
+    };
+    assert_eq!(ask(None).await.expect("answer").0, 401, "anonymous access is off");
+    assert_eq!(ask(Some("sk-live-not-a-known-key")).await.expect("answer").0, 401);
+    let served = wait::poll_until(Duration::from_secs(60), "a 200 with the key", || async {
+        match ask(Some("sk-live-0123456789abcdef")).await {
+            Ok((200, body)) => Ok(Some(body)),
+            Ok((status, body)) => Err(format!("HTTP {status}: {body}")),
+            Err(e) => Err(e),
+        }
+    })
+    .await
+    .expect("the key works");
+    assert_eq!(embedding(&served).len(), 8);
+
+    // Revoking the key is deleting its Secret: the watch takes it away.
+    secrets
+        .delete("acme-key", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait::poll_until(Duration::from_secs(10), "the deleted key refused", || async {
+        match ask(Some("sk-live-0123456789abcdef")).await {
+            Ok((401, _)) => Ok(Some(())),
+            Ok((status, _)) => Err(format!("still HTTP {status}")),
+            Err(e) => Err(e),
+        }
+    })
+    .await
+    .expect("revoked within 10 s");
 }

@@ -7,9 +7,10 @@
 #   2. closed loop with CONCURRENCY clients (default 64): the most requests/s of each.
 # Everything (server, router, load generator) shares this machine's cores. Stops by itself.
 #
-#   router/bench/overhead.sh            # RATE=5000 CONCURRENCY=64 SECONDS_PER=10
+#   router/bench/overhead.sh            # RATE=5000 CONCURRENCY=64 SECONDS_PER=10 ROUTER=<binary>
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# ROUTER=path runs another router binary (an A/B of a change) instead of the one built here.
 RATE=${RATE:-5000}
 CONCURRENCY=${CONCURRENCY:-64}
 SECONDS_PER=${SECONDS_PER:-10}
@@ -25,7 +26,7 @@ target/release/modelfleet-server --backend synthetic --model-name emb --listen-a
 pids+=($!)
 printf 'models:\n  - {name: emb, endpoints: ["127.0.0.1:%s"]}\n' "$PORT" >"$dir/router.yaml"
 # Per-request logs off: at thousands of requests a second they would measure the log sink.
-RUST_LOG=warn target/release/modelfleet-router --static-config "$dir/router.yaml" --allow-anonymous \
+RUST_LOG=warn "${ROUTER:-target/release/modelfleet-router}" --static-config "$dir/router.yaml" --allow-anonymous \
   --cache-bytes 0 --http-addr 127.0.0.1:$((PORT + 10)) --metrics-addr 127.0.0.1:$((PORT + 11)) \
   --log-format text 2>/dev/null &
 pids+=($!)

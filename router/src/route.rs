@@ -110,6 +110,19 @@ pub fn fallback_target<'t>(table: &'t Table, primary: &ModelEntry, grant: &Grant
         .filter(|f| f.key() != primary.key() && allowed(grant, f))
 }
 
+/// An OpenAI request body as JSON and the `model` it names; the error is what the client reads
+/// (the HTTP path and the Endpoint Picker answer it as a 400).
+pub fn parse_request(body: &[u8]) -> Result<(serde_json::Value, String), String> {
+    let json: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let requested = json
+        .get("model")
+        .and_then(serde_json::Value::as_str)
+        .ok_or("`model` is required: the name of a model (GET /v1/models lists them)")?
+        .to_owned();
+    Ok((json, requested))
+}
+
 /// A prompt's token estimate for limits and rules: 4 bytes a token of the body, plus the
 /// completion's `max_tokens` when it names one.
 pub fn estimated_tokens(body_len: usize, max_tokens: Option<u64>) -> u64 {

@@ -202,7 +202,7 @@ impl Refusal {
 
 /// The decision for `ask`: which model, which revision, which endpoints.
 pub fn decide(router: &Router, ask: &Ask<'_>, now: Instant) -> Result<Decision, Refusal> {
-    let (json, requested) = parse(ask.body)?;
+    let (json, requested) = route::parse_request(ask.body).map_err(Refusal::BadRequest)?;
     let table = router.table();
     if table.models().is_empty() && !router.is_ready() {
         return Err(Refusal::NoEndpoint {
@@ -289,20 +289,6 @@ fn endpoints(
         .cloned()
         .collect();
     Ok((revision.name.clone(), first, rest))
-}
-
-/// The body as JSON and the `model` it names, with the HTTP path's messages.
-fn parse(body: &[u8]) -> Result<(Value, String), Refusal> {
-    let json: Value = serde_json::from_slice(body)
-        .map_err(|e| Refusal::BadRequest(format!("the body is not JSON: {e}")))?;
-    let requested = json
-        .get("model")
-        .and_then(Value::as_str)
-        .ok_or_else(|| {
-            Refusal::BadRequest("`model` is required: the name of a model (GET /v1/models lists them)".into())
-        })?
-        .to_owned();
-    Ok((json, requested))
 }
 
 /// The body with `model` set to `served`; None when it names it already.

@@ -246,15 +246,7 @@ async fn read_body(router: &Router, body: Body) -> Result<(Value, bytes::Bytes, 
     let bytes = axum::body::to_bytes(body, router.config.max_body_bytes)
         .await
         .map_err(|_| Refusal::TooLarge(router.config.max_body_bytes))?;
-    let json: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| Refusal::BadRequest(format!("the body is not JSON: {e}")))?;
-    let requested = json
-        .get("model")
-        .and_then(Value::as_str)
-        .ok_or_else(|| {
-            Refusal::BadRequest("`model` is required: the name of a model (GET /v1/models lists them)".into())
-        })?
-        .to_owned();
+    let (json, requested) = route::parse_request(&bytes).map_err(Refusal::BadRequest)?;
     Ok((json, bytes, requested))
 }
 

@@ -34,6 +34,8 @@ pub struct Live {
     pub fleet: LiveFleet,
     pub prometheus: Prometheus,
     pub agents: Vec<NodeAgents>,
+    /// The operator's telemetry hub, also reachable at this address inside the fleet namespace.
+    pub hub: std::net::SocketAddr,
     _operator: ManagedProcess,
     pub model_uri: String,
 }
@@ -83,6 +85,7 @@ async fn start() -> modelfleet_testkit::Result<Live> {
         fleet,
         prometheus,
         agents,
+        hub,
         _operator: operator,
         model_uri,
     })
@@ -108,6 +111,13 @@ pub fn shared() -> &'static Live {
     });
     live.as_ref()
         .unwrap_or_else(|e| panic!("cannot start the live fleet: {e}"))
+}
+
+/// Held by each test that runs a router: every router listens on the same address in the fleet
+/// namespace ([`modelfleet_testkit::live::router::HTTP_IN_NAMESPACE`]), so they run one at a time.
+pub async fn one_router() -> tokio::sync::MutexGuard<'static, ()> {
+    static ROUTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    ROUTER.lock().await
 }
 
 pub async fn namespace(prefix: &str) -> (Client, TestNamespace) {

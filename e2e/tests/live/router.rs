@@ -9,11 +9,12 @@ use kube::{Api, api::PostParams};
 use modelfleet_crds::ModelDeployment;
 use modelfleet_testkit::{live::router, wait};
 
-use super::{embedding, is_available, namespace, shared, synthetic, wait_md};
+use super::{embedding, is_available, namespace, one_router, shared, synthetic, wait_md};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_router_address_serves_two_model_deployments_by_model_name() {
     let live = shared();
+    let _one_router = one_router().await;
     let (client, ns) = namespace("live-router").await;
     let api: Api<ModelDeployment> = Api::namespaced(client.clone(), ns.name());
     for md in [
@@ -103,6 +104,7 @@ async fn api_keys_come_from_labelled_secrets_and_a_deleted_key_stops_working() {
     use kube::api::DeleteParams;
 
     let live = shared();
+    let _one_router = one_router().await;
     let (client, ns) = namespace("live-keys").await;
     let api: Api<ModelDeployment> = Api::namespaced(client.clone(), ns.name());
     api.create(&PostParams::default(), &synthetic("keyed", "1", 8, 1, ""))
@@ -177,4 +179,67 @@ async fn api_keys_come_from_labelled_secrets_and_a_deleted_key_stops_working() {
     })
     .await
     .expect("revoked within 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_routers_counts_reach_status_routing_through_the_operators_hub() {
+    let live = shared();
+    let _one_router = one_router().await;
+    let (client, ns) = namespace("live-routing").await;
+    let api: Api<ModelDeployment> = Api::namespaced(client.clone(), ns.name());
+    api.create(&PostParams::default(), &synthetic("counted", "1", 8, 1, ""))
+        .await
+        .expect("create");
+    wait_md(
+        &api,
+        "counted",
+        Duration::from_secs(240),
+        "Available",
+        is_available,
+    )
+    .await;
+    let binary = live
+        .fleet
+        .images()
+        .binary_for("modelfleet-router")
+        .expect("router binary");
+    let flags = [
+        "--allow-anonymous".to_owned(),
+        format!("--namespace={}", ns.name()),
+        format!("--operator-url=http://{}", live.hub),
+        format!("--token-file={}", live.agents[0].token_file().display()),
+        "--report-interval=1s".to_owned(),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let _router = router::start(&live.cluster, live.fleet.net(), binary, &flags)
+        .await
+        .expect("the router starts");
+    let url = format!("http://{}/v1/embeddings", router::HTTP_IN_NAMESPACE);
+    let mut answered = 0;
+    for i in 0..40 {
+        // Ten distinct inputs, each sent four times: 30 of the 40 are cache hits.
+        let body = format!(r#"{{"model":"counted-model","input":["count me {}"]}}"#, i % 10);
+        if let Ok(a) = live.fleet.request("POST", &url, Some(&body), &[]).await
+            && a.status == 200
+        {
+            answered += 1;
+        }
+        if answered == 0 {
+            // The first answer may wait for the pod's Ready state to reach the table.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    assert!(answered >= 30, "{answered} of 40 answered");
+    let md = wait_md(&api, "counted", Duration::from_secs(90), "status.routing", |m| {
+        m.status
+            .as_ref()
+            .and_then(|s| s.routing.as_ref())
+            .is_some_and(|r| r.requests >= 40)
+    })
+    .await;
+    let routing = md.status.and_then(|s| s.routing).expect("routing");
+    assert_eq!(routing.routers, 1, "{routing:?}");
+    let ratio = routing.cache_hit_ratio.expect("a cache hit ratio");
+    assert!((0.5..=0.8).contains(&ratio), "about 30 hits of 40: {routing:?}");
+    assert!(routing.last_request_time.is_some(), "{routing:?}");
 }

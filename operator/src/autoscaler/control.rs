@@ -4,7 +4,8 @@
 //! as its replica source, splits it over the revisions as the plan says, and writes the child
 //! Deployments and `status.autoscaling`. The loop only asks for that reconcile when something a
 //! user would see changed (the count, a condition, the history) or, for the metric values,
-//! every [`STATUS_REFRESH`].
+//! every [`STATUS_REFRESH`]. It also asks for the reconcile of any ModelDeployment whose
+//! `status.routing` the routers' reports would refresh.
 
 use std::{
     collections::HashMap,
@@ -117,6 +118,13 @@ fn tick(
     let mut due = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for md in ctx.model_deployments.state() {
+        // Routers report it and status.routing is due a refresh: reconcile, scaled or not.
+        if md
+            .namespace()
+            .is_some_and(|ns| ctx.telemetry.routing_due(&ns, &md.name_any(), now))
+        {
+            due.push(ObjectRef::from_obj(md.as_ref()));
+        }
         let (Some(namespace), Some(scaling), Some(key)) =
             (md.namespace(), md.spec.scaling.as_ref(), md.uid())
         else {

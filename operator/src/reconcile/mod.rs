@@ -94,10 +94,9 @@ async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
     let mut decision = decide(&snapshot);
     // What the routers report, as it stands (refreshed at most every 30 s, so traffic does not
     // turn every reconcile into a status write).
-    decision.status.routing = ctx
-        .telemetry
-        .routing(&key.namespace, &key.name, std::time::Instant::now());
-    let routed = decision.status.routing.is_some();
+    let now = std::time::Instant::now();
+    decision.status.routing = ctx.telemetry.routing(&key.namespace, &key.name, now);
+    let routed = ctx.telemetry.routers_reporting(now);
     let desired = build::build(&md, &decision.plan, &observed, &ctx.config.default_image);
     ctx.metrics.decision.observe(own_time.elapsed().as_secs_f64());
     let effects = Effects {
@@ -193,7 +192,7 @@ fn next_action(ctx: &Context, requeue: Requeue, awaiting_cache: bool, routed: bo
     if awaiting_cache {
         after = after.min(SOON);
     }
-    // Routers report this model: look again when the published counts may refresh.
+    // Routers report: look again when the published counts may refresh (or first appear).
     if routed {
         after = after.min(crate::telemetry::routers::STATUS_REFRESH);
     }

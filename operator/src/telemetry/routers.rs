@@ -58,6 +58,29 @@ impl RouterReports {
         Some(status)
     }
 
+    /// Whether `status.routing` of this ModelDeployment would change now: routers report it and
+    /// nothing was published for it within [`STATUS_REFRESH`].
+    pub fn due(&self, namespace: &str, name: &str, now: Instant) -> bool {
+        let reported = self.latest.values().any(|(at, models)| {
+            now.saturating_duration_since(*at) < STALE_AFTER
+                && models
+                    .iter()
+                    .any(|d| d.namespace == namespace && d.deployment == name)
+        });
+        let fresh = self
+            .published
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) < STATUS_REFRESH);
+        reported && !fresh
+    }
+
+    /// Whether any router reported within [`STALE_AFTER`].
+    pub fn any(&self, now: Instant) -> bool {
+        self.latest
+            .values()
+            .any(|(at, _)| now.saturating_duration_since(*at) < STALE_AFTER)
+    }
+
     /// Drops routers silent for [`STALE_AFTER`] and publications older than that.
     pub fn forget_old(&mut self, now: Instant) {
         self.latest
@@ -147,7 +170,9 @@ mod tests {
         let mut r = RouterReports::default();
         let t0 = Instant::now();
         r.ingest(report("a", vec![demand("emb", 10, 0, 0, 0)]), t0);
+        assert!(r.due("ns", "emb", t0), "reported, never published");
         assert_eq!(r.routing("ns", "emb", t0).map(|s| s.requests), Some(10));
+        assert!(!r.due("ns", "emb", t0 + Duration::from_secs(1)), "just published");
         r.ingest(
             report("a", vec![demand("emb", 11, 0, 0, 0)]),
             t0 + Duration::from_secs(1),

@@ -182,6 +182,20 @@ impl TelemetryStore {
         self.inner.lock().ok()?.routers.routing(namespace, name, now)
     }
 
+    /// Whether any router reports (reconciles then look again within
+    /// [`crate::telemetry::routers::STATUS_REFRESH`]).
+    pub fn routers_reporting(&self, now: Instant) -> bool {
+        self.inner.lock().is_ok_and(|i| i.routers.any(now))
+    }
+
+    /// Whether a reconcile would write a new `status.routing` for this ModelDeployment now
+    /// ([`RouterReports::due`]); the decision loop asks for one then.
+    pub fn routing_due(&self, namespace: &str, name: &str, now: Instant) -> bool {
+        self.inner
+            .lock()
+            .is_ok_and(|i| i.routers.due(namespace, name, now))
+    }
+
     /// Drops pods and nodes not heard of for five minutes, and silent routers.
     pub fn forget_old(&self, now: Instant) {
         if let Ok(mut inner) = self.inner.lock() {

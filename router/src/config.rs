@@ -23,9 +23,10 @@ pub struct Cli {
     /// `/metrics`, `/healthz`, `/readyz`.
     #[arg(long, env = "MODELFLEET_ROUTER_METRICS_ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], router_ports::METRICS)))]
     pub metrics_addr: SocketAddr,
-    /// Watch ModelDeployments and pods in this namespace only (default: all namespaces).
-    #[arg(long, env = "MODELFLEET_ROUTER_NAMESPACE")]
-    pub namespace: Option<String>,
+    /// Watch ModelDeployments and pods in these namespaces only (comma-separated or repeated;
+    /// default: all namespaces).
+    #[arg(long, env = "MODELFLEET_ROUTER_NAMESPACE", value_delimiter = ',')]
+    pub namespace: Vec<String>,
     /// Namespace of the API-key Secrets (labelled `modelfleet.dev/router-key: "true"`).
     #[arg(long, env = "MODELFLEET_ROUTER_KEYS_NAMESPACE", default_value = "default")]
     pub keys_namespace: String,

@@ -1,6 +1,7 @@
 //! Kubernetes discovery: watches ModelDeployments, their pods and the key Secrets, and swaps in
 //! a new table (and key store) after every change. The watches are the only writers; requests
-//! read the latest through `watch` channels. Read-only: list and watch, nothing else.
+//! read the latest through `watch` channels. Read-only: list and watch, nothing else (the one
+//! write, the scale-from-zero annotation, is `activity`'s). One namespace, a list, or all.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -22,18 +23,26 @@ use crate::{from_kube, keys::KEY_LABEL, keys::KeyStore, load::LoadBoard, table::
 /// What discovery watches.
 #[derive(Debug, Clone)]
 pub struct DiscoveryConfig {
-    /// One namespace, or all.
-    pub namespace: Option<String>,
+    /// These namespaces (empty: all).
+    pub namespaces: Vec<String>,
     /// The key Secrets' namespace.
     pub keys_namespace: String,
 }
 
-/// Which watch an event came from (its index in the listed flags).
-#[derive(Clone, Copy)]
-enum Source {
-    Models,
-    Pods,
-    Keys,
+type Events = futures::stream::BoxStream<'static, (bool, Seen)>;
+
+/// A reflector of `K` on `api` whose events say whether they came from the key Secrets.
+fn watch<K>(api: Api<K>, config: watcher::Config, keys: bool) -> (Store<K>, Events)
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, writer) = reflector::store::<K>();
+    let events = reflector::reflector(writer, watcher::watcher(api, config))
+        .default_backoff()
+        .map(move |e| (keys, seen(e)))
+        .boxed();
+    (store, events)
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -56,46 +65,51 @@ pub async fn run(
     keys: watch::Sender<Arc<KeyStore>>,
     synced: impl FnOnce() + Send,
 ) {
-    let ns = config.namespace.as_deref();
-    let (models, models_writer) = reflector::store::<ModelDeployment>();
-    let (pods, pods_writer) = reflector::store::<Pod>();
-    let (secrets, secrets_writer) = reflector::store::<Secret>();
-    let pod_watch = watcher::Config::default().labels(labels::DEPLOYMENT);
+    let scopes: Vec<Option<&str>> = if config.namespaces.is_empty() {
+        vec![None]
+    } else {
+        config.namespaces.iter().map(|n| Some(n.as_str())).collect()
+    };
+    let (mut models, mut pods, mut streams) = (Vec::new(), Vec::new(), Vec::new());
+    for ns in scopes {
+        let (store, events) = watch(
+            api::<ModelDeployment>(&client, ns),
+            watcher::Config::default(),
+            false,
+        );
+        models.push(store);
+        streams.push(events);
+        let pod_watch = watcher::Config::default().labels(labels::DEPLOYMENT);
+        let (store, events) = watch(api::<Pod>(&client, ns), pod_watch, false);
+        pods.push(store);
+        streams.push(events);
+    }
     let key_watch = watcher::Config::default().labels(&format!("{KEY_LABEL}=true"));
     let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &config.keys_namespace);
-    let events = stream::select(
-        stream::select(
-            reflector::reflector(
-                models_writer,
-                watcher::watcher(api(&client, ns), watcher::Config::default()),
-            )
-            .default_backoff()
-            .map(|e| (Source::Models, seen(e))),
-            reflector::reflector(pods_writer, watcher::watcher(api(&client, ns), pod_watch))
-                .default_backoff()
-                .map(|e| (Source::Pods, seen(e))),
-        ),
-        reflector::reflector(secrets_writer, watcher::watcher(secrets_api, key_watch))
-            .default_backoff()
-            .map(|e| (Source::Keys, seen(e))),
+    let (secrets, events) = watch(secrets_api, key_watch, true);
+    streams.push(events);
+    let mut listed = vec![false; streams.len()];
+    let mut events = stream::select_all(
+        streams
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| s.map(move |(keys, seen)| (i, keys, seen))),
     );
-    let mut events = std::pin::pin!(events);
-    let mut listed = [false; 3];
     let mut synced = Some(synced);
-    while let Some((source, seen)) = events.next().await {
+    while let Some((source, from_keys, seen)) = events.next().await {
         match seen {
             Seen::Nothing => continue,
-            Seen::Listed => listed[source as usize] = true,
+            Seen::Listed => listed[source] = true,
             Seen::Changed => {}
         }
         if !listed.iter().all(|l| *l) {
             continue;
         }
         let first = synced.is_some();
-        if first || matches!(source, Source::Keys) {
+        if first || from_keys {
             publish_keys(&secrets, &keys);
         }
-        if first || !matches!(source, Source::Keys) {
+        if first || !from_keys {
             publish_table(&models, &pods, &board, &table);
         }
         if let Some(done) = synced.take() {
@@ -127,12 +141,14 @@ fn seen<K>(event: Result<Event<K>, watcher::Error>) -> Seen {
 }
 
 fn publish_table(
-    models: &Store<ModelDeployment>,
-    pods: &Store<Pod>,
+    models: &[Store<ModelDeployment>],
+    pods: &[Store<Pod>],
     board: &LoadBoard,
     table: &watch::Sender<Arc<Table>>,
 ) {
-    let built = from_kube::build(&models.state(), &pods.state(), board);
+    let models: Vec<_> = models.iter().flat_map(Store::state).collect();
+    let pods: Vec<_> = pods.iter().flat_map(Store::state).collect();
+    let built = from_kube::build(&models, &pods, board);
     table.send_replace(Arc::new(built));
 }
 

@@ -95,7 +95,7 @@ pub async fn start(
                 .await
                 .map_err(|e| StartError::Kube(e.to_string()))?;
             let discovery = DiscoveryConfig {
-                namespace: cli.namespace.clone(),
+                namespaces: cli.namespace.clone(),
                 keys_namespace: cli.keys_namespace.clone(),
             };
             let synced = router.clone();

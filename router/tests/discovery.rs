@@ -88,7 +88,7 @@ async fn the_canary_weight_follows_status_and_a_rollback_takes_it_to_zero_within
     let (table_tx, mut table_rx) = watch::channel(Arc::new(Table::default()));
     let (keys_tx, _keys_rx) = watch::channel(Arc::new(KeyStore::default()));
     let config = DiscoveryConfig {
-        namespace: Some(ns.name().to_owned()),
+        namespaces: vec![ns.name().to_owned()],
         keys_namespace: ns.name().to_owned(),
     };
     let watching = tokio::spawn(discovery::run(
@@ -126,5 +126,59 @@ async fn the_canary_weight_follows_status_and_a_rollback_takes_it_to_zero_within
         "the rollback reached the table after {took:?}"
     );
     eprintln!("rollback to 0 % canary traffic in the router's table after {took:?}");
+    watching.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_of_namespaces_is_watched_and_no_other() {
+    let mut namespaces = Vec::new();
+    for prefix in ["router-ns-a", "router-ns-b", "router-ns-c"] {
+        let (client, ns) = shared_namespace(prefix).await;
+        let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), ns.name());
+        let md: ModelDeployment = serde_yaml::from_str(&format!(
+            "apiVersion: modelfleet.dev/v1alpha1\nkind: ModelDeployment\nmetadata: {{name: m}}\nspec:\n  model: {{name: {prefix}, version: '1', uri: 'hf://o/m', task: embedding}}\n  runtime: {{device: cpu}}\n  resources: {{gpus: 0}}\n"
+        ))
+        .expect("yaml");
+        mds.create(&PostParams::default(), &md).await.expect("create");
+        let stable = json!({"status": {"stable": {"revision": "r1", "version": "1", "replicas": 0, "readyReplicas": 0}}});
+        mds.patch_status("m", &PatchParams::default(), &Patch::Merge(stable))
+            .await
+            .expect("status");
+        namespaces.push((client, ns));
+    }
+    let client = namespaces[0].0.clone();
+    let (table_tx, mut table_rx) = watch::channel(Arc::new(Table::default()));
+    let (keys_tx, _keys_rx) = watch::channel(Arc::new(KeyStore::default()));
+    let config = DiscoveryConfig {
+        namespaces: vec![
+            namespaces[0].1.name().to_owned(),
+            namespaces[1].1.name().to_owned(),
+        ],
+        keys_namespace: namespaces[0].1.name().to_owned(),
+    };
+    let watching = tokio::spawn(discovery::run(
+        client,
+        config,
+        LoadBoard::default(),
+        table_tx,
+        keys_tx,
+        || {},
+    ));
+    wait_table(&mut table_rx, "both watched namespaces' models", |t| {
+        t.models().len() >= 2
+    })
+    .await;
+    let mut served: Vec<String> = table_rx
+        .borrow()
+        .models()
+        .iter()
+        .map(|m| m.served.clone())
+        .collect();
+    served.sort();
+    assert_eq!(
+        served,
+        ["router-ns-a", "router-ns-b"],
+        "router-ns-c is not watched"
+    );
     watching.abort();
 }

@@ -113,11 +113,35 @@ pub fn shared() -> &'static Live {
         .unwrap_or_else(|e| panic!("cannot start the live fleet: {e}"))
 }
 
-/// Held by each test that runs a router: every router listens on the same address in the fleet
-/// namespace ([`modelfleet_testkit::live::router::HTTP_IN_NAMESPACE`]), so they run one at a time.
-pub async fn one_router() -> tokio::sync::MutexGuard<'static, ()> {
-    static ROUTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    ROUTER.lock().await
+/// A router for one test, watching one namespace. Every router listens on the same address in
+/// the fleet namespace ([`modelfleet_testkit::live::router::HTTP_IN_NAMESPACE`]), so tests take
+/// turns: the turn is held until the router has stopped (fields drop in order).
+#[derive(Debug)]
+pub struct TestRouter {
+    _router: modelfleet_testkit::live::router::FleetRouter,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+}
+
+/// Waits for this test's turn, then starts a router watching `namespace` with `extra` flags.
+pub async fn start_router(namespace: &str, extra: &[&str]) -> TestRouter {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let turn = TURN.lock().await;
+    let live = shared();
+    let binary = live
+        .fleet
+        .images()
+        .binary_for("modelfleet-router")
+        .expect("router binary");
+    let namespace_flag = format!("--namespace={namespace}");
+    let mut flags = vec![namespace_flag.as_str()];
+    flags.extend_from_slice(extra);
+    let router = modelfleet_testkit::live::router::start(&live.cluster, live.fleet.net(), binary, &flags)
+        .await
+        .expect("the router starts and lists the cluster");
+    TestRouter {
+        _router: router,
+        _turn: turn,
+    }
 }
 
 pub async fn namespace(prefix: &str) -> (Client, TestNamespace) {

@@ -9,12 +9,11 @@ use kube::{Api, api::PostParams};
 use modelfleet_crds::ModelDeployment;
 use modelfleet_testkit::{live::router, wait};
 
-use super::{embedding, is_available, namespace, one_router, shared, synthetic, wait_md};
+use super::{embedding, is_available, namespace, shared, start_router, synthetic, wait_md};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_router_address_serves_two_model_deployments_by_model_name() {
     let live = shared();
-    let _one_router = one_router().await;
     let (client, ns) = namespace("live-router").await;
     let api: Api<ModelDeployment> = Api::namespaced(client.clone(), ns.name());
     for md in [
@@ -26,20 +25,7 @@ async fn one_router_address_serves_two_model_deployments_by_model_name() {
     for name in ["small", "large"] {
         wait_md(&api, name, Duration::from_secs(240), "Available", is_available).await;
     }
-    let binary = live
-        .fleet
-        .images()
-        .binary_for("modelfleet-router")
-        .expect("router binary");
-    let namespace_flag = format!("--namespace={}", ns.name());
-    let _router = router::start(
-        &live.cluster,
-        live.fleet.net(),
-        binary,
-        &["--allow-anonymous", &namespace_flag],
-    )
-    .await
-    .expect("the router starts and lists the cluster");
+    let _router = start_router(ns.name(), &["--allow-anonymous"]).await;
     let url = format!("http://{}/v1/embeddings", router::HTTP_IN_NAMESPACE);
     let ask = |model: &str| format!(r#"{{"model":"{model}","input":["through the router"]}}"#);
     // The table follows the watch: the first answer may wait for the pods' Ready state to show.
@@ -104,7 +90,6 @@ async fn api_keys_come_from_labelled_secrets_and_a_deleted_key_stops_working() {
     use kube::api::DeleteParams;
 
     let live = shared();
-    let _one_router = one_router().await;
     let (client, ns) = namespace("live-keys").await;
     let api: Api<ModelDeployment> = Api::namespaced(client.clone(), ns.name());
     api.create(&PostParams::default(), &synthetic("keyed", "1", 8, 1, ""))
@@ -121,23 +106,8 @@ async fn api_keys_come_from_labelled_secrets_and_a_deleted_key_stops_working() {
         .create(&PostParams::default(), &secret)
         .await
         .expect("create the key");
-    let binary = live
-        .fleet
-        .images()
-        .binary_for("modelfleet-router")
-        .expect("router binary");
-    let (namespace_flag, keys_flag) = (
-        format!("--namespace={}", ns.name()),
-        format!("--keys-namespace={}", ns.name()),
-    );
-    let _router = router::start(
-        &live.cluster,
-        live.fleet.net(),
-        binary,
-        &[&namespace_flag, &keys_flag],
-    )
-    .await
-    .expect("the router starts and lists the cluster");
+    let keys_flag = format!("--keys-namespace={}", ns.name());
+    let _router = start_router(ns.name(), &[&keys_flag]).await;
     let url = format!("http://{}/v1/embeddings", router::HTTP_IN_NAMESPACE);
     let body = r#"{"model":"keyed-model","input":["who may ask"]}"#;
     let ask = |key: Option<&'static str>| {
@@ -184,7 +154,6 @@ async fn api_keys_come_from_labelled_secrets_and_a_deleted_key_stops_working() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_routers_counts_reach_status_routing_through_the_operators_hub() {
     let live = shared();
-    let _one_router = one_router().await;
     let (client, ns) = namespace("live-routing").await;
     let api: Api<ModelDeployment> = Api::namespaced(client.clone(), ns.name());
     api.create(&PostParams::default(), &synthetic("counted", "1", 8, 1, ""))
@@ -198,22 +167,17 @@ async fn the_routers_counts_reach_status_routing_through_the_operators_hub() {
         is_available,
     )
     .await;
-    let binary = live
-        .fleet
-        .images()
-        .binary_for("modelfleet-router")
-        .expect("router binary");
-    let flags = [
-        "--allow-anonymous".to_owned(),
-        format!("--namespace={}", ns.name()),
+    let (operator_flag, token_flag) = (
         format!("--operator-url=http://{}", live.hub),
         format!("--token-file={}", live.agents[0].token_file().display()),
-        "--report-interval=1s".to_owned(),
+    );
+    let flags = [
+        "--allow-anonymous",
+        &operator_flag,
+        &token_flag,
+        "--report-interval=1s",
     ];
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let _router = router::start(&live.cluster, live.fleet.net(), binary, &flags)
-        .await
-        .expect("the router starts");
+    let _router = start_router(ns.name(), &flags).await;
     let url = format!("http://{}/v1/embeddings", router::HTTP_IN_NAMESPACE);
     let mut answered = 0;
     for i in 0..40 {

@@ -12,7 +12,7 @@ use kube::{Api, api::PostParams};
 use modelfleet_crds::{ModelDeployment, constants::annotations::LAST_REQUEST};
 use modelfleet_testkit::live::{client, router};
 
-use super::{embedding, model_deployment, namespace, one_router, shared, synthetic, wait_md, wait_pods};
+use super::{embedding, model_deployment, namespace, shared, start_router, synthetic, wait_md, wait_pods};
 
 const SCALING: &str = "  scaling:\n    minReplicas: 0\n    maxReplicas: 2\n    idlePeriod: 10s\n    scaleDownStabilization: 10s\n    targets: {queueDepthPerReplica: 8}\n";
 
@@ -50,7 +50,6 @@ async fn ask(model: &str, timeout: &str) -> (u16, f64, String, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_model_at_zero_wakes_for_a_request_idles_back_to_zero_and_wakes_again() {
     let live = shared();
-    let _one_router = one_router().await;
     let (client, ns) = namespace("live-zero").await;
     let api: Api<ModelDeployment> = Api::namespaced(client.clone(), ns.name());
     api.create(&PostParams::default(), &synthetic("sleepy", "1", 16, 1, SCALING))
@@ -67,20 +66,7 @@ async fn a_model_at_zero_wakes_for_a_request_idles_back_to_zero_and_wakes_again(
     })
     .await;
 
-    let binary = live
-        .fleet
-        .images()
-        .binary_for("modelfleet-router")
-        .expect("router binary");
-    let namespace_flag = format!("--namespace={}", ns.name());
-    let _router = router::start(
-        &live.cluster,
-        live.fleet.net(),
-        binary,
-        &["--allow-anonymous", &namespace_flag, "--hold-timeout=120s"],
-    )
-    .await
-    .expect("the router starts");
+    let _router = start_router(ns.name(), &["--allow-anonymous", "--hold-timeout=120s"]).await;
 
     let (status, first_s, _, body) = ask("sleepy-model", "120s").await;
     assert_eq!(

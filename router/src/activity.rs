@@ -73,7 +73,9 @@ pub struct Activity {
     reports: Option<mpsc::Sender<Report>>,
     last: Mutex<HashMap<String, Instant>>,
     cold_starts: Mutex<HashMap<String, Duration>>,
-    demand: Mutex<HashMap<(String, String), Demand>>,
+    /// Namespace → ModelDeployment → demand: nested, so counting a request for a model seen
+    /// before looks it up by `&str` without allocating its key.
+    demand: Mutex<HashMap<String, HashMap<String, Demand>>>,
 }
 
 impl Activity {
@@ -115,9 +117,9 @@ impl Activity {
     /// Counts `what` for `model`.
     pub fn count(&self, model: &ModelEntry, what: Seen) {
         let mut demand = crate::state::lock(&self.demand);
-        let d = demand
-            .entry((model.namespace.clone(), model.deployment.clone()))
-            .or_default();
+        let Some(d) = slot(&mut demand, &model.namespace).and_then(|m| slot(m, &model.deployment)) else {
+            return;
+        };
         match what {
             Seen::Request => {
                 d.requests += 1;
@@ -132,7 +134,14 @@ impl Activity {
     /// Every model's demand so far: `(namespace, deployment)` → counts.
     pub fn demand(&self) -> Vec<((String, String), Demand)> {
         let demand = crate::state::lock(&self.demand);
-        demand.iter().map(|(k, d)| (k.clone(), d.clone())).collect()
+        demand
+            .iter()
+            .flat_map(|(ns, models)| {
+                models
+                    .iter()
+                    .map(move |(name, d)| ((ns.clone(), name.clone()), d.clone()))
+            })
+            .collect()
     }
 
     /// A held request of `model` got a replica after `waited`.
@@ -161,6 +170,14 @@ impl Activity {
         let cold = self.cold_start(&model.key()).unwrap_or(UNMEASURED_COLD_START);
         Duration::from_secs(cold.as_secs_f64().ceil().max(1.0) as u64)
     }
+}
+
+/// `map[key]`, inserted as the default first when missing; the key is copied only then.
+fn slot<'a, V: Default>(map: &'a mut HashMap<String, V>, key: &str) -> Option<&'a mut V> {
+    if !map.contains_key(key) {
+        map.insert(key.to_owned(), V::default());
+    }
+    map.get_mut(key)
 }
 
 /// Writes each report's annotation until the channel closes.

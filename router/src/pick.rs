@@ -7,7 +7,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::table::{Endpoint, ModelEntry, Revision};
+use crate::{
+    route::Health,
+    table::{Endpoint, ModelEntry, Revision},
+};
 
 /// How endpoints are chosen among the eligible ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -42,6 +45,32 @@ impl Default for PickConfig {
             strategy: Strategy::LeastLoaded,
             stale_after: Duration::from_secs(3),
         }
+    }
+}
+
+/// The models' state as routing sees it at `now`, counting only the endpoints `allowed` admits
+/// (every one on the HTTP path; those of the proxy's subset hint for the Endpoint Picker).
+#[derive(Debug, Clone, Copy)]
+pub struct LiveHealth<'a, F> {
+    /// Picking settings (staleness).
+    pub config: &'a PickConfig,
+    /// Now.
+    pub now: Instant,
+    /// Which endpoints count.
+    pub allowed: F,
+}
+
+impl<F: Fn(&Endpoint) -> bool> Health for LiveHealth<'_, F> {
+    fn overloaded(&self, model: &ModelEntry) -> bool {
+        let limit = model.routing.fallback.as_ref().and_then(|f| f.queue_depth_above);
+        let endpoints = model.all_endpoints().filter(|e| (self.allowed)(e));
+        overloaded(endpoints, limit, self.config, self.now)
+    }
+
+    fn available(&self, model: &ModelEntry) -> bool {
+        model
+            .all_endpoints()
+            .any(|e| (self.allowed)(e) && self.config.eligible(e, self.now))
     }
 }
 

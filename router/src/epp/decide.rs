@@ -18,8 +18,7 @@ use serde_json::{Value, json};
 use crate::{
     keys::Grant,
     metrics::PickLabels,
-    pick,
-    route::{self, Health},
+    pick, route,
     state::{Router, anonymous},
     table::{Endpoint, ModelEntry, Revision, Table},
 };
@@ -215,16 +214,19 @@ pub fn decide(router: &Router, ask: &Ask<'_>, now: Instant) -> Result<Decision, 
         ..anonymous()
     };
     let tokens = route::estimated_tokens(ask.body.len(), json.get("max_tokens").and_then(Value::as_u64));
-    let health = InSubset {
-        router,
-        subset: ask.subset,
+    let in_subset = |e: &Endpoint| ask.subset.is_none_or(|s| s.contains(e.load.addr));
+    let health = pick::LiveHealth {
+        config: &router.config.pick,
         now,
+        allowed: in_subset,
     };
     let routed = route::route(&table, &requested, &grant, tokens, &health)
         .ok_or_else(|| unknown(&table, &grant, &requested))?;
     // A fallback outside the subset cannot be reached through this pool: the primary answers.
     let (model, fallback) = match routed.fallback_from {
-        Some((primary, _)) if ask.subset.is_some() && !health.any_in_subset(routed.model) => (primary, None),
+        Some((primary, _)) if ask.subset.is_some() && !routed.model.all_endpoints().any(in_subset) => {
+            (primary, None)
+        }
         Some((_, why)) => (routed.model, Some(why.as_str())),
         None => (routed.model, None),
     };
@@ -328,35 +330,4 @@ fn no_endpoint(router: &Router, model: &ModelEntry, subset: Option<&Subset>) -> 
         None => format!("model {} has no Ready replica", model.served),
     };
     Refusal::NoEndpoint { message, retry_after }
-}
-
-/// The models' state as routing sees it now, counting only endpoints in the subset hint.
-struct InSubset<'a> {
-    router: &'a Router,
-    subset: Option<&'a Subset>,
-    now: Instant,
-}
-
-impl InSubset<'_> {
-    fn allowed(&self, e: &Endpoint) -> bool {
-        self.subset.is_none_or(|s| s.contains(e.load.addr))
-    }
-
-    fn any_in_subset(&self, model: &ModelEntry) -> bool {
-        model.all_endpoints().any(|e| self.allowed(e))
-    }
-}
-
-impl Health for InSubset<'_> {
-    fn overloaded(&self, model: &ModelEntry) -> bool {
-        let limit = model.routing.fallback.as_ref().and_then(|f| f.queue_depth_above);
-        let endpoints = model.all_endpoints().filter(|e| self.allowed(e));
-        pick::overloaded(endpoints, limit, &self.router.config.pick, self.now)
-    }
-
-    fn available(&self, model: &ModelEntry) -> bool {
-        model
-            .all_endpoints()
-            .any(|e| self.allowed(e) && self.router.config.pick.eligible(e, self.now))
-    }
 }

@@ -28,10 +28,9 @@ use crate::{
     cache,
     keys::Grant,
     metrics::{CacheLabels, FallbackLabels, Metrics, PickLabels, RequestLabels},
-    pick,
-    route::{self, Health},
+    pick, route,
     state::Router,
-    table::{ModelEntry, Table},
+    table::{Endpoint, ModelEntry, Table},
 };
 use answer::{Refusal, rate_limit_headers};
 use forward::{Outgoing, TryError};
@@ -173,7 +172,11 @@ async fn handle(
     let max_tokens = json.get("max_tokens").and_then(Value::as_u64);
     let tokens = route::estimated_tokens(bytes.len(), max_tokens);
     let table = router.table();
-    let health = Now { router, now: started };
+    let health = pick::LiveHealth {
+        config: &router.config.pick,
+        now: started,
+        allowed: |_: &Endpoint| true,
+    };
     let routed =
         route::route(&table, &requested, &grant, tokens, &health).ok_or_else(|| Refusal::UnknownModel {
             requested: requested.clone(),
@@ -284,25 +287,6 @@ struct Request<'a> {
     accept: Option<&'a HeaderValue>,
     tier: Option<&'a str>,
     deadline: Instant,
-}
-
-/// The model's state as routing sees it now.
-struct Now<'a> {
-    router: &'a Router,
-    now: Instant,
-}
-
-impl Health for Now<'_> {
-    fn overloaded(&self, model: &ModelEntry) -> bool {
-        let limit = model.routing.fallback.as_ref().and_then(|f| f.queue_depth_above);
-        pick::overloaded(model.all_endpoints(), limit, &self.router.config.pick, self.now)
-    }
-
-    fn available(&self, model: &ModelEntry) -> bool {
-        model
-            .all_endpoints()
-            .any(|e| self.router.config.pick.eligible(e, self.now))
-    }
 }
 
 fn usable(router: &Router, now: Instant) -> impl Fn(&crate::table::Revision) -> bool + '_ {

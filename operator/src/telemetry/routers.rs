@@ -46,13 +46,7 @@ impl RouterReports {
         {
             return Some(status.clone());
         }
-        let demands: Vec<&ModelDemand> = self
-            .latest
-            .values()
-            .filter(|(at, _)| now.saturating_duration_since(*at) < STALE_AFTER)
-            .flat_map(|(_, models)| models.iter())
-            .filter(|d| d.namespace == namespace && d.deployment == name)
-            .collect();
+        let demands: Vec<&ModelDemand> = self.demands(namespace, name, now).collect();
         let status = sum(&demands)?;
         self.published.insert(key, (now, status.clone()));
         Some(status)
@@ -61,17 +55,27 @@ impl RouterReports {
     /// Whether `status.routing` of this ModelDeployment would change now: routers report it and
     /// nothing was published for it within [`STATUS_REFRESH`].
     pub fn due(&self, namespace: &str, name: &str, now: Instant) -> bool {
-        let reported = self.latest.values().any(|(at, models)| {
-            now.saturating_duration_since(*at) < STALE_AFTER
-                && models
-                    .iter()
-                    .any(|d| d.namespace == namespace && d.deployment == name)
-        });
+        let reported = self.demands(namespace, name, now).next().is_some();
         let fresh = self
             .published
             .get(&(namespace.to_owned(), name.to_owned()))
             .is_some_and(|(at, _)| now.saturating_duration_since(*at) < STATUS_REFRESH);
         reported && !fresh
+    }
+
+    /// The demands for this ModelDeployment in the reports of the routers heard from within
+    /// [`STALE_AFTER`].
+    fn demands<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        now: Instant,
+    ) -> impl Iterator<Item = &'a ModelDemand> {
+        self.latest
+            .values()
+            .filter(move |(at, _)| now.saturating_duration_since(*at) < STALE_AFTER)
+            .flat_map(|(_, models)| models.iter())
+            .filter(move |d| d.namespace == namespace && d.deployment == name)
     }
 
     /// Whether any router reported within [`STALE_AFTER`].

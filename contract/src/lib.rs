@@ -75,8 +75,11 @@ pub mod headers {
     pub const ENDPOINT: &str = "x-modelfleet-endpoint";
     /// On router responses: the revision that answered.
     pub const REVISION: &str = "x-modelfleet-revision";
-    /// On router responses: `hit`, `miss` or `bypass` (not cacheable).
+    /// On router responses: `hit` or `miss` (the exact cache), `semantic-hit` or `semantic-miss`
+    /// (the semantic cache); absent when the request was not cacheable.
     pub const CACHE: &str = "x-modelfleet-cache";
+    /// On a semantic-cache hit: the cosine similarity of the two prompts (`0.973`).
+    pub const CACHE_SIMILARITY: &str = "x-modelfleet-cache-similarity";
     /// On router responses: the ModelDeployment (`namespace/name`) that answered, when the request
     /// went to a fallback.
     pub const FALLBACK: &str = "x-modelfleet-fallback";

@@ -278,6 +278,17 @@ pub const FALLBACK_PROMPT_TOKENS: CelRule = on_field(
     "spec.routing.fallback.promptTokensAbove must be at least 1",
 );
 
+/// The semantic cache names an embeddings model.
+pub const SEMANTIC_CACHE_MODEL: CelRule = on_field(
+    "size(self) >= 1 && size(self) <= 128",
+    "spec.routing.semanticCache.embeddingModel must be 1 to 128 characters",
+);
+/// The similarity threshold is a cosine above 0.
+pub const SEMANTIC_CACHE_SIMILARITY: CelRule = on_field(
+    "self > 0.0 && self <= 1.0",
+    "spec.routing.semanticCache.similarityAbove must be above 0 and at most 1",
+);
+
 // --- spec.traffic.inferencePool ---
 /// The endpoint picker's Service port is a port.
 pub const ENDPOINT_PICKER_PORT: CelRule = on_field(
@@ -339,6 +350,8 @@ pub const ALL: &[CelRule] = &[
     FALLBACK_MODEL,
     FALLBACK_QUEUE_DEPTH,
     FALLBACK_PROMPT_TOKENS,
+    SEMANTIC_CACHE_MODEL,
+    SEMANTIC_CACHE_SIMILARITY,
     ENDPOINT_PICKER_PORT,
     ENDPOINT_PICKER_NAME,
 ];

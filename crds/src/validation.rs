@@ -126,8 +126,8 @@ pub fn validate(spec: &ModelDeploymentSpec) -> Result<(), ValidationErrors> {
             rules::ENDPOINT_PICKER_PORT,
         );
     }
-    if let Some(fallback) = spec.routing.as_ref().and_then(|r| r.fallback.as_ref()) {
-        check_fallback(&mut c, fallback);
+    if let Some(routing) = &spec.routing {
+        check_routing(&mut c, routing);
     }
 
     if c.0.is_empty() {
@@ -148,6 +148,24 @@ fn check_aliases(c: &mut Checker, model: &crate::v1alpha1::ModelSpec) {
         "spec.model.aliases",
         rules::MODEL_ALIAS_NOT_NAME,
     );
+}
+
+fn check_routing(c: &mut Checker, routing: &crate::v1alpha1::RoutingSpec) {
+    if let Some(fallback) = &routing.fallback {
+        check_fallback(c, fallback);
+    }
+    if let Some(semantic) = &routing.semantic_cache {
+        c.check(
+            (1..=128).contains(&semantic.embedding_model.len()),
+            "spec.routing.semanticCache.embeddingModel",
+            rules::SEMANTIC_CACHE_MODEL,
+        );
+        c.check(
+            semantic.similarity_above > 0.0 && semantic.similarity_above <= 1.0,
+            "spec.routing.semanticCache.similarityAbove",
+            rules::SEMANTIC_CACHE_SIMILARITY,
+        );
+    }
 }
 
 fn check_fallback(c: &mut Checker, f: &crate::v1alpha1::FallbackSpec) {

@@ -46,7 +46,8 @@ fn base() -> Value {
                 "gateway": {"parentRefs": [{"name": "inference", "namespace": "gateway"}], "hostnames": ["a.example.com"]},
                 "inferencePool": {"endpointPicker": {"name": "modelfleet-router", "port": 9002, "failureMode": "FailClose"}}
             },
-            "routing": {"responseCache": true, "fallback": {"model": "tiny", "queueDepthAbove": 32, "promptTokensAbove": 4096, "tiers": ["free"]}}
+            "routing": {"responseCache": true, "fallback": {"model": "tiny", "queueDepthAbove": 32, "promptTokensAbove": 4096, "tiers": ["free"]},
+                "semanticCache": {"embeddingModel": "minilm", "similarityAbove": 0.9}}
         }
     })
 }
@@ -326,6 +327,18 @@ fn cases() -> Vec<(rules::CelRule, &'static str, Option<Value>, &'static str)> {
             "/spec/routing/fallback/promptTokensAbove",
             Some(json!(0)),
             "spec.routing.fallback.promptTokensAbove",
+        ),
+        (
+            SEMANTIC_CACHE_MODEL,
+            "/spec/routing/semanticCache/embeddingModel",
+            Some(json!("")),
+            "spec.routing.semanticCache.embeddingModel",
+        ),
+        (
+            SEMANTIC_CACHE_SIMILARITY,
+            "/spec/routing/semanticCache/similarityAbove",
+            Some(json!(1.5)),
+            "spec.routing.semanticCache.similarityAbove",
         ),
         (
             ENDPOINT_PICKER_PORT,

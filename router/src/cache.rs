@@ -1,6 +1,9 @@
 //! The response cache: exact match on deterministic requests, keyed by the revision that would
 //! answer, the path and the normalised body, so a new revision never gets an old one's answers.
-//! Bounded by bytes (oldest first out) and by age.
+//! Bounded by bytes (oldest first out) and by age. [`semantic`]: the opt-in cache by prompt
+//! similarity for generation.
+
+pub mod semantic;
 
 use std::{
     collections::{HashMap, VecDeque},

@@ -43,7 +43,7 @@ pub struct PickLabels {
 pub struct CacheLabels {
     /// `namespace/name`.
     pub model: String,
-    /// `hit` or `miss`.
+    /// `hit` or `miss` (the exact cache), `semantic_hit` or `semantic_miss`.
     pub result: &'static str,
 }
 
@@ -80,6 +80,8 @@ pub struct Metrics {
     pub epp: EppMetrics,
     /// Bytes in the response cache.
     pub cache_bytes: Gauge,
+    /// Bytes in the semantic cache.
+    pub semantic_cache_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -127,6 +129,13 @@ impl Default for Metrics {
             Unit::Bytes,
             cache_bytes.clone(),
         );
+        let semantic_cache_bytes = Gauge::default();
+        registry.register_with_unit(
+            "semantic_cache",
+            "Bytes in the semantic cache (answers and prompt embeddings)",
+            Unit::Bytes,
+            semantic_cache_bytes.clone(),
+        );
         let epp = EppMetrics::default();
         epp.register(&mut registry);
         Self {
@@ -139,6 +148,7 @@ impl Default for Metrics {
             held,
             fallbacks,
             cache_bytes,
+            semantic_cache_bytes,
             epp,
         }
     }

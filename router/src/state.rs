@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::{
     activity::Activity,
-    cache::ResponseCache,
+    cache::{ResponseCache, semantic::SemanticCache},
     config::RouterConfig,
     keys::{Grant, KeyStore},
     limits::{Limiter, Verdict},
@@ -49,6 +49,8 @@ pub struct Router {
     pub picker: Picker,
     /// The response cache.
     pub cache: ResponseCache,
+    /// The semantic cache of generation models that turn it on.
+    pub semantic: SemanticCache,
     /// Metrics.
     pub metrics: Metrics,
     /// The client to the servers.
@@ -79,6 +81,7 @@ impl Router {
             .build(connector);
         Self {
             cache: ResponseCache::new(config.cache),
+            semantic: SemanticCache::new(config.cache),
             config,
             table,
             keys,

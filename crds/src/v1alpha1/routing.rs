@@ -17,6 +17,10 @@ pub struct RoutingSpec {
     /// Where requests go when this model is overloaded or unavailable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<FallbackSpec>,
+    /// Answer a generation request from an earlier answer to a similar prompt (by embedding
+    /// similarity). Off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semantic_cache: Option<SemanticCacheSpec>,
 }
 
 impl Default for RoutingSpec {
@@ -24,6 +28,7 @@ impl Default for RoutingSpec {
         Self {
             response_cache: default_response_cache(),
             fallback: None,
+            semantic_cache: None,
         }
     }
 }
@@ -57,4 +62,26 @@ pub struct FallbackSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]
     pub tiers: Vec<String>,
+}
+
+/// The semantic cache of a generation model: the router embeds each non-streamed prompt with
+/// `embeddingModel` and answers it from a cached answer of the same revision and the same
+/// parameters (everything in the body but the prompt) whose prompt is at least `similarityAbove`
+/// similar (cosine). Answers are approximate by design: turn it on only where a near-duplicate
+/// question may get the same answer.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SemanticCacheSpec {
+    /// Served name (or alias) of an embeddings ModelDeployment in the same namespace.
+    #[x_kube(validation = rules::SEMANTIC_CACHE_MODEL)]
+    #[schemars(length(max = 128))]
+    pub embedding_model: String,
+    /// Cosine similarity a cached prompt needs, above 0 and at most 1 (default 0.95).
+    #[serde(default = "default_similarity")]
+    #[x_kube(validation = rules::SEMANTIC_CACHE_SIMILARITY)]
+    pub similarity_above: f64,
+}
+
+fn default_similarity() -> f64 {
+    0.95
 }

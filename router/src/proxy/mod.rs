@@ -4,6 +4,7 @@
 //! endpoints, holding while the model has none Ready.
 
 pub mod answer;
+mod caching;
 pub mod forward;
 
 use std::{
@@ -25,9 +26,8 @@ use tokio::sync::watch;
 
 use crate::{
     activity::Seen,
-    cache,
     keys::Grant,
-    metrics::{CacheLabels, FallbackLabels, Metrics, PickLabels, RequestLabels},
+    metrics::{FallbackLabels, Metrics, PickLabels, RequestLabels},
     pick, route,
     state::Router,
     table::{Endpoint, ModelEntry, Table},
@@ -214,7 +214,9 @@ async fn handle(
         accept: headers.get(header::ACCEPT),
         tier: tier.as_deref(),
         deadline,
+        embedding: None,
     };
+    request.embedding = caching::prompt_embedding(router, routed.model, &grant, &request).await;
     let mut response = serve(router, &model_key, &request).await?;
     // The pod picked as the least loaded refused for a full queue: the primary is overloaded, and
     // a fallback that has room answers instead (nothing was processed, so resending is safe).
@@ -287,6 +289,8 @@ struct Request<'a> {
     accept: Option<&'a HeaderValue>,
     tier: Option<&'a str>,
     deadline: Instant,
+    /// Its prompt's embedding, for the semantic cache.
+    embedding: Option<caching::PromptEmbedding>,
 }
 
 fn usable(router: &Router, now: Instant) -> impl Fn(&crate::table::Revision) -> bool + '_ {
@@ -315,7 +319,7 @@ async fn serve(router: &Arc<Router>, key: &str, request: &Request<'_>) -> Result
         let now = Instant::now();
         let revision = pick::revision(model, sequence, usable(router, now));
         if looked_up.as_deref() != Some(revision.name.as_str()) {
-            if let Some(hit) = cached(router, model, &revision.name, request, now) {
+            if let Some(hit) = caching::cached(router, model, &revision.name, request, now) {
                 return Ok(hit);
             }
             looked_up = Some(revision.name.clone());
@@ -457,52 +461,6 @@ fn unavailable(router: &Router, model: &ModelEntry, why: &str) -> Refusal {
     }
 }
 
-fn cache_key(
-    router: &Router,
-    model: &ModelEntry,
-    revision: &str,
-    request: &Request<'_>,
-) -> Option<cache::Key> {
-    let on = router.config.cache.max_bytes > 0
-        && model.routing.response_cache
-        && cache::cacheable(request.path, &request.json);
-    on.then(|| cache::key(revision, request.path, &request.json))
-}
-
-fn cached(
-    router: &Router,
-    model: &ModelEntry,
-    revision: &str,
-    request: &Request<'_>,
-    now: Instant,
-) -> Option<Response> {
-    let key = cache_key(router, model, revision, request)?;
-    let hit = router.cache.get(&key, now);
-    let (result, seen) = if hit.is_some() {
-        ("hit", Seen::CacheHit)
-    } else {
-        ("miss", Seen::CacheMiss)
-    };
-    router.activity.count(model, seen);
-    router
-        .metrics
-        .cache
-        .get_or_create(&CacheLabels {
-            model: model.key(),
-            result,
-        })
-        .inc();
-    let body = hit?;
-    let mut r = Response::new(Body::from(body));
-    let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(headers::CACHE, HeaderValue::from_static("hit"));
-    if let Ok(v) = HeaderValue::try_from(revision) {
-        h.insert(headers::REVISION, v);
-    }
-    Some(r)
-}
-
 /// The server's answer on its way out: the router's headers, and a cacheable 200 stored.
 async fn finish(
     router: &Router,
@@ -520,34 +478,5 @@ async fn finish(
         }
     }
     h.insert(headers::RETRY, HeaderValue::from(retries));
-    // Only a complete, small answer is stored; anything else streams through untouched.
-    let small = response
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        .is_some_and(|n| n <= router.config.cache.max_bytes / 4);
-    let Some(key) =
-        cache_key(router, model, revision, request).filter(|_| small && response.status() == StatusCode::OK)
-    else {
-        return response;
-    };
-    let (mut parts, body) = response.into_parts();
-    let remaining = request.deadline.saturating_duration_since(Instant::now());
-    let Some(bytes) = forward::collect(body, router.config.cache.max_bytes.max(1), remaining).await else {
-        return Refusal::Upstream {
-            status: StatusCode::BAD_GATEWAY,
-            message: "the model server's answer ended early".into(),
-        }
-        .into_response();
-    };
-    router.cache.put(key, bytes.clone(), Instant::now());
-    router
-        .metrics
-        .cache_bytes
-        .set(i64::try_from(router.cache.bytes()).unwrap_or(i64::MAX));
-    parts
-        .headers
-        .insert(headers::CACHE, HeaderValue::from_static("miss"));
-    parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, Body::from(bytes))
+    caching::store(router, model, revision, request, response).await
 }

@@ -45,8 +45,8 @@ fn table(rule: FallbackSpec) -> Table {
     big.served = "big".into();
     big.aliases = vec!["large".into()];
     big.routing = RoutingSpec {
-        response_cache: true,
         fallback: Some(rule),
+        ..RoutingSpec::default()
     };
     let mut small = model_with_candidate(&board, 0);
     small.deployment = "small".into();

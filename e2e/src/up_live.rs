@@ -114,13 +114,10 @@ pub async fn up(live: LiveArgs, dir: Option<PathBuf>) -> Result<(), String> {
         .map_err(text)?;
     step(
         6,
-        "router (in the fleet namespace; anonymous callers get each model's lowest tier)",
+        "router (in the fleet namespace; anonymous callers get each model's lowest tier; reporting to the operator)",
         t0,
     );
-    let mut router = fleet
-        .start_router(&cluster, &["--allow-anonymous"])
-        .await
-        .map_err(text)?;
+    let mut router = start_reporting_router(&mut fleet, &cluster, &client, hub).await?;
     step(7, "ready", t0);
     let state = LiveState {
         netns: fleet.net().name().to_string(),
@@ -193,4 +190,38 @@ pub fn exec(command: &[String]) -> Result<std::process::ExitCode, String> {
     Ok(std::process::ExitCode::from(
         u8::try_from(status.code().unwrap_or(1)).unwrap_or(1),
     ))
+}
+
+/// The router with anonymous access on each model's lowest tier, streaming its counts to the
+/// operator's hub (`status.routing`) with a token of its own ServiceAccount `modelfleet-router`.
+async fn start_reporting_router(
+    fleet: &mut LiveFleet,
+    cluster: &LocalCluster,
+    client: &kube::Client,
+    hub: std::net::SocketAddr,
+) -> Result<modelfleet_testkit::live::router::FleetRouter, String> {
+    let token = modelfleet_testkit::agents::request_telemetry_token(client, "default", "modelfleet-router")
+        .await
+        .map_err(text)?;
+    let token_file = cluster.dir().join("modelfleet-router.token");
+    write_private(&token_file, &token).map_err(text)?;
+    let flags = [
+        "--allow-anonymous".to_owned(),
+        format!("--operator-url=http://{hub}"),
+        format!("--token-file={}", token_file.display()),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    fleet.start_router(cluster, &flags).await.map_err(text)
+}
+
+/// Writes `text` to `path`, readable by this user only.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())
 }

@@ -27,6 +27,6 @@ pub use annotated_load::{SIMULATED_LOAD_ANNOTATION, follow_annotations, parse_lo
 pub use load::{BATCH_BUCKETS, DURATION_BUCKETS, PodLoad, TIER};
 pub use node_agents::{
     AGENT_SERVICE_ACCOUNT, AgentToken, AgentsConfig, NODE_AGENT_BIN, NodeAgents, TOKEN_EXPIRATION,
-    node_agent_binary, request_agent_token,
+    node_agent_binary, request_agent_token, request_telemetry_token,
 };
 pub use simulator::{LoadSimulator, SCRAPE_ADDRESS_ANNOTATION, SimulatedPod};

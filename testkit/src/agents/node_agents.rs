@@ -345,19 +345,26 @@ pub fn node_agent_binary() -> Result<PathBuf> {
 /// Creates ServiceAccount `modelfleet-node-agent` in `namespace` if missing and returns a fresh
 /// token of it through the TokenRequest API: audience `modelfleet-operator`, one hour.
 pub async fn request_agent_token(client: &Client, namespace: &str) -> Result<String> {
+    request_telemetry_token(client, namespace, AGENT_SERVICE_ACCOUNT).await
+}
+
+/// Creates ServiceAccount `account` in `namespace` if missing and returns a fresh token of it
+/// for the operator's telemetry hub (audience `modelfleet-operator`, one hour): what a node agent
+/// or a router presents.
+pub async fn request_telemetry_token(client: &Client, namespace: &str, account: &str) -> Result<String> {
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-    let account = ServiceAccount {
+    let object = ServiceAccount {
         metadata: ObjectMeta {
-            name: Some(AGENT_SERVICE_ACCOUNT.into()),
+            name: Some(account.into()),
             labels: Some(BTreeMap::from([(
                 "app.kubernetes.io/name".to_string(),
-                NODE_AGENT_BIN.to_string(),
+                account.to_string(),
             )])),
             ..Default::default()
         },
         ..Default::default()
     };
-    match accounts.create(&PostParams::default(), &account).await {
+    match accounts.create(&PostParams::default(), &object).await {
         Ok(_) => {}
         Err(kube::Error::Api(status)) if status.code == 409 => {}
         Err(e) => return Err(e.into()),
@@ -371,14 +378,14 @@ pub async fn request_agent_token(client: &Client, namespace: &str) -> Result<Str
         ..Default::default()
     };
     let answer = accounts
-        .create_token_request(AGENT_SERVICE_ACCOUNT, &PostParams::default(), &request)
+        .create_token_request(account, &PostParams::default(), &request)
         .await?;
     answer
         .status
         .and_then(|s| s.token)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| Error::Io {
-            what: format!("request a token of {namespace}/{AGENT_SERVICE_ACCOUNT}"),
+            what: format!("request a token of {namespace}/{account}"),
             source: std::io::Error::other("the TokenRequest came back without a token"),
         })
 }

@@ -29,7 +29,7 @@ pub struct ServerArgs {
     /// backend needs none; given one, it uses the model's tokenizer to count tokens.
     #[arg(long, env = "MODELFLEET_MODEL_URI")]
     pub model_uri: Option<String>,
-    /// Task of the model. Only `embedding` is served by this release.
+    /// Task of the model: `embedding` or `generation` (a llama-family GGUF).
     #[arg(long, env = "MODELFLEET_TASK", value_enum, default_value_t = ModelTask::Embedding)]
     pub task: ModelTask,
     /// Compute backend: `candle` runs the model; `synthetic` simulates one (for load tests).

@@ -45,7 +45,8 @@ impl Lifecycle {
         self.loaded.load(Ordering::SeqCst) && !self.draining.load(Ordering::SeqCst)
     }
 
-    fn refusal(&self) -> Option<InferError> {
+    /// The answer to a request while not ready: still loading, or draining.
+    pub fn refusal(&self) -> Option<InferError> {
         if self.draining.load(Ordering::SeqCst) {
             Some(InferError::Unavailable {
                 message: "the server is shutting down; retry on another replica".into(),

@@ -10,6 +10,7 @@ pub mod batcher;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod generate;
 pub mod metrics;
 pub mod serve;
 pub mod shadow;

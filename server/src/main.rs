@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use modelfleet_server::{config::Cli, start};
 
 /// Registers the SIGTERM and SIGINT handlers now; the future resolves on the first signal.
@@ -22,8 +21,28 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
+/// The command line; a generation model's name defaults to its GGUF file's stem unless
+/// `--model-name` (or its variable) names one.
+fn parse_cli() -> Cli {
+    use clap::{CommandFactory, FromArgMatches, parser::ValueSource};
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let named = matches.value_source("model_name") != Some(ValueSource::DefaultValue);
+    let served = &mut cli.config.contract;
+    if !named
+        && served.task == modelfleet_contract::ModelTask::Generation
+        && let Some(path) = served
+            .model_uri
+            .as_deref()
+            .and_then(|uri| modelfleet_server::generate::start::gguf_path(uri).ok())
+    {
+        served.model_name = modelfleet_server::generate::start::default_model_name(&path);
+    }
+    cli
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -51,8 +70,8 @@ fn main() -> ExitCode {
                     http = %listening.http,
                     grpc = %listening.grpc,
                     metrics = %listening.metrics,
-                    backend = listening.engine.info.name,
-                    simulated = listening.engine.info.simulated,
+                    backend = listening.backend,
+                    simulated = listening.simulated,
                     "listening"
                 );
                 let _ = listening.stopped.await;

@@ -2,7 +2,11 @@
 //! units and `_total`/`_seconds` suffixes; labels stay low-cardinality (tier, code, reason). The
 //! ones the node agent scrapes are named by modelfleet-contract's `metrics`.
 
+mod generation;
+
 use std::sync::{Arc, atomic::AtomicU64};
+
+pub use generation::GenerationMetrics;
 
 use modelfleet_contract::metrics::{self as scraped, PREFIX};
 use prometheus_client::{
@@ -79,6 +83,8 @@ pub struct Metrics {
     pub shadow_latency_ratio: Histogram,
     pub model_info: Family<ModelLabels, Gauge>,
     pub ready: Gauge,
+    /// Generation metrics (zero on an embeddings server).
+    pub generation: GenerationMetrics,
 }
 
 fn latency_histogram() -> Histogram {
@@ -110,6 +116,8 @@ impl Default for Metrics {
         let shadow_latency_ratio = Histogram::new(exponential_buckets(0.125, 2f64.sqrt(), 13));
         let model_info = Family::<ModelLabels, Gauge>::default();
         let ready = Gauge::default();
+        let generation = GenerationMetrics::default();
+        generation.register(r);
 
         r.register(
             scraped::REQUESTS.name,
@@ -207,7 +215,7 @@ impl Default for Metrics {
             "1 when the model is loaded, warmed up and the server is not draining",
             ready.clone(),
         );
-        register_model_server_protocol(&mut root, &queued, &running);
+        register_model_server_protocol(&mut root, &queued, &running, &generation.kv_cache_usage);
         Self {
             registry: Arc::new(root),
             requests,
@@ -230,13 +238,19 @@ impl Default for Metrics {
             shadow_latency_ratio,
             model_info,
             ready,
+            generation,
         }
     }
 }
 
 /// The gauges a standard Gateway API Inference Extension picker scrapes, under the vLLM names it
 /// reads by default (the same values as ours), so our pods work behind either picker.
-fn register_model_server_protocol(root: &mut Registry, queued: &Gauge, running: &Gauge) {
+fn register_model_server_protocol(
+    root: &mut Registry,
+    queued: &Gauge,
+    running: &Gauge,
+    kv_cache: &FloatGauge,
+) {
     use modelfleet_contract::metrics::model_server_protocol as msp;
     root.register(
         msp::QUEUED,
@@ -248,11 +262,11 @@ fn register_model_server_protocol(root: &mut Registry, queued: &Gauge, running: 
         "Requests in running batches (model-server protocol name of modelfleet_requests_running)",
         running.clone(),
     );
-    // Embeddings hold no KV cache: always 0 (a generation server sets its own).
+    // Embeddings hold no KV cache: 0 there; a generation server sets it.
     root.register(
         msp::KV_CACHE_USAGE,
         "Share of the KV cache in use, 0 to 1 (0 for embeddings)",
-        FloatGauge::default(),
+        kv_cache.clone(),
     );
 }
 

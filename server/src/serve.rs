@@ -42,7 +42,12 @@ pub struct Listening {
     pub http: SocketAddr,
     pub grpc: SocketAddr,
     pub metrics: SocketAddr,
-    pub engine: Arc<Engine>,
+    /// `candle` or `synthetic`.
+    pub backend: &'static str,
+    /// True when outputs and timings are simulated.
+    pub simulated: bool,
+    /// The embeddings engine (None for a generation server).
+    pub engine: Option<Arc<Engine>>,
     pub stopped: JoinHandle<()>,
 }
 
@@ -52,11 +57,14 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Listening, StartError> {
     let served = &config.contract;
-    if served.task != ModelTask::Embedding {
-        return Err(StartError::Config(format!(
-            "--task={:?}: this release serves embedding models only",
-            served.task
-        )));
+    match served.task {
+        ModelTask::Embedding => {}
+        ModelTask::Generation => return crate::generate::start::start(config, shutdown).await,
+        ModelTask::Classification => {
+            return Err(StartError::Config(
+                "--task=classification: this release serves embedding and generation models".into(),
+            ));
+        }
     }
     let loading = config.clone();
     let (backend, encoder) = tokio::task::spawn_blocking(move || backend::load(&loading))
@@ -165,18 +173,20 @@ pub async fn start(
         http: addrs.0,
         grpc: addrs.1,
         metrics: addrs.2,
-        engine,
+        backend: info.name,
+        simulated: info.simulated,
+        engine: Some(engine),
         stopped,
     })
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
         .map_err(|error| StartError::Bind { addr, error })
 }
 
-fn local(listener: &TcpListener) -> Result<SocketAddr, StartError> {
+pub(crate) fn local(listener: &TcpListener) -> Result<SocketAddr, StartError> {
     listener
         .local_addr()
         .map_err(|error| StartError::Config(format!("local address: {error}")))

@@ -26,6 +26,7 @@ pub mod process;
 pub mod procfs;
 pub mod prometheus;
 pub mod server;
+pub mod sse;
 pub mod telemetry_hub;
 pub mod testing;
 pub mod toolchain;

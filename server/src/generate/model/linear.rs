@@ -1,0 +1,197 @@
+//! Weight matrices in the form the forward pass runs fastest, decided once at load: Q, K and V
+//! fused into one matmul (gate and up into another); Q and K rows reordered for the rotary
+//! embedding on contiguous halves; and, on the CPU, quantisations converted and inputs padded
+//! so candle picks its SIMD kernels.
+
+use std::sync::Arc;
+
+use candle_core::{
+    D, Device, Tensor,
+    quantized::{GgmlDType, QMatMul, QTensor, ggml_file::qtensor_from_ggml},
+};
+
+use crate::generate::GenerateError;
+
+/// candle's x86 int8 tile kernels (AVX512-VNNI / AVX-VNNI, with weights repacked on first use)
+/// take only inputs whose width is a multiple of this (they quantise activations in 256-value
+/// blocks). Elsewhere a Q8_0 matmul falls back to one dot product per output: on a 2-core
+/// Sapphire Rapids, 18 GMAC/s against 190 GMAC/s tiled for 8 rows.
+const TILE_INPUT_MULTIPLE: usize = 256;
+
+/// A matmul `x · Wᵀ`, with the input zero-padded to the width the weights were padded to.
+#[derive(Debug)]
+pub(super) struct Linear {
+    matmul: QMatMul,
+    /// Zero columns appended to the input (zero weight columns match them).
+    pad: usize,
+}
+
+impl Linear {
+    /// `x` is `[rows, inputs]`; returns `[rows, outputs]`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self.pad {
+            0 => x.apply(&self.matmul),
+            pad => x.pad_with_zeros(D::Minus1, 0, pad)?.apply(&self.matmul),
+        }
+    }
+}
+
+/// Several projections of the same input. Fused into one matmul (outputs side by side) when
+/// their weights share a quantisation: one pass over the input, one quantisation of it and one
+/// dispatch instead of several, which is much of a small batch's time.
+#[derive(Debug)]
+pub(super) enum Projection {
+    Fused { linear: Linear, widths: Vec<usize> },
+    Separate(Vec<Linear>),
+}
+
+impl Projection {
+    /// The matrices as one fused matmul when they share a quantisation and input width, else
+    /// apart.
+    pub fn new(parts: Vec<RawMatrix>, device: &Device) -> Result<Self, GenerateError> {
+        let (dtype, cols) = (parts[0].dtype, parts[0].cols);
+        if parts.iter().any(|p| p.dtype != dtype || p.cols != cols) {
+            let linears = parts.into_iter().map(|p| p.into_linear(device, None));
+            return Ok(Self::Separate(linears.collect::<Result<_, _>>()?));
+        }
+        let widths = parts.iter().map(|p| p.rows).collect::<Vec<_>>();
+        // Row-major blocks: stacking the outputs is concatenating the bytes.
+        let fused = RawMatrix {
+            dtype,
+            rows: widths.iter().sum(),
+            cols,
+            bytes: parts.into_iter().flat_map(|p| p.bytes).collect(),
+        };
+        Ok(Self::Fused {
+            linear: fused.into_linear(device, None)?,
+            widths,
+        })
+    }
+
+    /// The outputs in the order the weights were given, each `[rows, width]` (views of one
+    /// tensor when fused).
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        match self {
+            Self::Fused { linear, widths } => {
+                let y = linear.forward(x)?;
+                let mut start = 0;
+                let mut parts = Vec::with_capacity(widths.len());
+                for &width in widths {
+                    parts.push(y.narrow(1, start, width)?);
+                    start += width;
+                }
+                Ok(parts)
+            }
+            Self::Separate(linears) => linears.iter().map(|l| l.forward(x)).collect(),
+        }
+    }
+}
+
+/// A weight matrix as stored in the file: `rows` outputs of `cols` inputs, row-major, in
+/// quantised blocks that never straddle rows.
+#[derive(Debug, Clone)]
+pub(super) struct RawMatrix {
+    pub dtype: GgmlDType,
+    pub rows: usize,
+    pub cols: usize,
+    pub bytes: Vec<u8>,
+}
+
+impl RawMatrix {
+    fn row_bytes(&self) -> usize {
+        self.cols / self.dtype.block_size() * self.dtype.type_size()
+    }
+
+    /// Reorders the rows within each head so that llama's interleaved rotary pairs (2i, 2i+1)
+    /// become the halves (i, i + d/2): the rotation then works on contiguous halves (candle's
+    /// `rope_thd`, which takes the `[tokens, heads, dim]` layout the projection produces without
+    /// a transpose). Q and K get the same reordering, so their dot products are unchanged.
+    pub fn deinterleave_heads(mut self, head_dim: usize) -> Self {
+        let row_bytes = self.row_bytes();
+        let mut out = Vec::with_capacity(self.bytes.len());
+        for head in self.bytes.chunks_exact(head_dim * row_bytes) {
+            let rows = (0..head_dim / 2).map(|i| 2 * i).chain((0..head_dim / 2).map(|i| 2 * i + 1));
+            for row in rows {
+                out.extend_from_slice(&head[row * row_bytes..(row + 1) * row_bytes]);
+            }
+        }
+        self.bytes = out;
+        self
+    }
+
+    fn stored(&self, device: &Device) -> Result<QTensor, GenerateError> {
+        Ok(qtensor_from_ggml(self.dtype, &self.bytes, vec![self.rows, self.cols], device)?)
+    }
+
+    /// For embedding lookups (no padding): as stored, or converted where the CPU has no SIMD
+    /// kernel for the stored type.
+    pub fn into_lookup(self, device: &Device) -> Result<QTensor, GenerateError> {
+        match cpu_layout(self.dtype, self.cols) {
+            (dtype, _) if device.is_cpu() && dtype != self.dtype => self.converted(dtype, 0),
+            _ => self.stored(device),
+        }
+    }
+
+    /// The matmul on `device`. On the CPU the matrix may be converted and padded (see
+    /// [`cpu_layout`]); when it stays exactly as `same` holds it, that tensor is shared.
+    pub fn into_linear(self, device: &Device, same: Option<&Arc<QTensor>>) -> Result<Linear, GenerateError> {
+        let (dtype, cols) = match device.is_cpu() {
+            true => cpu_layout(self.dtype, self.cols),
+            false => (self.dtype, self.cols),
+        };
+        let pad = cols - self.cols;
+        let matmul = match same {
+            Some(shared) if shared.dtype() == dtype && pad == 0 => QMatMul::from_arc(shared.clone())?,
+            _ if dtype == self.dtype && pad == 0 => QMatMul::from_qtensor(self.stored(device)?)?,
+            _ => QMatMul::from_qtensor(self.converted(dtype, pad)?)?,
+        };
+        Ok(Linear { matmul, pad })
+    }
+
+    /// Re-quantised to `dtype` with `pad` zero columns appended (on the CPU).
+    fn converted(self, dtype: GgmlDType, pad: usize) -> Result<QTensor, GenerateError> {
+        let values = self.stored(&Device::Cpu)?.dequantize(&Device::Cpu)?;
+        let values = match pad {
+            0 => values,
+            pad => values.pad_with_zeros(1, 0, pad)?,
+        };
+        Ok(QTensor::quantize(&values, dtype)?)
+    }
+}
+
+/// How the CPU runs a stored quantisation with `cols` inputs: `(dtype, padded cols)`.
+///
+/// candle 0.11 has no SIMD dot product for Q4_1, Q5_0 and Q5_1 (scalar loops, several times
+/// slower than its AVX2/NEON Q8_0 kernel), so they run as Q8_0, which holds every value of
+/// those 4- and 5-bit grids to within 1/254 of the block's largest magnitude, a rounding far
+/// below the quantisation already in the weights. Where the x86 int8 tile kernels exist, Q4_0
+/// runs as Q8_0 too, and Q8_0 inputs are padded to [`TILE_INPUT_MULTIPLE`]: a quarter more
+/// multiply-adds for a 576-wide model, ten times fewer cycles each.
+fn cpu_layout(stored: GgmlDType, cols: usize) -> (GgmlDType, usize) {
+    let tiles = x86_int8_tiles();
+    let dtype = match stored {
+        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => GgmlDType::Q8_0,
+        GgmlDType::Q4_0 if tiles => GgmlDType::Q8_0,
+        other => other,
+    };
+    match dtype {
+        GgmlDType::Q8_0 if tiles => (dtype, cols.next_multiple_of(TILE_INPUT_MULTIPLE)),
+        _ => (dtype, cols),
+    }
+}
+
+/// Whether candle runs Q8_0 through its x86 int8 tile kernels here (its own test, including the
+/// override that forces the plain AVX2 path).
+fn x86_int8_tiles() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let forced_avx2 = std::env::var("MISTRALRS_FORCE_AVX2").as_deref() == Ok("1");
+        let avx512 = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni");
+        let avx_vnni = is_x86_feature_detected!("avxvnni") && is_x86_feature_detected!("avx2");
+        !forced_avx2 && (avx512 || avx_vnni)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}

@@ -115,60 +115,36 @@ pub async fn start(
         mirror,
     }));
 
-    let (address, ports) = (config.listen_address, served.ports);
-    let http = bind(SocketAddr::new(address, ports.http_port)).await?;
-    let grpc = bind(SocketAddr::new(address, ports.grpc_port)).await?;
-    let metrics_listener = bind(SocketAddr::new(address, ports.metrics_port)).await?;
-    let addrs = (local(&http)?, local(&grpc)?, local(&metrics_listener)?);
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped_signal = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let http_task = tokio::spawn(
-        axum::serve(http, api::router(engine.clone(), config.limits.max_request_bytes))
-            .with_graceful_shutdown(stopped_signal(stop_rx.clone()))
-            .into_future(),
+    let bound = bind_all(&config).await?;
+    let stop = Stop::new();
+    let http_task = serve_http(
+        bound.http,
+        api::router(engine.clone(), config.limits.max_request_bytes),
+        &stop,
     );
-    let metrics_task = tokio::spawn(
-        axum::serve(metrics_listener, api::metrics_router(engine.clone()))
-            .with_graceful_shutdown(stopped_signal(stop_rx.clone()))
-            .into_future(),
-    );
-    let grpc_task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(api::grpc_service(engine.clone()))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc),
-                stopped_signal(stop_rx),
-            ),
-    );
+    let metrics_task = serve_http(bound.metrics, api::metrics_router(engine.clone()), &stop);
+    let grpc = tonic::transport::Server::builder()
+        .add_service(api::grpc_service(engine.clone()))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(bound.grpc),
+            stop.signal(),
+        );
+    let grpc_task = tokio::spawn(async move {
+        let _ = grpc.await;
+    });
     engine.lifecycle.set_loaded();
     metrics.ready.set(1);
 
-    let drain_timeout = config.drain_timeout;
     let draining = engine.clone();
-    let stopped = tokio::spawn(async move {
-        shutdown.await;
+    let drain = async move {
         tracing::info!("shutdown requested: not ready, finishing queued work");
         draining.lifecycle.start_draining();
         draining.metrics.ready.set(0);
-        if tokio::time::timeout(drain_timeout, draining.batcher.drain())
-            .await
-            .is_err()
-        {
-            tracing::warn!(?drain_timeout, "queued work did not finish in time");
-        }
-        let _ = stop_tx.send(true);
-        // Connections get what is left of a short grace to write their answers.
-        let _ = tokio::time::timeout(Duration::from_secs(5), async {
-            let _ = http_task.await;
-            let _ = grpc_task.await;
-            let _ = metrics_task.await;
-        })
-        .await;
-        tracing::info!("stopped");
-    });
+        draining.batcher.drain().await;
+    };
+    let tasks = vec![http_task, grpc_task, metrics_task];
+    let stopped = drain_then_stop(shutdown, drain, config.drain_timeout, stop, tasks);
+    let addrs = bound.addrs;
     Ok(Listening {
         http: addrs.0,
         grpc: addrs.1,
@@ -180,13 +156,91 @@ pub async fn start(
     })
 }
 
-pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+/// The three listeners of a server, bound, and their addresses (http, grpc, metrics).
+pub(crate) struct Bound {
+    pub http: TcpListener,
+    pub grpc: TcpListener,
+    pub metrics: TcpListener,
+    pub addrs: (SocketAddr, SocketAddr, SocketAddr),
+}
+
+/// Binds the HTTP, gRPC and metrics ports.
+pub(crate) async fn bind_all(config: &ServerConfig) -> Result<Bound, StartError> {
+    let (address, ports) = (config.listen_address, config.contract.ports);
+    let http = bind(SocketAddr::new(address, ports.http_port)).await?;
+    let grpc = bind(SocketAddr::new(address, ports.grpc_port)).await?;
+    let metrics = bind(SocketAddr::new(address, ports.metrics_port)).await?;
+    let addrs = (local(&http)?, local(&grpc)?, local(&metrics)?);
+    Ok(Bound {
+        http,
+        grpc,
+        metrics,
+        addrs,
+    })
+}
+
+/// The signal that stops every listener (after the drain).
+pub(crate) struct Stop {
+    tx: watch::Sender<bool>,
+    rx: watch::Receiver<bool>,
+}
+
+impl Stop {
+    pub(crate) fn new() -> Self {
+        let (tx, rx) = watch::channel(false);
+        Self { tx, rx }
+    }
+
+    /// Resolves when the listeners are to stop.
+    pub(crate) fn signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `stop`.
+pub(crate) fn serve_http(listener: TcpListener, app: axum::Router, stop: &Stop) -> JoinHandle<()> {
+    let server = axum::serve(listener, app).with_graceful_shutdown(stop.signal());
+    tokio::spawn(async move {
+        let _ = server.await;
+    })
+}
+
+/// After `shutdown`: `drain` (it marks the server not ready and waits for its work) for at most
+/// `drain_timeout`, then stops the listeners and gives connections a short grace to write their
+/// answers.
+pub(crate) fn drain_then_stop(
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    drain: impl Future<Output = ()> + Send + 'static,
+    drain_timeout: Duration,
+    stop: Stop,
+    tasks: Vec<JoinHandle<()>>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        shutdown.await;
+        if tokio::time::timeout(drain_timeout, drain).await.is_err() {
+            tracing::warn!(?drain_timeout, "work in progress did not finish in time");
+        }
+        let _ = stop.tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            for task in tasks {
+                let _ = task.await;
+            }
+        })
+        .await;
+        tracing::info!("stopped");
+    })
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
         .map_err(|error| StartError::Bind { addr, error })
 }
 
-pub(crate) fn local(listener: &TcpListener) -> Result<SocketAddr, StartError> {
+fn local(listener: &TcpListener) -> Result<SocketAddr, StartError> {
     listener
         .local_addr()
         .map_err(|error| StartError::Config(format!("local address: {error}")))

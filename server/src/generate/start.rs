@@ -4,14 +4,11 @@
 
 use std::{
     future::Future,
-    net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
-    time::Duration,
 };
 
 use modelfleet_contract::Device as DeviceKind;
-use tokio::sync::watch;
 
 use super::{
     Decode, LanguageModel,
@@ -23,7 +20,7 @@ use crate::{
     ServerConfig,
     api::{self, generation::parse::GenerationLimits},
     metrics::{Metrics, ModelLabels},
-    serve::{Listening, StartError, bind, local},
+    serve::{Listening, StartError, Stop, bind_all, drain_then_stop, serve_http},
 };
 
 /// The `.gguf` file a `--model-uri` names: `file:///path/model.gguf`, or a directory holding
@@ -160,57 +157,30 @@ async fn serve(
     service: Arc<GenerationService>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Listening, StartError> {
-    let (address, ports) = (config.listen_address, config.contract.ports);
-    let http = bind(SocketAddr::new(address, ports.http_port)).await?;
-    let grpc = bind(SocketAddr::new(address, ports.grpc_port)).await?;
-    let metrics_listener = bind(SocketAddr::new(address, ports.metrics_port)).await?;
-    let addrs = (local(&http)?, local(&grpc)?, local(&metrics_listener)?);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped_signal = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
+    let bound = bind_all(&config).await?;
+    let stop = Stop::new();
     let app = api::generation::router(service.clone(), config.limits.max_request_bytes);
-    let http_task = tokio::spawn(
-        axum::serve(http, app)
-            .with_graceful_shutdown(stopped_signal(stop_rx.clone()))
-            .into_future(),
-    );
-    let metrics_task = tokio::spawn(
-        axum::serve(metrics_listener, api::generation::metrics_router(service.clone()))
-            .with_graceful_shutdown(stopped_signal(stop_rx.clone()))
-            .into_future(),
+    let http_task = serve_http(bound.http, app, &stop);
+    let metrics_task = serve_http(
+        bound.metrics,
+        api::generation::metrics_router(service.clone()),
+        &stop,
     );
     // The OIP v2 gRPC API serves embeddings only: the port answers at once (404) rather than
     // leaving a client hanging.
-    let grpc_task = tokio::spawn(
-        axum::serve(grpc, axum::Router::new())
-            .with_graceful_shutdown(stopped_signal(stop_rx))
-            .into_future(),
-    );
+    let grpc_task = serve_http(bound.grpc, axum::Router::new(), &stop);
     service.lifecycle.set_loaded();
     service.metrics.ready.set(1);
-    let drain_timeout = config.drain_timeout;
     let draining = service.clone();
-    let stopped = tokio::spawn(async move {
-        shutdown.await;
+    let drain = async move {
         tracing::info!("shutdown requested: not ready, finishing running sequences");
         draining.lifecycle.start_draining();
         draining.metrics.ready.set(0);
-        if tokio::time::timeout(drain_timeout, draining.idle())
-            .await
-            .is_err()
-        {
-            tracing::warn!(?drain_timeout, "running sequences did not finish in time");
-        }
-        let _ = stop_tx.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(5), async {
-            let _ = http_task.await;
-            let _ = grpc_task.await;
-            let _ = metrics_task.await;
-        })
-        .await;
-        tracing::info!("stopped");
-    });
+        draining.idle().await;
+    };
+    let tasks = vec![http_task, grpc_task, metrics_task];
+    let stopped = drain_then_stop(shutdown, drain, config.drain_timeout, stop, tasks);
+    let addrs = bound.addrs;
     Ok(Listening {
         http: addrs.0,
         grpc: addrs.1,

@@ -11,7 +11,7 @@ use candle_core::{
     quantized::{GgmlDType, QTensor, ggml_file::qtensor_from_ggml, gguf_file::Content},
 };
 
-use super::linear::{Linear, Projection, RawMatrix};
+use super::linear::{InputPrecision, Linear, Projection, RawMatrix};
 use crate::generate::GenerateError;
 
 /// Model shape and numerics, from the `llama.*` metadata.
@@ -149,7 +149,7 @@ impl<'a, R: Read + Seek> Loader<'a, R> {
             false => embedding.clone(),
         };
         let embedding = Arc::new(embedding.into_lookup(self.device)?);
-        let output = output.into_linear(self.device, Some(&embedding))?;
+        let output = output.into_linear(self.device, Some(&embedding), InputPrecision::Tiled)?;
         let layers = (0..hyper.layers)
             .map(|index| self.layer(index, hyper))
             .collect::<Result<Vec<_>, _>>()?;
@@ -175,11 +175,15 @@ impl<'a, R: Read + Seek> Loader<'a, R> {
         let k = k.deinterleave_heads(hyper.head_dim);
         Ok(Layer {
             attn_norm: self.vector(&name("attn_norm"))?,
-            qkv: Projection::new(vec![q, k, v], self.device)?,
-            attn_output: self.matrix(&name("attn_output"), Some(hidden), q_rows)?.into_linear(self.device, None)?,
+            qkv: Projection::new(vec![q, k, v], self.device, InputPrecision::Fine)?,
+            attn_output: self.matrix(&name("attn_output"), Some(hidden), q_rows)?.into_linear(
+                self.device,
+                None,
+                InputPrecision::Tiled,
+            )?,
             ffn_norm: self.vector(&name("ffn_norm"))?,
-            gate_up: Projection::new(vec![gate, up], self.device)?,
-            down: down.into_linear(self.device, None)?,
+            gate_up: Projection::new(vec![gate, up], self.device, InputPrecision::Tiled)?,
+            down: down.into_linear(self.device, None, InputPrecision::Tiled)?,
         })
     }
 

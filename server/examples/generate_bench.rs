@@ -49,12 +49,19 @@ fn options() -> anyhow::Result<Options> {
         Some(path) => path,
         None => fetched_gguf()?,
     };
-    Ok(Options { gguf, streams, tokens })
+    Ok(Options {
+        gguf,
+        streams,
+        tokens,
+    })
 }
 
 fn fetched_gguf() -> anyhow::Result<PathBuf> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-llm.sh");
-    let out = std::process::Command::new("bash").arg(&script).arg("--print-path").output()?;
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("--print-path")
+        .output()?;
     anyhow::ensure!(out.status.success(), "{} failed", script.display());
     Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
 }
@@ -78,7 +85,10 @@ fn run(model: &mut GgufLlama, prompts: &[Vec<u32>], tokens: usize) -> anyhow::Re
     let feeds: Vec<Feed<'_>> = prompts
         .iter()
         .enumerate()
-        .map(|(i, p)| Feed { seq: i as SeqId, tokens: p })
+        .map(|(i, p)| Feed {
+            seq: i as SeqId,
+            tokens: p,
+        })
         .collect();
     let started = Instant::now();
     let mut next: Vec<u32> = model.forward(&feeds)?.iter().map(|l| argmax(l)).collect();
@@ -88,7 +98,10 @@ fn run(model: &mut GgufLlama, prompts: &[Vec<u32>], tokens: usize) -> anyhow::Re
         let feeds: Vec<Feed<'_>> = next
             .iter()
             .enumerate()
-            .map(|(i, t)| Feed { seq: i as SeqId, tokens: std::slice::from_ref(t) })
+            .map(|(i, t)| Feed {
+                seq: i as SeqId,
+                tokens: std::slice::from_ref(t),
+            })
             .collect();
         next = model.forward(&feeds)?.iter().map(|l| argmax(l)).collect();
     }
@@ -103,7 +116,12 @@ fn main() -> anyhow::Result<()> {
     let options = options()?;
     let started = Instant::now();
     let (mut model, tokenizer) = GgufLlama::load(&options.gguf, &Device::Cpu)?;
-    println!("loaded {} in {:.2?}: {:?}", options.gguf.display(), started.elapsed(), model.info());
+    println!(
+        "loaded {} in {:.2?}: {:?}",
+        options.gguf.display(),
+        started.elapsed(),
+        model.info()
+    );
     let prompts = (0..options.streams)
         .map(|i| prompt(&tokenizer, QUESTIONS[i % QUESTIONS.len()]))
         .collect::<anyhow::Result<Vec<_>>>()?;

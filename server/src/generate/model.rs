@@ -1,7 +1,8 @@
-//! A llama-family GGUF model (SmolLM2, Llama 2/3-style without rope scaling, Mistral) whose
-//! forward pass runs a ragged batch: every feed's tokens are stacked into one activation matrix,
-//! so each linear layer (the quantised matmuls, where the time goes) runs once for the whole
-//! batch, while attention runs per sequence over that sequence's own KV cache.
+//! A llama-family GGUF model (`general.architecture = llama`: SmolLM2, TinyLlama, Llama 2 and
+//! 3.0, Mistral 7B; no rope scaling, no mixture of experts) whose forward pass runs a ragged
+//! batch: every feed's tokens are stacked into one activation matrix, so each linear layer (the
+//! quantised matmuls, where the time goes) runs once for the whole batch, while attention runs
+//! per sequence over that sequence's own KV cache.
 //!
 //! Written against candle's primitives rather than `candle_transformers`' quantized llama,
 //! which keeps a single KV cache for one sequence and rotates every row of a batch at the same
@@ -42,6 +43,19 @@ pub struct ModelInfo {
     pub file_size_bytes: u64,
 }
 
+/// How a model holds its weight matrices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// Quantised, in the layout the device's kernels run fastest (see `linear`): what serving
+    /// uses.
+    #[default]
+    Quantized,
+    /// Dequantised to f32: exact arithmetic on the stored values, independent of batch shape,
+    /// at six to eight times the memory of 4-bit weights and with far slower matmuls. A reference for
+    /// tests and for measuring what quantised kernels cost in accuracy.
+    F32,
+}
+
 /// A llama-family model from a GGUF file, with one KV cache per sequence.
 #[derive(Debug)]
 pub struct GgufLlama {
@@ -67,6 +81,15 @@ impl GgufLlama {
     /// Reads a GGUF file once and builds the model on `device` and the tokenizer from its
     /// metadata.
     pub fn load(path: &Path, device: &Device) -> Result<(Self, GgufTokenizer), GenerateError> {
+        Self::load_with(path, device, WeightFormat::Quantized)
+    }
+
+    /// [`Self::load`] with the weights held as `format`.
+    pub fn load_with(
+        path: &Path,
+        device: &Device,
+        format: WeightFormat,
+    ) -> Result<(Self, GgufTokenizer), GenerateError> {
         let file_error = |e: std::io::Error| GenerateError::Files(format!("{}: {e}", path.display()));
         let file = std::fs::File::open(path).map_err(file_error)?;
         let file_size_bytes = file.metadata().map_err(file_error)?.len();
@@ -75,7 +98,7 @@ impl GgufLlama {
             .map_err(|e| GenerateError::Files(format!("{} is not a readable GGUF: {e}", path.display())))?;
         let tokenizer = GgufTokenizer::from_gguf(&content)?;
         let hyper = Hyper::from_gguf(&content)?;
-        let weights = Loader::new(&content, &mut reader, device).weights(&hyper)?;
+        let weights = Loader::new(&content, &mut reader, device, format).weights(&hyper)?;
         let (vocab, hidden) = weights.embedding.shape().dims2()?;
         if hidden != hyper.hidden || vocab != tokenizer.vocab_size() {
             return Err(GenerateError::Files(format!(
@@ -137,13 +160,19 @@ impl GgufLlama {
         };
         for (index, feed) in feeds.iter().enumerate() {
             if feed.tokens.is_empty() {
-                return Err(invalid(format!("the feed of sequence {} has no tokens", feed.seq)));
+                return Err(invalid(format!(
+                    "the feed of sequence {} has no tokens",
+                    feed.seq
+                )));
             }
             if feeds[..index].iter().any(|earlier| earlier.seq == feed.seq) {
                 return Err(invalid(format!("sequence {} is fed twice in one pass", feed.seq)));
             }
             if let Some(&token) = feed.tokens.iter().find(|&&t| t as usize >= self.vocab) {
-                return Err(invalid(format!("token {token} is outside the vocabulary of {}", self.vocab)));
+                return Err(invalid(format!(
+                    "token {token} is outside the vocabulary of {}",
+                    self.vocab
+                )));
             }
             let cached = self.cached_tokens(feed.seq);
             let total = cached + feed.tokens.len();
@@ -163,24 +192,40 @@ impl GgufLlama {
 
     /// The forward pass proper, over caches already reserved for the new tokens.
     fn run(&self, feeds: &[Feed<'_>], batch: &Batch) -> candle_core::Result<Vec<Vec<f32>>> {
-        let caches: Vec<&SeqCache> = feeds.iter().map(|f| &self.caches[&f.seq]).collect();
+        let caches = feeds
+            .iter()
+            .map(|f| self.caches.get(&f.seq))
+            .collect::<Option<Vec<&SeqCache>>>()
+            .ok_or_else(|| candle_core::Error::Msg("a fed sequence has no reserved cache".into()))?;
         let positions = Tensor::new(batch.positions.as_slice(), &self.device)?;
         let angles = self.rope.at(&positions)?;
         // One mask per sequence, shared by all layers.
         let masks = caches
             .iter()
             .zip(&batch.spans)
-            .map(|(cache, &(_, tokens))| attention::causal_mask(tokens, cache.len(), &self.heads, &self.device))
+            .map(|(cache, &(_, tokens))| {
+                attention::causal_mask(tokens, cache.len(), &self.heads, &self.device)
+            })
             .collect::<candle_core::Result<Vec<_>>>()?;
         let ids = Tensor::new(batch.tokens.as_slice(), &self.device)?;
         let mut x = self.weights.embedding.embedding(&ids)?;
         for (index, layer) in self.weights.layers.iter().enumerate() {
-            let step = LayerStep { index, caches: &caches, masks: &masks, angles: &angles, batch };
+            let step = LayerStep {
+                index,
+                caches: &caches,
+                masks: &masks,
+                angles: &angles,
+                batch,
+            };
             x = self.layer(layer, &step, &x)?;
         }
         // Only each feed's last row becomes logits: the output projection is the largest matmul
         // (vocabulary x hidden), and a prefill chunk's other rows would be thrown away.
-        let last_rows: Vec<u32> = batch.spans.iter().map(|&(start, len)| (start + len - 1) as u32).collect();
+        let last_rows: Vec<u32> = batch
+            .spans
+            .iter()
+            .map(|&(start, len)| (start + len - 1) as u32)
+            .collect();
         let last = x.index_select(&Tensor::new(last_rows.as_slice(), &self.device)?, 0)?;
         let last = candle_nn::ops::rms_norm(&last, &self.weights.output_norm, self.hyper.rms_eps)?;
         self.weights.output.forward(&last)?.to_vec2::<f32>()
@@ -188,7 +233,12 @@ impl GgufLlama {
 
     /// One transformer block over all rows; attention per sequence.
     fn layer(&self, layer: &Layer, step: &LayerStep<'_>, x: &Tensor) -> candle_core::Result<Tensor> {
-        let Heads { heads, kv_heads, head_dim, .. } = self.heads;
+        let Heads {
+            heads,
+            kv_heads,
+            head_dim,
+            ..
+        } = self.heads;
         let rows = x.dim(0)?;
         let h = candle_nn::ops::rms_norm(x, &layer.attn_norm, self.hyper.rms_eps)?;
         let [q, k, v] = <[Tensor; 3]>::try_from(layer.qkv.forward(&h)?)
@@ -212,8 +262,9 @@ impl GgufLlama {
         };
         let x = (x + layer.attn_output.forward(&attended)?)?;
         let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.hyper.rms_eps)?;
-        let [gate, up] = <[Tensor; 2]>::try_from(layer.gate_up.forward(&h)?)
-            .map_err(|_| candle_core::Error::Msg("the gate/up projection gave other than two parts".into()))?;
+        let [gate, up] = <[Tensor; 2]>::try_from(layer.gate_up.forward(&h)?).map_err(|_| {
+            candle_core::Error::Msg("the gate/up projection gave other than two parts".into())
+        })?;
         let mlp = layer.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)?;
         x + mlp
     }
@@ -242,7 +293,11 @@ impl LanguageModel for GgufLlama {
             return Ok(Vec::new());
         }
         let batch = self.batch(feeds)?;
-        let fresh: Vec<SeqId> = feeds.iter().map(|f| f.seq).filter(|s| !self.caches.contains_key(s)).collect();
+        let fresh: Vec<SeqId> = feeds
+            .iter()
+            .map(|f| f.seq)
+            .filter(|s| !self.caches.contains_key(s))
+            .collect();
         let reserved = feeds.iter().try_for_each(|feed| {
             let cache = self.caches.entry(feed.seq).or_default();
             cache.reserve(feed.tokens.len(), self.hyper.layers, &self.heads, &self.device)

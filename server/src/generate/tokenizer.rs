@@ -9,8 +9,7 @@ use tokenizers::{
     AddedToken, DecoderWrapper, PreTokenizerWrapper, Tokenizer,
     models::bpe::{BPE, Merges, Vocab},
     pre_tokenizers::{
-        byte_level::ByteLevel, digits::Digits, sequence::Sequence, split::Split,
-        split::SplitPattern,
+        byte_level::ByteLevel, digits::Digits, sequence::Sequence, split::Split, split::SplitPattern,
     },
 };
 
@@ -92,7 +91,10 @@ impl GgufTokenizer {
 
         let token = |id: u32, key: &str| {
             tokens.get(id as usize).cloned().ok_or_else(|| {
-                GenerateError::Tokenizer(format!("{key} {id} is outside the vocabulary of {}", tokens.len()))
+                GenerateError::Tokenizer(format!(
+                    "{key} {id} is outside the vocabulary of {}",
+                    tokens.len()
+                ))
             })
         };
         let eos_id = metadata.u32("tokenizer.ggml.eos_token_id")?;
@@ -102,7 +104,10 @@ impl GgufTokenizer {
             None => None,
         };
         // llama.cpp's default for BPE vocabularies is not to add one.
-        let add_bos = metadata.optional_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(false) && bos.is_some();
+        let add_bos = metadata
+            .optional_bool("tokenizer.ggml.add_bos_token")?
+            .unwrap_or(false)
+            && bos.is_some();
         let eos_ids = end_of_sequence_ids(eos_id, &tokens, &token_types);
         let template = metadata
             .optional_string("tokenizer.chat_template")?
@@ -169,16 +174,26 @@ impl Decode for GgufTokenizer {
         // Decoding ids of this vocabulary cannot fail: the byte-level decoder replaces bytes that
         // are not UTF-8 (a character split across tokens) with U+FFFD. Ids outside the vocabulary
         // are skipped, like special tokens, rather than failing a whole stream.
-        let known: Vec<u32> = ids.iter().copied().filter(|&id| (id as usize) < self.vocab_size).collect();
+        let known: Vec<u32> = ids
+            .iter()
+            .copied()
+            .filter(|&id| (id as usize) < self.vocab_size)
+            .collect();
         self.tokenizer.decode(&known, true).unwrap_or_default()
     }
 }
 
 /// The byte-level BPE with the pre-tokenizer `tokenizer.ggml.pre` names (llama.cpp's names).
 fn build_bpe(tokens: &[String], merges: Merges, pre: Option<&str>) -> Result<Tokenizer, GenerateError> {
-    let vocab: Vocab = tokens.iter().enumerate().map(|(id, token)| (token.clone(), id as u32)).collect();
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(id, token)| (token.clone(), id as u32))
+        .collect();
     if vocab.len() != tokens.len() {
-        return Err(GenerateError::Tokenizer("tokenizer.ggml.tokens has duplicate tokens".into()));
+        return Err(GenerateError::Tokenizer(
+            "tokenizer.ggml.tokens has duplicate tokens".into(),
+        ));
     }
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
@@ -195,17 +210,23 @@ fn build_bpe(tokens: &[String], merges: Merges, pre: Option<&str>) -> Result<Tok
 fn pre_tokenizer(pre: Option<&str>) -> Result<PreTokenizerWrapper, GenerateError> {
     let byte_level = |use_regex| PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, use_regex));
     let split = |pattern: &str| {
-        Split::new(SplitPattern::Regex(pattern.to_owned()), tokenizers::SplitDelimiterBehavior::Isolated, false)
-            .map(PreTokenizerWrapper::Split)
-            .map_err(|e| GenerateError::Tokenizer(format!("pre-tokenizer regex: {e}")))
+        Split::new(
+            SplitPattern::Regex(pattern.to_owned()),
+            tokenizers::SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map(PreTokenizerWrapper::Split)
+        .map_err(|e| GenerateError::Tokenizer(format!("pre-tokenizer regex: {e}")))
     };
     let wrapper = match pre.unwrap_or("default") {
         "default" | "gpt-2" | "gpt2" => byte_level(true),
         // Digits one by one, then the GPT-2 split (SmolLM's tokenizer.json: Digits + ByteLevel).
-        "smollm" | "starcoder" | "refact" | "codeshell" => PreTokenizerWrapper::Sequence(Sequence::new(vec![
-            PreTokenizerWrapper::Digits(Digits::new(true)),
-            byte_level(true),
-        ])),
+        "smollm" | "starcoder" | "refact" | "codeshell" => {
+            PreTokenizerWrapper::Sequence(Sequence::new(vec![
+                PreTokenizerWrapper::Digits(Digits::new(true)),
+                byte_level(true),
+            ]))
+        }
         "llama3" | "llama-bpe" | "llama-v3" | "smaug-bpe" => {
             PreTokenizerWrapper::Sequence(Sequence::new(vec![split(LLAMA3_PATTERN)?, byte_level(false)]))
         }
@@ -224,7 +245,11 @@ fn pre_tokenizer(pre: Option<&str>) -> Result<PreTokenizerWrapper, GenerateError
 
 /// Control tokens as special tokens (one id each, left out when decoding) and user-defined ones
 /// as added tokens (one id each, kept in decoded text).
-fn add_vocabulary_tokens(tokenizer: &mut Tokenizer, tokens: &[String], types: &[i32]) -> Result<(), GenerateError> {
+fn add_vocabulary_tokens(
+    tokenizer: &mut Tokenizer,
+    tokens: &[String],
+    types: &[i32],
+) -> Result<(), GenerateError> {
     let of_type = |wanted: i32, special: bool| -> Vec<AddedToken> {
         tokens
             .iter()
@@ -234,8 +259,12 @@ fn add_vocabulary_tokens(tokenizer: &mut Tokenizer, tokens: &[String], types: &[
             .collect()
     };
     let added = |e: tokenizers::Error| GenerateError::Tokenizer(format!("adding tokens: {e}"));
-    tokenizer.add_special_tokens(of_type(TOKEN_TYPE_CONTROL, true)).map_err(added)?;
-    tokenizer.add_tokens(of_type(TOKEN_TYPE_USER_DEFINED, false)).map_err(added)?;
+    tokenizer
+        .add_special_tokens(of_type(TOKEN_TYPE_CONTROL, true))
+        .map_err(added)?;
+    tokenizer
+        .add_tokens(of_type(TOKEN_TYPE_USER_DEFINED, false))
+        .map_err(added)?;
     Ok(())
 }
 
@@ -261,11 +290,21 @@ fn template_environment(template: String) -> Result<minijinja::Environment<'stat
     let mut env = minijinja::Environment::new();
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
-    env.add_function("raise_exception", |message: String| -> Result<String, minijinja::Error> {
-        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
-    });
-    env.add_template_owned(TEMPLATE_NAME, template)
-        .map_err(|e| GenerateError::Tokenizer(format!("chat template does not parse: {}", describe_template_error(&e))))?;
+    env.add_function(
+        "raise_exception",
+        |message: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                message,
+            ))
+        },
+    );
+    env.add_template_owned(TEMPLATE_NAME, template).map_err(|e| {
+        GenerateError::Tokenizer(format!(
+            "chat template does not parse: {}",
+            describe_template_error(&e)
+        ))
+    })?;
     Ok(env)
 }
 
@@ -298,7 +337,10 @@ impl Metadata<'_> {
     }
 
     fn string(&self, key: &str) -> Result<String, GenerateError> {
-        self.get(key)?.to_string().cloned().map_err(|e| Self::wrong(key, e))
+        self.get(key)?
+            .to_string()
+            .cloned()
+            .map_err(|e| Self::wrong(key, e))
     }
 
     fn optional_string(&self, key: &str) -> Result<Option<String>, GenerateError> {
@@ -344,7 +386,10 @@ impl Metadata<'_> {
             .map(|v| v.to_i32().map_err(|e| Self::wrong(key, e)))
             .collect::<Result<Vec<_>, _>>()?;
         if types.len() != count {
-            return Err(GenerateError::Tokenizer(format!("{key} has {} entries for {count} tokens", types.len())));
+            return Err(GenerateError::Tokenizer(format!(
+                "{key} has {} entries for {count} tokens",
+                types.len()
+            )));
         }
         Ok(types)
     }
@@ -357,7 +402,9 @@ impl Metadata<'_> {
             .into_iter()
             .map(|merge| match merge.split_once(' ') {
                 Some((left, right)) => Ok((left.to_owned(), right.to_owned())),
-                None => Err(GenerateError::Tokenizer(format!("{key} entry {merge:?} is not a pair"))),
+                None => Err(GenerateError::Tokenizer(format!(
+                    "{key} entry {merge:?} is not a pair"
+                ))),
             })
             .collect()
     }

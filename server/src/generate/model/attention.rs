@@ -46,7 +46,10 @@ impl SeqCache {
         if needed <= self.capacity {
             return Ok(());
         }
-        let capacity = needed.next_multiple_of(KV_CHUNK_TOKENS).min(heads.context_length).max(needed);
+        let capacity = needed
+            .next_multiple_of(KV_CHUNK_TOKENS)
+            .min(heads.context_length)
+            .max(needed);
         let shape = (heads.kv_heads, capacity, heads.head_dim);
         let grow = |old: Option<&Tensor>| -> Result<Tensor> {
             let new = Tensor::zeros(shape, DType::F32, device)?;
@@ -109,7 +112,10 @@ impl Rope {
 
     /// `(cos, sin)` rows at `positions` (`[tokens]`, u32), for [`rotate`].
     pub fn at(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
-        Ok((self.cos.index_select(positions, 0)?, self.sin.index_select(positions, 0)?))
+        Ok((
+            self.cos.index_select(positions, 0)?,
+            self.sin.index_select(positions, 0)?,
+        ))
     }
 }
 
@@ -123,13 +129,20 @@ pub(super) fn rotate(x: &Tensor, angles: &(Tensor, Tensor)) -> Result<Tensor> {
 /// The additive causal mask of `tokens` new queries after `cached` tokens, for the grouped
 /// query layout of [`attend`]: `[group * tokens, cached + tokens]`, 0 where a query may look and
 /// -inf at keys after it. `None` for one token, which may look at everything.
-pub(super) fn causal_mask(tokens: usize, cached: usize, heads: &Heads, device: &Device) -> Result<Option<Tensor>> {
+pub(super) fn causal_mask(
+    tokens: usize,
+    cached: usize,
+    heads: &Heads,
+    device: &Device,
+) -> Result<Option<Tensor>> {
     if tokens == 1 {
         return Ok(None);
     }
     let keys = cached + tokens;
     let row = |i: usize| (0..keys).map(move |j| if j <= cached + i { 0.0 } else { f32::NEG_INFINITY });
-    let rows: Vec<f32> = (0..heads.group()).flat_map(|_| (0..tokens).flat_map(row)).collect();
+    let rows: Vec<f32> = (0..heads.group())
+        .flat_map(|_| (0..tokens).flat_map(row))
+        .collect();
     Tensor::from_vec(rows, (heads.group() * tokens, keys), device).map(Some)
 }
 
@@ -137,12 +150,18 @@ pub(super) fn causal_mask(tokens: usize, cached: usize, heads: &Heads, device: &
 /// over its keys and values (`[kv_heads, keys, head_dim]`), returning `[tokens, heads *
 /// head_dim]`. The query heads that share a KV head are stacked as rows of one matrix, so
 /// grouped-query attention needs no copies of K and V.
-pub(super) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, heads: &Heads) -> Result<Tensor> {
+pub(super) fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    heads: &Heads,
+) -> Result<Tensor> {
     let tokens = q.dim(0)?;
-    let grouped = q
-        .transpose(0, 1)?
-        .contiguous()?
-        .reshape((heads.kv_heads, heads.group() * tokens, heads.head_dim))?;
+    let grouped =
+        q.transpose(0, 1)?
+            .contiguous()?
+            .reshape((heads.kv_heads, heads.group() * tokens, heads.head_dim))?;
     let scores = grouped.matmul(&k.t()?)?;
     let scores = match mask {
         Some(mask) => scores.broadcast_add(mask)?,

@@ -10,6 +10,7 @@ use candle_core::{
     quantized::{GgmlDType, QMatMul, QTensor, ggml_file::qtensor_from_ggml},
 };
 
+use super::WeightFormat;
 use crate::generate::GenerateError;
 
 /// candle's x86 int8 tile kernels (AVX512-VNNI / AVX-VNNI, weights repacked on first use) run a
@@ -20,6 +21,13 @@ use crate::generate::GenerateError;
 const TILE_INPUT_MULTIPLE: usize = 256;
 /// Q8_0's block: the padding that takes a width off a multiple of [`TILE_INPUT_MULTIPLE`].
 const Q8_0_BLOCK: usize = 32;
+
+/// What a matrix is loaded for.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct MatmulKind {
+    pub format: WeightFormat,
+    pub precision: InputPrecision,
+}
 
 /// How finely a matmul's input may be quantised on the CPU, which decides its kernel there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,10 +71,10 @@ pub(super) enum Projection {
 impl Projection {
     /// The matrices as one fused matmul when they share a quantisation and input width, else
     /// apart.
-    pub fn new(parts: Vec<RawMatrix>, device: &Device, precision: InputPrecision) -> Result<Self, GenerateError> {
+    pub fn new(parts: Vec<RawMatrix>, device: &Device, kind: MatmulKind) -> Result<Self, GenerateError> {
         let (dtype, cols) = (parts[0].dtype, parts[0].cols);
         if parts.iter().any(|p| p.dtype != dtype || p.cols != cols) {
-            let linears = parts.into_iter().map(|p| p.into_linear(device, None, precision));
+            let linears = parts.into_iter().map(|p| p.into_linear(device, None, kind));
             return Ok(Self::Separate(linears.collect::<Result<_, _>>()?));
         }
         let widths = parts.iter().map(|p| p.rows).collect::<Vec<_>>();
@@ -78,7 +86,7 @@ impl Projection {
             bytes: parts.into_iter().flat_map(|p| p.bytes).collect(),
         };
         Ok(Self::Fused {
-            linear: fused.into_linear(device, None, precision)?,
+            linear: fused.into_linear(device, None, kind)?,
             widths,
         })
     }
@@ -125,7 +133,9 @@ impl RawMatrix {
         let row_bytes = self.row_bytes();
         let mut out = Vec::with_capacity(self.bytes.len());
         for head in self.bytes.chunks_exact(head_dim * row_bytes) {
-            let rows = (0..head_dim / 2).map(|i| 2 * i).chain((0..head_dim / 2).map(|i| 2 * i + 1));
+            let rows = (0..head_dim / 2)
+                .map(|i| 2 * i)
+                .chain((0..head_dim / 2).map(|i| 2 * i + 1));
             for row in rows {
                 out.extend_from_slice(&head[row * row_bytes..(row + 1) * row_bytes]);
             }
@@ -135,7 +145,12 @@ impl RawMatrix {
     }
 
     fn stored(&self, device: &Device) -> Result<QTensor, GenerateError> {
-        Ok(qtensor_from_ggml(self.dtype, &self.bytes, vec![self.rows, self.cols], device)?)
+        Ok(qtensor_from_ggml(
+            self.dtype,
+            &self.bytes,
+            vec![self.rows, self.cols],
+            device,
+        )?)
     }
 
     /// For embedding lookups (no padding): as stored, or converted where the CPU has no SIMD
@@ -153,10 +168,17 @@ impl RawMatrix {
         self,
         device: &Device,
         same: Option<&Arc<QTensor>>,
-        precision: InputPrecision,
+        kind: MatmulKind,
     ) -> Result<Linear, GenerateError> {
+        if kind.format == WeightFormat::F32 {
+            let values = self.stored(&Device::Cpu)?.dequantize(device)?;
+            return Ok(Linear {
+                matmul: QMatMul::Tensor(values),
+                pad: 0,
+            });
+        }
         let (dtype, cols) = match device.is_cpu() {
-            true => cpu_layout(self.dtype, self.cols, precision),
+            true => cpu_layout(self.dtype, self.cols, kind.precision),
             false => (self.dtype, self.cols),
         };
         let pad = cols - self.cols;
@@ -218,5 +240,134 @@ fn x86_int8_tiles() -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, IndexOp};
+
+    use super::*;
+
+    fn raw(values: &Tensor, dtype: GgmlDType) -> RawMatrix {
+        let (rows, cols) = values.dims2().expect("a matrix");
+        let quantized = QTensor::quantize(values, dtype).expect("quantises");
+        let bytes = quantized.data().expect("bytes").into_owned();
+        RawMatrix {
+            dtype,
+            rows,
+            cols,
+            bytes,
+        }
+    }
+
+    fn kind(precision: InputPrecision) -> MatmulKind {
+        MatmulKind {
+            format: WeightFormat::Quantized,
+            precision,
+        }
+    }
+
+    /// What makes ragged batching exact on the quantised path: each output row depends on its
+    /// input row only, whatever else is in the batch.
+    #[test]
+    fn quantized_rows_do_not_depend_on_batching() -> candle_core::Result<()> {
+        let device = Device::Cpu;
+        for (cols, precision) in [
+            (576, InputPrecision::Tiled),
+            (576, InputPrecision::Fine),
+            (512, InputPrecision::Fine),
+        ] {
+            let weights = Tensor::randn(0f32, 0.05, (96, cols), &device)?;
+            let stored = raw(&weights, GgmlDType::Q4_1);
+            let weights = stored
+                .stored(&device)
+                .and_then(|q| Ok(q.dequantize(&device)?))
+                .expect("values");
+            let linear = stored
+                .into_linear(&device, None, kind(precision))
+                .expect("a linear");
+            let x = Tensor::randn(0f32, 1.0, (37, cols), &device)?;
+            let all = linear.forward(&x)?;
+            for chunk in [1, 5, 16] {
+                let parts = (0..37)
+                    .step_by(chunk)
+                    .map(|start| linear.forward(&x.narrow(0, start, chunk.min(37 - start))?))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                let gap = (Tensor::cat(&parts, 0)? - &all)?
+                    .abs()?
+                    .max_all()?
+                    .to_scalar::<f32>()?;
+                assert_eq!(gap, 0.0, "cols {cols}, {precision:?}, chunks of {chunk}");
+            }
+            // And the result is the matmul of the stored weights, up to the rounding of the input.
+            let exact = x.matmul(&weights.t()?)?;
+            let error = (all - exact)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(error < 0.1, "cols {cols}, {precision:?}: error {error}");
+        }
+        Ok(())
+    }
+
+    /// The row reordering plus rotation of contiguous halves gives llama's interleaved rotation,
+    /// up to the same reordering of each head's dimensions (which dot products do not see).
+    #[test]
+    fn deinterleaved_heads_rotate_like_interleaved_pairs() -> candle_core::Result<()> {
+        let device = Device::Cpu;
+        let (heads, head_dim, cols, tokens) = (3, 8, 32, 5);
+        let weights = Tensor::randn(0f32, 0.5, (heads * head_dim, cols), &device)?;
+        let x = Tensor::randn(0f32, 1.0, (tokens, cols), &device)?;
+        let angles = Tensor::randn(0f32, 1.0, (tokens, head_dim / 2), &device)?;
+        let (cos, sin) = (angles.cos()?, angles.sin()?);
+
+        let q = x.matmul(&weights.t()?)?.reshape((1, tokens, heads, head_dim))?;
+        let interleaved = candle_nn::rotary_emb::rope_i(&q.transpose(1, 2)?.contiguous()?, &cos, &sin)?
+            .transpose(1, 2)?
+            .squeeze(0)?;
+
+        let linear = raw(&weights, GgmlDType::F32)
+            .deinterleave_heads(head_dim)
+            .into_linear(&device, None, kind(InputPrecision::Fine))
+            .expect("a linear");
+        let q = linear.forward(&x)?.reshape((1, tokens, heads, head_dim))?;
+        let halves = candle_nn::rotary_emb::rope_thd(&q, &cos, &sin)?.squeeze(0)?;
+
+        for j in 0..head_dim {
+            // Position j of the reordered head holds dimension 2j (first half) or 2(j - d/2) + 1.
+            let original = if j < head_dim / 2 {
+                2 * j
+            } else {
+                2 * (j - head_dim / 2) + 1
+            };
+            let gap = (halves.i((.., .., j))? - interleaved.i((.., .., original))?)?
+                .abs()?
+                .max_all()?
+                .to_dtype(DType::F32)?
+                .to_scalar::<f32>()?;
+            assert!(gap < 1e-4, "dimension {j}: {gap}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn cpu_layout_converts_and_pads_for_the_kernels() {
+        assert_eq!(
+            cpu_layout(GgmlDType::Q4_1, 576, InputPrecision::Fine).0,
+            GgmlDType::Q8_0
+        );
+        assert_eq!(
+            cpu_layout(GgmlDType::Q4K, 2048, InputPrecision::Tiled),
+            (GgmlDType::Q4K, 2048)
+        );
+        assert_eq!(
+            cpu_layout(GgmlDType::F16, 576, InputPrecision::Tiled),
+            (GgmlDType::F16, 576)
+        );
+        let tiled = cpu_layout(GgmlDType::Q8_0, 576, InputPrecision::Tiled).1;
+        let fine = cpu_layout(GgmlDType::Q8_0, 512, InputPrecision::Fine).1;
+        if x86_int8_tiles() {
+            assert_eq!((tiled, fine), (768, 544));
+        } else {
+            assert_eq!((tiled, fine), (576, 512));
+        }
     }
 }

@@ -11,7 +11,10 @@ use candle_core::{
     quantized::{GgmlDType, QTensor, ggml_file::qtensor_from_ggml, gguf_file::Content},
 };
 
-use super::linear::{InputPrecision, Linear, Projection, RawMatrix};
+use super::{
+    WeightFormat,
+    linear::{InputPrecision, Linear, MatmulKind, Projection, RawMatrix},
+};
 use crate::generate::GenerateError;
 
 /// Model shape and numerics, from the `llama.*` metadata.
@@ -61,12 +64,22 @@ impl Hyper {
             }
         };
         if number("expert_count").unwrap_or(0) > 1 {
-            return Err(GenerateError::Files("mixture-of-experts GGUFs are not supported".into()));
+            return Err(GenerateError::Files(
+                "mixture-of-experts GGUFs are not supported".into(),
+            ));
         }
         if let Some(scaling) = get("llama.rope.scaling.type").and_then(|v| v.to_string().ok())
             && scaling != "none"
         {
-            return Err(GenerateError::Files(format!("rope scaling {scaling:?} is not supported")));
+            return Err(GenerateError::Files(format!(
+                "rope scaling {scaling:?} is not supported"
+            )));
+        }
+        // Llama 3.1's frequency factors: without them long positions rotate wrongly.
+        if content.tensor_infos.contains_key("rope_freqs.weight") {
+            return Err(GenerateError::Files(
+                "rope frequency factors (rope_freqs.weight) are not supported".into(),
+            ));
         }
         let hidden = number("embedding_length")?;
         let heads = number("attention.head_count")?;
@@ -88,7 +101,12 @@ impl Hyper {
     }
 
     fn check(&self, rope_dim: usize) -> Result<(), GenerateError> {
-        let Self { heads, kv_heads, head_dim, .. } = *self;
+        let Self {
+            heads,
+            kv_heads,
+            head_dim,
+            ..
+        } = *self;
         if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) || heads * head_dim != self.hidden {
             return Err(GenerateError::Files(format!(
                 "unsupported attention shape: {heads} heads, {kv_heads} KV heads, head dim {head_dim}, \
@@ -134,11 +152,24 @@ pub(super) struct Loader<'a, R> {
     content: &'a Content,
     reader: &'a mut R,
     device: &'a Device,
+    format: WeightFormat,
 }
 
 impl<'a, R: Read + Seek> Loader<'a, R> {
-    pub fn new(content: &'a Content, reader: &'a mut R, device: &'a Device) -> Self {
-        Self { content, reader, device }
+    pub fn new(content: &'a Content, reader: &'a mut R, device: &'a Device, format: WeightFormat) -> Self {
+        Self {
+            content,
+            reader,
+            device,
+            format,
+        }
+    }
+
+    fn kind(&self, precision: InputPrecision) -> MatmulKind {
+        MatmulKind {
+            format: self.format,
+            precision,
+        }
     }
 
     pub fn weights(&mut self, hyper: &Hyper) -> Result<Weights, GenerateError> {
@@ -149,7 +180,7 @@ impl<'a, R: Read + Seek> Loader<'a, R> {
             false => embedding.clone(),
         };
         let embedding = Arc::new(embedding.into_lookup(self.device)?);
-        let output = output.into_linear(self.device, Some(&embedding), InputPrecision::Tiled)?;
+        let output = output.into_linear(self.device, Some(&embedding), self.kind(InputPrecision::Tiled))?;
         let layers = (0..hyper.layers)
             .map(|index| self.layer(index, hyper))
             .collect::<Result<Vec<_>, _>>()?;
@@ -173,17 +204,16 @@ impl<'a, R: Read + Seek> Loader<'a, R> {
         let down = self.matrix(&name("ffn_down"), Some(hidden), gate.rows)?;
         let q = q.deinterleave_heads(hyper.head_dim);
         let k = k.deinterleave_heads(hyper.head_dim);
+        let (fine, tiled) = (self.kind(InputPrecision::Fine), self.kind(InputPrecision::Tiled));
         Ok(Layer {
             attn_norm: self.vector(&name("attn_norm"))?,
-            qkv: Projection::new(vec![q, k, v], self.device, InputPrecision::Fine)?,
-            attn_output: self.matrix(&name("attn_output"), Some(hidden), q_rows)?.into_linear(
-                self.device,
-                None,
-                InputPrecision::Tiled,
-            )?,
+            qkv: Projection::new(vec![q, k, v], self.device, fine)?,
+            attn_output: self
+                .matrix(&name("attn_output"), Some(hidden), q_rows)?
+                .into_linear(self.device, None, tiled)?,
             ffn_norm: self.vector(&name("ffn_norm"))?,
-            gate_up: Projection::new(vec![gate, up], self.device, InputPrecision::Tiled)?,
-            down: down.into_linear(self.device, None, InputPrecision::Tiled)?,
+            gate_up: Projection::new(vec![gate, up], self.device, tiled)?,
+            down: down.into_linear(self.device, None, tiled)?,
         })
     }
 
@@ -209,9 +239,12 @@ impl<'a, R: Read + Seek> Loader<'a, R> {
     fn matrix(&mut self, name: &str, rows: Option<usize>, cols: usize) -> Result<RawMatrix, GenerateError> {
         let (dtype, dims, bytes) = self.bytes(name)?;
         match dims[..] {
-            [r, c] if c == cols && rows.is_none_or(|rows| rows == r) => {
-                Ok(RawMatrix { dtype, rows: r, cols, bytes })
-            }
+            [r, c] if c == cols && rows.is_none_or(|rows| rows == r) => Ok(RawMatrix {
+                dtype,
+                rows: r,
+                cols,
+                bytes,
+            }),
             _ => Err(GenerateError::Files(format!(
                 "tensor {name} has shape {dims:?}; expected [{}, {cols}]",
                 rows.map_or("_".to_owned(), |r| r.to_string())
@@ -225,4 +258,3 @@ impl<'a, R: Read + Seek> Loader<'a, R> {
         Ok(qtensor_from_ggml(dtype, &bytes, dims, &Device::Cpu)?.dequantize(self.device)?)
     }
 }
-

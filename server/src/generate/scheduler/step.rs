@@ -196,7 +196,9 @@ impl Actor {
         let tokens: usize = feeds.iter().map(|f| f.tokens.len()).sum();
         self.stats.steps_total.fetch_add(1, Relaxed);
         self.stats.last_step_batch_size.store(feeds.len(), Relaxed);
-        self.stats.step_sequences_total.fetch_add(feeds.len() as u64, Relaxed);
+        self.stats
+            .step_sequences_total
+            .fetch_add(feeds.len() as u64, Relaxed);
         self.stats.last_step_tokens.store(tokens, Relaxed);
         let model = &mut self.model;
         // A backend panic must fail this step's requests, not kill the thread every stream

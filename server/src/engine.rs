@@ -15,7 +15,7 @@ use crate::{
     batcher::Batcher,
     config::{InputLimits, OverlongInput, parse_duration},
     error::InferError,
-    metrics::{Metrics, RequestLabels, TierLabel},
+    metrics::Metrics,
     shadow::Mirror,
 };
 
@@ -171,14 +171,7 @@ impl Engine {
     }
 
     fn count(&self, api: &'static str, tier: String, code: u16, started: Instant) {
-        self.metrics
-            .request_duration
-            .get_or_create(&TierLabel { tier: tier.clone() })
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics
-            .requests
-            .get_or_create(&RequestLabels { api, tier, code })
-            .inc();
+        self.metrics.count_request(api, tier, code, started);
     }
 
     async fn embed_in_tier(

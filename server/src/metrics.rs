@@ -271,6 +271,16 @@ fn register_model_server_protocol(
 }
 
 impl Metrics {
+    /// Counts an answered (or refused) request and observes its duration.
+    pub fn count_request(&self, api: &'static str, tier: String, code: u16, started: std::time::Instant) {
+        self.request_duration
+            .get_or_create(&TierLabel { tier: tier.clone() })
+            .observe(started.elapsed().as_secs_f64());
+        self.requests
+            .get_or_create(&RequestLabels { api, tier, code })
+            .inc();
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();

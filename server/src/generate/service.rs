@@ -18,7 +18,7 @@ use crate::{
     api::generation::parse::{GenerationLimits, Options, Prompt},
     engine::Lifecycle,
     error::InferError,
-    metrics::{Metrics, RequestLabels, TierLabel},
+    metrics::{Metrics, TierLabel},
 };
 
 /// What the service is built from.
@@ -213,14 +213,7 @@ impl GenerationService {
 
     /// Counts a finished (or refused) request.
     pub fn count(&self, api: &'static str, tier: String, code: u16, started: Instant) {
-        self.metrics
-            .request_duration
-            .get_or_create(&TierLabel { tier: tier.clone() })
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics
-            .requests
-            .get_or_create(&RequestLabels { api, tier, code })
-            .inc();
+        self.metrics.count_request(api, tier, code, started);
     }
 }
 

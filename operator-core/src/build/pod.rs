@@ -8,7 +8,8 @@ use k8s_openapi::{
         EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, NodeAffinity,
         NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector,
         PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-        ResourceRequirements, SeccompProfile, SecurityContext, SleepAction, Toleration, Volume, VolumeMount,
+        ResourceFieldSelector, ResourceRequirements, SeccompProfile, SecurityContext, SleepAction,
+        Toleration, Volume, VolumeMount,
     },
     apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
@@ -209,7 +210,28 @@ fn value_env(name: &str, value: &str) -> EnvVar {
     }
 }
 
-/// The pod's identity, then `spec.runtime.env` (which may override it).
+/// The thread count of candle's CPU kernels: the container's CPU request in whole cores
+/// (rounded up) through the Downward API. Without it candle counts the node's CPUs, ignoring the
+/// container's share, and re-reads them in every f32 matmul.
+const CPU_THREADS_ENV: &str = "RAYON_NUM_THREADS";
+
+fn cpu_threads_env() -> EnvVar {
+    EnvVar {
+        name: CPU_THREADS_ENV.into(),
+        value_from: Some(EnvVarSource {
+            resource_field_ref: Some(ResourceFieldSelector {
+                container_name: Some("server".into()),
+                resource: "requests.cpu".into(),
+                divisor: Some(Quantity("1".into())),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The pod's identity, the CPU thread count when `spec.resources.cpu` is set, then
+/// `spec.runtime.env` (which may override any of them).
 fn env(md: &ModelDeployment, revision: &str) -> Vec<EnvVar> {
     let mut env = vec![
         field_env("POD_NAME", "metadata.name"),
@@ -217,7 +239,11 @@ fn env(md: &ModelDeployment, revision: &str) -> Vec<EnvVar> {
         value_env("MODELFLEET_DEPLOYMENT", &md.name_any()),
         value_env("MODELFLEET_REVISION", revision),
     ];
-    env.extend(md.spec.runtime.env.iter().cloned());
+    let user = &md.spec.runtime.env;
+    if md.spec.resources.cpu.is_some() && !user.iter().any(|e| e.name == CPU_THREADS_ENV) {
+        env.push(cpu_threads_env());
+    }
+    env.extend(user.iter().cloned());
     env
 }
 
@@ -374,5 +400,51 @@ pub fn pod_template(md: &ModelDeployment, revision: &str, default_image: &str) -
             volumes: Some(volumes(md, revision, model)),
             ..Default::default()
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn md(resources: serde_json::Value, env: serde_json::Value) -> ModelDeployment {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "modelfleet.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": "m", "namespace": "ns"},
+            "spec": {"model": {"name": "m", "version": "1", "uri": "hf://org/m"},
+                     "resources": resources, "runtime": {"env": env}}
+        }))
+        .expect("a ModelDeployment")
+    }
+
+    fn threads(md: &ModelDeployment) -> Vec<EnvVar> {
+        env(md, "r1")
+            .into_iter()
+            .filter(|e| e.name == CPU_THREADS_ENV)
+            .collect()
+    }
+
+    #[test]
+    fn the_cpu_request_sets_candles_thread_count_unless_the_user_does() {
+        let with_cpu = md(serde_json::json!({"gpus": 1, "cpu": "2"}), serde_json::json!([]));
+        let set = threads(&with_cpu);
+        assert_eq!(set.len(), 1);
+        let field = set[0]
+            .value_from
+            .as_ref()
+            .and_then(|f| f.resource_field_ref.as_ref())
+            .expect("a resourceFieldRef");
+        assert_eq!(
+            (field.resource.as_str(), field.container_name.as_deref()),
+            ("requests.cpu", Some("server"))
+        );
+        assert!(threads(&md(serde_json::json!({"gpus": 1}), serde_json::json!([]))).is_empty());
+        let user = md(
+            serde_json::json!({"gpus": 1, "cpu": "2"}),
+            serde_json::json!([{"name": "RAYON_NUM_THREADS", "value": "1"}]),
+        );
+        let only = threads(&user);
+        assert_eq!(only.len(), 1);
+        assert_eq!(only[0].value.as_deref(), Some("1"), "the user's value, alone");
     }
 }

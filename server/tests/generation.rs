@@ -363,3 +363,16 @@ async fn bad_requests_get_a_400_naming_the_field() {
     .await;
     assert_eq!(other_model.status, 404, "{:?}", other_model.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_served_name_defaults_to_the_gguf_files_stem() {
+    let uri = format!("--model-uri=file://{}", llm_file().display());
+    let server = ServerProcess::start(&["--task=generation", uri.as_str()]);
+    let models = modelfleet_testkit::server::get(&url(&server, "/v1/models")).await;
+    assert_eq!(
+        models.body["data"][0]["id"], "SmolLM2-135M-Instruct.Q4_1",
+        "{:?}",
+        models.body
+    );
+    assert_eq!(models.body["data"][0]["task"], "generation");
+}

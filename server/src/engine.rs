@@ -22,6 +22,20 @@ use crate::{
 /// Texts above this many bytes in one request are tokenized off the async runtime.
 const INLINE_TOKENIZE_BYTES: usize = 4096;
 
+/// The `x-modelfleet-timeout` header as a duration, or a 400 naming it.
+pub fn timeout_header(header: Option<&str>) -> Result<Option<Duration>, InferError> {
+    header
+        .map(|t| {
+            parse_duration(t.trim()).map_err(|e| {
+                InferError::invalid(
+                    headers::TIMEOUT,
+                    format!("`{t}` is not a duration like 500ms or 2s: {e}"),
+                )
+            })
+        })
+        .transpose()
+}
+
 /// Whether the server takes work: ready after warm-up, not ready once draining.
 #[derive(Debug, Default)]
 pub struct Lifecycle {
@@ -191,17 +205,7 @@ impl Engine {
                 served: self.model_name.clone(),
             });
         }
-        let timeout = request
-            .timeout
-            .map(|t| {
-                parse_duration(t.trim()).map_err(|e| {
-                    InferError::invalid(
-                        headers::TIMEOUT,
-                        format!("`{t}` is not a duration like 500ms or 2s: {e}"),
-                    )
-                })
-            })
-            .transpose()?;
+        let timeout = timeout_header(request.timeout)?;
         self.check_shape(&request.texts)?;
         let inputs = self.tokenize(&request.texts).await?;
         let prompt_tokens = inputs.iter().map(Vec::len).sum();

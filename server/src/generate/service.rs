@@ -7,7 +7,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use modelfleet_contract::{headers, parse_duration};
 use tokio::sync::mpsc;
 
 use super::{
@@ -16,7 +15,7 @@ use super::{
 };
 use crate::{
     api::generation::parse::{GenerationLimits, Options, Prompt},
-    engine::Lifecycle,
+    engine::{Lifecycle, timeout_header},
     error::InferError,
     metrics::{Metrics, TierLabel},
 };
@@ -191,7 +190,7 @@ impl GenerationService {
             });
         }
         let tier = self.tier_index(headers.tier)?;
-        let deadline = timeout(headers.timeout)?.map(|t| started + t);
+        let deadline = timeout_header(headers.timeout)?.map(|t| started + t);
         let tokenizer = self.tokenizer.clone();
         let ids = tokio::task::spawn_blocking(move || tokenize(&tokenizer, prompt))
             .await
@@ -215,19 +214,6 @@ impl GenerationService {
     pub fn count(&self, api: &'static str, tier: String, code: u16, started: Instant) {
         self.metrics.count_request(api, tier, code, started);
     }
-}
-
-fn timeout(header: Option<&str>) -> Result<Option<Duration>, InferError> {
-    header
-        .map(|t| {
-            parse_duration(t.trim()).map_err(|e| {
-                InferError::invalid(
-                    headers::TIMEOUT,
-                    format!("`{t}` is not a duration like 500ms or 2s: {e}"),
-                )
-            })
-        })
-        .transpose()
 }
 
 fn tokenize(tokenizer: &GgufTokenizer, prompt: Prompt) -> Result<Vec<u32>, InferError> {

@@ -55,17 +55,6 @@ pub fn default_model_name(path: &Path) -> String {
         .map_or_else(|| "model".to_owned(), |s| s.to_string_lossy().into_owned())
 }
 
-fn device(kind: DeviceKind) -> Result<candle_core::Device, StartError> {
-    match kind {
-        DeviceKind::Cpu => Ok(candle_core::Device::Cpu),
-        DeviceKind::Cuda => candle_core::Device::new_cuda(0).map_err(|e| {
-            StartError::Config(format!(
-                "--device=cuda: {e} (build with `--features cuda` on a machine with the CUDA toolkit)"
-            ))
-        }),
-    }
-}
-
 /// The scheduler's limits from the flags and the model.
 fn scheduler_config(config: &ServerConfig, context_length: usize, eos_ids: Vec<u32>) -> SchedulerConfig {
     let g = &config.generation;
@@ -100,7 +89,7 @@ pub async fn start(
         StartError::Config("--task=generation needs --model-uri file:///path/to/model.gguf".into())
     })?;
     let path = gguf_path(&uri)?;
-    let device = device(served.device)?;
+    let device = crate::backend::device_for(served.device).map_err(StartError::Config)?;
     let started = std::time::Instant::now();
     let loading = path.clone();
     let (model, tokenizer) = tokio::task::spawn_blocking(move || GgufLlama::load(&loading, &device))

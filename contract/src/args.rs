@@ -51,6 +51,64 @@ pub struct ServerArgs {
     /// re-read when it changes. Absent file: no mirroring.
     #[arg(long, env = "MODELFLEET_ROUTING_FILE")]
     pub routing_file: Option<PathBuf>,
+    /// `--backend upstream`: base URL of the engine this server fronts in the same pod (vLLM,
+    /// llama.cpp's server, TGI), on localhost: `http://127.0.0.1:8000`.
+    #[arg(long, env = "MODELFLEET_UPSTREAM_URL")]
+    pub upstream_url: Option<String>,
+    #[command(flatten)]
+    pub generation: GenerationArgs,
+}
+
+/// Generation (`--task generation`): the limits the operator sets from `spec.generation`.
+#[derive(Args, Debug, Clone, Copy, PartialEq, Eq)]
+#[group(skip)]
+pub struct GenerationArgs {
+    /// Sequences in the running batch at most.
+    #[arg(long, env = "MODELFLEET_MAX_RUNNING_SEQUENCES", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_running_sequences: u32,
+    /// KV-cache budget in tokens across running sequences: a request reserves its prompt plus
+    /// max_tokens. Unset: the context length times 4 (or fewer sequences' worth when that
+    /// exceeds --max-running-sequences full contexts).
+    #[arg(long, env = "MODELFLEET_KV_BUDGET_TOKENS",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub kv_budget_tokens: Option<u32>,
+    /// Longest sequence (prompt plus generated tokens) served; never above the model's own
+    /// context length. Unset: the model's.
+    #[arg(long, env = "MODELFLEET_CONTEXT_LENGTH",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub context_length: Option<u32>,
+    /// `max_tokens` of a request that names none.
+    #[arg(long, env = "MODELFLEET_DEFAULT_MAX_TOKENS", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub default_max_tokens: u32,
+}
+
+impl Default for GenerationArgs {
+    fn default() -> Self {
+        Self {
+            max_running_sequences: 16,
+            kv_budget_tokens: None,
+            context_length: None,
+            default_max_tokens: 256,
+        }
+    }
+}
+
+impl GenerationArgs {
+    /// The context length in force: `--context-length`, never above the model's `model_max`.
+    pub fn context_limit(&self, model_max: usize) -> usize {
+        self.context_length
+            .map_or(model_max, |c| (c as usize).min(model_max))
+    }
+
+    fn to_args(self) -> Vec<String> {
+        let mut args = vec![format!("--max-running-sequences={}", self.max_running_sequences)];
+        args.extend(self.kv_budget_tokens.map(|t| format!("--kv-budget-tokens={t}")));
+        args.extend(self.context_length.map(|t| format!("--context-length={t}")));
+        args.push(format!("--default-max-tokens={}", self.default_max_tokens));
+        args
+    }
 }
 
 /// The dynamic batcher's limits and the priority tiers.
@@ -207,7 +265,8 @@ impl ServerArgs {
     /// The command line that the server parses back into `self`, one `--flag=value` per item.
     /// Every flag is written, defaults included, so a pod does not depend on the server's
     /// defaults. The order is fixed (tiers last) because the arguments are part of the pod
-    /// template: another order would roll out every revision.
+    /// template: another order would roll out every revision. The generation flags are written
+    /// for `--task generation` only, so an embeddings pod's template never holds them.
     pub fn to_args(&self) -> Vec<String> {
         let (b, p) = (&self.batching, &self.ports);
         let mut args = vec![
@@ -233,6 +292,10 @@ impl ServerArgs {
                 .iter()
                 .map(|f| format!("--routing-file={}", f.display())),
         );
+        args.extend(self.upstream_url.iter().map(|u| format!("--upstream-url={u}")));
+        if self.task == ModelTask::Generation {
+            args.extend(self.generation.to_args());
+        }
         args.extend(b.tiers.iter().map(|t| format!("--tier={t}")));
         args
     }
@@ -281,6 +344,7 @@ mod tests {
         assert_eq!(a.batching, BatchingArgs::default());
         assert_eq!(a.ports, PortArgs::default());
         assert_eq!((a.model_uri, a.routing_file), (None, None));
+        assert_eq!((a.upstream_url, a.generation), (None, GenerationArgs::default()));
     }
 
     #[test]
@@ -306,14 +370,37 @@ mod tests {
                 metrics_port: 3,
             },
             routing_file: Some(paths::ROUTING_FILE.into()),
+            upstream_url: Some("http://127.0.0.1:8000".into()),
+            generation: GenerationArgs::default(),
         };
         let argv = args.to_args();
+        assert!(!argv.iter().any(|a| a.contains("max-tokens")), "{argv:?}");
         assert!(
             argv.contains(&"--max-queue-delay=1m30s500ms".to_string()),
             "{argv:?}"
         );
         assert!(argv.contains(&"--tier=paid:2s:".to_string()), "{argv:?}");
         assert_eq!(parse(&argv), args);
+    }
+
+    #[test]
+    fn generation_args_parse_back_and_cap_the_context() {
+        let args = ServerArgs {
+            task: ModelTask::Generation,
+            generation: GenerationArgs {
+                max_running_sequences: 8,
+                kv_budget_tokens: Some(4096),
+                context_length: Some(1024),
+                default_max_tokens: 64,
+            },
+            ..parse(&[])
+        };
+        let argv = args.to_args();
+        assert!(argv.contains(&"--context-length=1024".to_string()), "{argv:?}");
+        assert_eq!(parse(&argv), args);
+        assert_eq!(args.generation.context_limit(8192), 1024);
+        assert_eq!(args.generation.context_limit(512), 512);
+        assert_eq!(GenerationArgs::default().context_limit(2048), 2048);
     }
 
     #[test]

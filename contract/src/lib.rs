@@ -14,7 +14,7 @@ mod args;
 pub mod metrics;
 mod routing;
 
-pub use args::{BatchingArgs, PortArgs, ServerArgs, TierArg, parse_duration};
+pub use args::{BatchingArgs, GenerationArgs, PortArgs, ServerArgs, TierArg, parse_duration};
 /// The API's enums are the flags' values: `--task`, `--backend`, `--device` accept exactly the
 /// names a ModelDeployment uses.
 pub use modelfleet_crds::v1alpha1::{Backend, Device, ModelTask};

@@ -62,8 +62,17 @@ pub const BUSY_RATIO: ServerMetric = metric!("busy_ratio", "");
 /// [`shadow_result`]).
 pub const SHADOW_COMPARISONS: ServerMetric = metric!("shadow_comparisons", "_total");
 
+/// Generation servers: histogram of the time from arrival to the first generated token, label
+/// [`labels::TIER`].
+pub const TIME_TO_FIRST_TOKEN: ServerMetric = metric!("time_to_first_token", "_seconds");
+/// Generation servers: counter of generated tokens.
+pub const GENERATED_TOKENS: ServerMetric = metric!("generated_tokens", "_total");
+/// Generation servers: gauge of the share of the KV-cache budget reserved by running
+/// sequences, 0 to 1.
+pub const KV_CACHE_USAGE: ServerMetric = metric!("kv_cache_usage_ratio", "");
+
 /// Every metric above.
-pub const SCRAPED: [ServerMetric; 8] = [
+pub const SCRAPED: [ServerMetric; 11] = [
     REQUESTS,
     REQUEST_DURATION,
     QUEUE_DEPTH,
@@ -72,6 +81,9 @@ pub const SCRAPED: [ServerMetric; 8] = [
     BATCH_SIZE,
     BUSY_RATIO,
     SHADOW_COMPARISONS,
+    TIME_TO_FIRST_TOKEN,
+    GENERATED_TOKENS,
+    KV_CACHE_USAGE,
 ];
 
 /// The Gateway API Inference Extension's model-server protocol (its proposal 003): the gauges a

@@ -75,6 +75,36 @@ pub const CUDA_NEEDS_GPU: CelRule = on_object(
     ".resources.gpus",
     "spec.resources.gpus must be at least 1 when spec.runtime.device is cuda",
 );
+/// `spec.generation` belongs to generation models.
+pub const GENERATION_NEEDS_TASK: CelRule = on_object(
+    "!has(self.generation) || self.model.task == 'generation'",
+    ".generation",
+    "spec.generation applies only when spec.model.task is generation",
+);
+/// The generation scaling targets belong to generation models.
+pub const GENERATION_TARGETS_NEED_TASK: CelRule = on_object(
+    "!has(self.scaling) || self.model.task == 'generation' || !(has(self.scaling.targets.ttftP95) || has(self.scaling.targets.kvCacheUtilization) || has(self.scaling.targets.waitingSequencesPerReplica))",
+    ".scaling.targets",
+    "spec.scaling.targets ttftP95, kvCacheUtilization and waitingSequencesPerReplica apply only when spec.model.task is generation",
+);
+/// The upstream backend needs its engine.
+pub const UPSTREAM_NEEDS_ENGINE: CelRule = on_object(
+    "self.runtime.backend != 'upstream' || has(self.runtime.upstream)",
+    ".runtime.upstream",
+    "spec.runtime.upstream must name the engine when spec.runtime.backend is upstream",
+);
+/// An engine only with the upstream backend.
+pub const ENGINE_NEEDS_UPSTREAM: CelRule = on_object(
+    "!has(self.runtime.upstream) || self.runtime.backend == 'upstream'",
+    ".runtime.backend",
+    "spec.runtime.backend must be upstream when spec.runtime.upstream is set",
+);
+/// The upstream backend serves generation.
+pub const UPSTREAM_NEEDS_GENERATION: CelRule = on_object(
+    "self.runtime.backend != 'upstream' || self.model.task == 'generation'",
+    ".model.task",
+    "spec.model.task must be generation when spec.runtime.backend is upstream",
+);
 /// `spec.replicas` is not negative.
 pub const REPLICAS: CelRule = on_field("self >= 0", "spec.replicas must be 0 or more");
 
@@ -136,8 +166,23 @@ pub const IDLE_PERIOD: CelRule = on_field(
 pub const SCALING_MAX: CelRule = on_field("self >= 1", "spec.scaling.maxReplicas must be at least 1");
 /// At least one scaling target.
 pub const SCALING_TARGETS: CelRule = on_field(
-    "has(self.queueDepthPerReplica) || has(self.inFlightPerReplica) || has(self.p95Latency) || has(self.gpuUtilization)",
-    "spec.scaling.targets must set at least one of queueDepthPerReplica, inFlightPerReplica, p95Latency or gpuUtilization",
+    "has(self.queueDepthPerReplica) || has(self.inFlightPerReplica) || has(self.p95Latency) || has(self.gpuUtilization) || has(self.ttftP95) || has(self.kvCacheUtilization) || has(self.waitingSequencesPerReplica)",
+    "spec.scaling.targets must set at least one of queueDepthPerReplica, inFlightPerReplica, p95Latency, gpuUtilization, ttftP95, kvCacheUtilization or waitingSequencesPerReplica",
+);
+/// TTFT target is positive.
+pub const TARGET_TTFT_P95: CelRule = on_field(
+    POSITIVE_DURATION,
+    "spec.scaling.targets.ttftP95 must be greater than 0s",
+);
+/// KV-cache target is a share.
+pub const TARGET_KV_CACHE: CelRule = on_field(
+    "self > 0.0 && self <= 1.0",
+    "spec.scaling.targets.kvCacheUtilization must be greater than 0 and at most 1",
+);
+/// Waiting-sequences target is positive.
+pub const TARGET_WAITING_SEQUENCES: CelRule = on_field(
+    "self > 0.0",
+    "spec.scaling.targets.waitingSequencesPerReplica must be greater than 0",
 );
 /// Queue depth target is positive.
 pub const TARGET_QUEUE_DEPTH: CelRule = on_field(
@@ -233,14 +278,20 @@ pub const CHECK_ONE_SOURCE: CelRule = on_field(
 );
 /// A check has a threshold.
 pub const CHECK_THRESHOLD: CelRule = on_field(
-    "has(self.min) || has(self.max) || has(self.maxRatioToStable)",
-    "spec.rollout.analysis.checks[*] must set at least one of min, max or maxRatioToStable",
+    "has(self.min) || has(self.max) || has(self.maxRatioToStable) || has(self.minRatioToStable)",
+    "spec.rollout.analysis.checks[*] must set at least one of min, max, maxRatioToStable or minRatioToStable",
 );
 /// Ratios to stable exist only for built-in checks.
 pub const CHECK_RATIO_BUILTIN: CelRule = on_object(
     "!has(self.maxRatioToStable) || has(self.builtin)",
     ".maxRatioToStable",
     "spec.rollout.analysis.checks[*].maxRatioToStable applies only to builtin checks",
+);
+/// Lower ratios to stable exist only for built-in checks.
+pub const CHECK_MIN_RATIO_BUILTIN: CelRule = on_object(
+    "!has(self.minRatioToStable) || has(self.builtin)",
+    ".minRatioToStable",
+    "spec.rollout.analysis.checks[*].minRatioToStable applies only to builtin checks",
 );
 /// Prometheus checks are named.
 pub const CHECK_PROMETHEUS_NAME: CelRule = on_object(
@@ -301,6 +352,38 @@ pub const ENDPOINT_PICKER_NAME: CelRule = on_field(
     "spec.traffic.inferencePool.endpointPicker.name must be 1 to 63 characters",
 );
 
+// --- spec.generation and spec.runtime.upstream ---
+/// Context length in range.
+pub const CONTEXT_LENGTH: CelRule = on_field(
+    "self >= 1 && self <= 1048576",
+    "spec.generation.contextLength must be between 1 and 1048576",
+);
+/// Running sequences in range.
+pub const MAX_RUNNING_SEQUENCES: CelRule = on_field(
+    "self >= 1 && self <= 1024",
+    "spec.generation.maxRunningSequences must be between 1 and 1024",
+);
+/// KV budget positive.
+pub const KV_BUDGET_TOKENS: CelRule =
+    on_field("self >= 1", "spec.generation.kvBudgetTokens must be at least 1");
+/// Default max tokens positive.
+pub const DEFAULT_MAX_TOKENS: CelRule =
+    on_field("self >= 1", "spec.generation.defaultMaxTokens must be at least 1");
+/// The default completion fits the context.
+pub const DEFAULT_MAX_TOKENS_IN_CONTEXT: CelRule = on_object(
+    "!has(self.defaultMaxTokens) || !has(self.contextLength) || self.defaultMaxTokens < self.contextLength",
+    ".defaultMaxTokens",
+    "spec.generation.defaultMaxTokens must be less than spec.generation.contextLength",
+);
+/// The engine image is named.
+pub const UPSTREAM_IMAGE: CelRule =
+    on_field("size(self) >= 1", "spec.runtime.upstream.image must not be empty");
+/// The engine port is a port, and not one of modelfleet-server's.
+pub const UPSTREAM_PORT: CelRule = on_field(
+    "self >= 1 && self <= 65535 && self != 8080 && self != 8081 && self != 9090",
+    "spec.runtime.upstream.port must be 1 to 65535 and not 8080, 8081 or 9090 (modelfleet-server's ports)",
+);
+
 /// Every rule, for documentation and for tests that prove each one fires.
 pub const ALL: &[CelRule] = &[
     MODEL_NAME,
@@ -309,6 +392,11 @@ pub const ALL: &[CelRule] = &[
     MODEL_VERSION,
     MODEL_URI,
     CUDA_NEEDS_GPU,
+    GENERATION_NEEDS_TASK,
+    GENERATION_TARGETS_NEED_TASK,
+    UPSTREAM_NEEDS_ENGINE,
+    ENGINE_NEEDS_UPSTREAM,
+    UPSTREAM_NEEDS_GENERATION,
     REPLICAS,
     GPUS,
     MIN_GPU_MEMORY,
@@ -328,6 +416,9 @@ pub const ALL: &[CelRule] = &[
     TARGET_IN_FLIGHT,
     TARGET_P95_LATENCY,
     TARGET_GPU_UTILIZATION,
+    TARGET_TTFT_P95,
+    TARGET_KV_CACHE,
+    TARGET_WAITING_SEQUENCES,
     STABLE_WINDOW,
     PANIC_WINDOW,
     PANIC_WINDOW_LE_STABLE,
@@ -344,6 +435,7 @@ pub const ALL: &[CelRule] = &[
     CHECK_ONE_SOURCE,
     CHECK_THRESHOLD,
     CHECK_RATIO_BUILTIN,
+    CHECK_MIN_RATIO_BUILTIN,
     CHECK_PROMETHEUS_NAME,
     PROMETHEUS_QUERY,
     GATEWAY_PARENTS,
@@ -354,6 +446,13 @@ pub const ALL: &[CelRule] = &[
     SEMANTIC_CACHE_SIMILARITY,
     ENDPOINT_PICKER_PORT,
     ENDPOINT_PICKER_NAME,
+    CONTEXT_LENGTH,
+    MAX_RUNNING_SEQUENCES,
+    KV_BUDGET_TOKENS,
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_MAX_TOKENS_IN_CONTEXT,
+    UPSTREAM_IMAGE,
+    UPSTREAM_PORT,
 ];
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::fmt;
 use crate::{
     Duration, ModelDeploymentSpec,
     rules::{self, CelRule},
-    v1alpha1::{AnalysisCheck, BatchingSpec, RolloutSpec, ScalingSpec},
+    v1alpha1::{AnalysisCheck, Backend, BatchingSpec, ModelTask, RolloutSpec, ScalingSpec},
 };
 
 /// A field that breaks a rule.
@@ -98,6 +98,8 @@ pub fn validate(spec: &ModelDeploymentSpec) -> Result<(), ValidationErrors> {
     c.check(cuda_ok, "spec.resources.gpus", rules::CUDA_NEEDS_GPU);
 
     check_batching(&mut c, &spec.batching);
+    check_generation(&mut c, spec);
+    check_upstream(&mut c, spec);
     if let Some(scaling) = &spec.scaling {
         check_scaling(&mut c, scaling);
     }
@@ -134,6 +136,87 @@ pub fn validate(spec: &ModelDeploymentSpec) -> Result<(), ValidationErrors> {
         Ok(())
     } else {
         Err(ValidationErrors(c.0))
+    }
+}
+
+fn check_generation(c: &mut Checker, spec: &ModelDeploymentSpec) {
+    let generation_task = spec.model.task == ModelTask::Generation;
+    let targets = spec.scaling.as_ref().map(|s| &s.targets);
+    c.check(
+        generation_task || !targets.is_some_and(|t| t.has_generation_targets()),
+        "spec.scaling.targets",
+        rules::GENERATION_TARGETS_NEED_TASK,
+    );
+    let Some(g) = &spec.generation else {
+        return;
+    };
+    c.check(generation_task, "spec.generation", rules::GENERATION_NEEDS_TASK);
+    let fields = [
+        (
+            g.context_length,
+            1..=1_048_576,
+            "contextLength",
+            rules::CONTEXT_LENGTH,
+        ),
+        (
+            g.max_running_sequences,
+            1..=1024,
+            "maxRunningSequences",
+            rules::MAX_RUNNING_SEQUENCES,
+        ),
+        (
+            g.kv_budget_tokens,
+            1..=i32::MAX,
+            "kvBudgetTokens",
+            rules::KV_BUDGET_TOKENS,
+        ),
+        (
+            g.default_max_tokens,
+            1..=i32::MAX,
+            "defaultMaxTokens",
+            rules::DEFAULT_MAX_TOKENS,
+        ),
+    ];
+    for (value, range, field, rule) in fields {
+        if let Some(v) = value {
+            c.check(range.contains(&v), format!("spec.generation.{field}"), rule);
+        }
+    }
+    if let (Some(default), Some(context)) = (g.default_max_tokens, g.context_length) {
+        c.check(
+            default < context,
+            "spec.generation.defaultMaxTokens",
+            rules::DEFAULT_MAX_TOKENS_IN_CONTEXT,
+        );
+    }
+}
+
+fn check_upstream(c: &mut Checker, spec: &ModelDeploymentSpec) {
+    let runtime = &spec.runtime;
+    let upstream = runtime.backend == Backend::Upstream;
+    c.check(
+        !upstream || runtime.upstream.is_some(),
+        "spec.runtime.upstream",
+        rules::UPSTREAM_NEEDS_ENGINE,
+    );
+    c.check(
+        runtime.upstream.is_none() || upstream,
+        "spec.runtime.backend",
+        rules::ENGINE_NEEDS_UPSTREAM,
+    );
+    c.check(
+        !upstream || spec.model.task == ModelTask::Generation,
+        "spec.model.task",
+        rules::UPSTREAM_NEEDS_GENERATION,
+    );
+    if let Some(engine) = &runtime.upstream {
+        c.check(
+            !engine.image.is_empty(),
+            "spec.runtime.upstream.image",
+            rules::UPSTREAM_IMAGE,
+        );
+        let port_ok = (1..=65535).contains(&engine.port) && ![8080, 8081, 9090].contains(&engine.port);
+        c.check(port_ok, "spec.runtime.upstream.port", rules::UPSTREAM_PORT);
     }
 }
 
@@ -266,8 +349,26 @@ fn check_scaling(c: &mut Checker, s: &ScalingSpec) {
     let any_target = t.queue_depth_per_replica.is_some()
         || t.in_flight_per_replica.is_some()
         || t.p95_latency.is_some()
-        || t.gpu_utilization.is_some();
+        || t.gpu_utilization.is_some()
+        || t.has_generation_targets();
     c.check(any_target, "spec.scaling.targets", rules::SCALING_TARGETS);
+    if let Some(v) = t.ttft_p95 {
+        c.positive(v, "spec.scaling.targets.ttftP95", rules::TARGET_TTFT_P95);
+    }
+    if let Some(v) = t.kv_cache_utilization {
+        c.check(
+            v > 0.0 && v <= 1.0,
+            "spec.scaling.targets.kvCacheUtilization",
+            rules::TARGET_KV_CACHE,
+        );
+    }
+    if let Some(v) = t.waiting_sequences_per_replica {
+        c.check(
+            v > 0.0,
+            "spec.scaling.targets.waitingSequencesPerReplica",
+            rules::TARGET_WAITING_SEQUENCES,
+        );
+    }
     if let Some(v) = t.queue_depth_per_replica {
         c.check(
             v > 0.0,
@@ -369,13 +470,22 @@ fn check_analysis_check(c: &mut Checker, path: &str, check: &AnalysisCheck) {
         path,
         rules::CHECK_ONE_SOURCE,
     );
-    let has_threshold = check.min.is_some() || check.max.is_some() || check.max_ratio_to_stable.is_some();
+    let has_threshold = check.min.is_some()
+        || check.max.is_some()
+        || check.max_ratio_to_stable.is_some()
+        || check.min_ratio_to_stable.is_some();
     c.check(has_threshold, path, rules::CHECK_THRESHOLD);
     let ratio_ok = check.max_ratio_to_stable.is_none() || check.builtin.is_some();
     c.check(
         ratio_ok,
         format!("{path}.maxRatioToStable"),
         rules::CHECK_RATIO_BUILTIN,
+    );
+    let min_ratio_ok = check.min_ratio_to_stable.is_none() || check.builtin.is_some();
+    c.check(
+        min_ratio_ok,
+        format!("{path}.minRatioToStable"),
+        rules::CHECK_MIN_RATIO_BUILTIN,
     );
     let named = check.prometheus.is_none() || check.name.is_some();
     c.check(named, format!("{path}.name"), rules::CHECK_PROMETHEUS_NAME);

@@ -4,13 +4,15 @@ mod common;
 
 use modelfleet_crds::{manifest::model_deployments_from_yaml, validate};
 
-const EXPECTED: [&str; 6] = [
+const EXPECTED: [&str; 8] = [
     "canary.yaml",
     "external-hpa.yaml",
     "gateway-canary.yaml",
+    "generation.yaml",
     "gpu-autoscaled.yaml",
     "minimal.yaml",
     "shadow-then-canary.yaml",
+    "upstream-llama-cpp.yaml",
 ];
 
 #[test]

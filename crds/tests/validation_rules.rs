@@ -13,7 +13,8 @@ fn base() -> Value {
         "kind": "ModelDeployment",
         "metadata": {"name": "minilm", "namespace": "search"},
         "spec": {
-            "model": {"name": "all-MiniLM-L6-v2", "version": "2", "uri": "hf://sentence-transformers/all-MiniLM-L6-v2", "aliases": ["minilm", "embed-small"]},
+            "model": {"name": "smollm2", "version": "2", "uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct", "aliases": ["smollm", "chat-small"],
+                "task": "generation", "size": "98Mi"},
             "runtime": {"backend": "candle", "device": "cuda"},
             "resources": {"gpus": 1, "gpuProduct": "NVIDIA-H100-80GB-HBM3", "minGpuMemoryMiB": 40000},
             "replicas": 2,
@@ -21,9 +22,11 @@ fn base() -> Value {
                 "maxBatchSize": 64, "maxBatchTokens": 16384, "maxQueueDelay": "5ms", "maxQueueSize": 2048,
                 "tiers": [{"name": "paid", "timeout": "2s"}, {"name": "free", "timeout": "10s", "maxQueueShare": 0.5}]
             },
+            "generation": {"contextLength": 2048, "maxRunningSequences": 16, "kvBudgetTokens": 8192, "defaultMaxTokens": 256},
             "scaling": {
                 "minReplicas": 1, "maxReplicas": 20,
-                "targets": {"queueDepthPerReplica": 16, "inFlightPerReplica": 64, "p95Latency": "250ms", "gpuUtilization": 85},
+                "targets": {"queueDepthPerReplica": 16, "inFlightPerReplica": 64, "p95Latency": "250ms", "gpuUtilization": 85,
+                    "ttftP95": "500ms", "kvCacheUtilization": 0.8, "waitingSequencesPerReplica": 4},
                 "stableWindow": "60s", "panicWindow": "6s", "panicThreshold": 2.0, "scaleDownStabilization": "300s", "idlePeriod": "15m"
             },
             "rollout": {
@@ -37,6 +40,7 @@ fn base() -> Value {
                     "checks": [
                         {"builtin": "errorRate", "max": 0.01},
                         {"builtin": "p95Latency", "maxRatioToStable": 1.2},
+                        {"builtin": "tokensPerSecond", "minRatioToStable": 0.9},
                         {"name": "ttft", "prometheus": {"query": "vector(0.1)"}, "max": 0.4}
                     ]
                 },
@@ -270,21 +274,21 @@ fn cases() -> Vec<(rules::CelRule, &'static str, Option<Value>, &'static str)> {
         ),
         (
             CHECK_RATIO_BUILTIN,
-            "/spec/rollout/analysis/checks/2/maxRatioToStable",
+            "/spec/rollout/analysis/checks/3/maxRatioToStable",
             Some(json!(1.5)),
-            "spec.rollout.analysis.checks[2].maxRatioToStable",
+            "spec.rollout.analysis.checks[3].maxRatioToStable",
         ),
         (
             CHECK_PROMETHEUS_NAME,
-            "/spec/rollout/analysis/checks/2/name",
+            "/spec/rollout/analysis/checks/3/name",
             None,
-            "spec.rollout.analysis.checks[2].name",
+            "spec.rollout.analysis.checks[3].name",
         ),
         (
             PROMETHEUS_QUERY,
-            "/spec/rollout/analysis/checks/2/prometheus/query",
+            "/spec/rollout/analysis/checks/3/prometheus/query",
             Some(json!("")),
-            "spec.rollout.analysis.checks[2].prometheus.query",
+            "spec.rollout.analysis.checks[3].prometheus.query",
         ),
         (
             GATEWAY_PARENTS,
@@ -301,7 +305,7 @@ fn cases() -> Vec<(rules::CelRule, &'static str, Option<Value>, &'static str)> {
         (
             MODEL_ALIAS_NOT_NAME,
             "/spec/model/aliases",
-            Some(json!(["all-MiniLM-L6-v2"])),
+            Some(json!(["smollm2"])),
             "spec.model.aliases",
         ),
         (
@@ -347,6 +351,102 @@ fn cases() -> Vec<(rules::CelRule, &'static str, Option<Value>, &'static str)> {
             "spec.traffic.inferencePool.endpointPicker.port",
         ),
         (
+            GENERATION_NEEDS_TASK,
+            "/spec/model/task",
+            Some(json!("embedding")),
+            "spec.generation",
+        ),
+        (
+            GENERATION_TARGETS_NEED_TASK,
+            "/spec/model/task",
+            Some(json!("embedding")),
+            "spec.scaling.targets",
+        ),
+        (
+            UPSTREAM_NEEDS_ENGINE,
+            "/spec/runtime/backend",
+            Some(json!("upstream")),
+            "spec.runtime.upstream",
+        ),
+        (
+            ENGINE_NEEDS_UPSTREAM,
+            "/spec/runtime/upstream",
+            Some(json!({"image": "ghcr.io/ggml-org/llama.cpp:server"})),
+            "spec.runtime.backend",
+        ),
+        (
+            UPSTREAM_NEEDS_GENERATION,
+            "/spec/model/task",
+            Some(json!("embedding")),
+            "spec.model.task",
+        ),
+        (
+            UPSTREAM_IMAGE,
+            "/spec/runtime/upstream/image",
+            Some(json!("")),
+            "spec.runtime.upstream.image",
+        ),
+        (
+            UPSTREAM_PORT,
+            "/spec/runtime/upstream/port",
+            Some(json!(8080)),
+            "spec.runtime.upstream.port",
+        ),
+        (
+            TARGET_TTFT_P95,
+            "/spec/scaling/targets/ttftP95",
+            Some(json!("0s")),
+            "spec.scaling.targets.ttftP95",
+        ),
+        (
+            TARGET_KV_CACHE,
+            "/spec/scaling/targets/kvCacheUtilization",
+            Some(json!(1.5)),
+            "spec.scaling.targets.kvCacheUtilization",
+        ),
+        (
+            TARGET_WAITING_SEQUENCES,
+            "/spec/scaling/targets/waitingSequencesPerReplica",
+            Some(json!(0)),
+            "spec.scaling.targets.waitingSequencesPerReplica",
+        ),
+        (
+            CONTEXT_LENGTH,
+            "/spec/generation/contextLength",
+            Some(json!(0)),
+            "spec.generation.contextLength",
+        ),
+        (
+            MAX_RUNNING_SEQUENCES,
+            "/spec/generation/maxRunningSequences",
+            Some(json!(2000)),
+            "spec.generation.maxRunningSequences",
+        ),
+        (
+            KV_BUDGET_TOKENS,
+            "/spec/generation/kvBudgetTokens",
+            Some(json!(0)),
+            "spec.generation.kvBudgetTokens",
+        ),
+        (
+            DEFAULT_MAX_TOKENS,
+            "/spec/generation/defaultMaxTokens",
+            Some(json!(0)),
+            "spec.generation.defaultMaxTokens",
+        ),
+        (
+            DEFAULT_MAX_TOKENS_IN_CONTEXT,
+            "/spec/generation/defaultMaxTokens",
+            Some(json!(4096)),
+            "spec.generation.defaultMaxTokens",
+        ),
+        (
+            CHECK_MIN_RATIO_BUILTIN,
+            "/spec/rollout/analysis/checks/3/minRatioToStable",
+            Some(json!(0.9)),
+            "spec.rollout.analysis.checks[3].minRatioToStable",
+        ),
+        (
             ENDPOINT_PICKER_NAME,
             "/spec/traffic/inferencePool/endpointPicker/name",
             Some(json!("")),
@@ -375,6 +475,21 @@ fn set(obj: &mut Value, pointer: &str, value: Option<Value>) {
 /// Applies a case; a few rules need a second edit to fail alone.
 fn failing_object(rule: rules::CelRule, pointer: &str, value: Option<Value>) -> Value {
     let mut obj = base();
+    // The upstream backend and its engine first, so that only the case's field is wrong.
+    if [
+        rules::UPSTREAM_NEEDS_GENERATION,
+        rules::UPSTREAM_IMAGE,
+        rules::UPSTREAM_PORT,
+    ]
+    .contains(&rule)
+    {
+        set(&mut obj, "/spec/runtime/backend", Some(json!("upstream")));
+        set(
+            &mut obj,
+            "/spec/runtime/upstream",
+            Some(json!({"image": "llama.cpp:server"})),
+        );
+    }
     set(&mut obj, pointer, value);
     match rule {
         // A CPU device, so that negative GPUs trip only the GPU count rule.

@@ -185,6 +185,9 @@ pub fn status_tree(md: &ModelDeployment, now: Timestamp) -> String {
         );
         sections.push((format!("autoscaler desired {}{last}", a.desired_replicas), lines));
     }
+    if let Some(l) = &status.load {
+        sections.push((load_line(l), Vec::new()));
+    }
     if let Some(r) = &status.routing {
         sections.push(routing_section(r, now));
     }
@@ -207,6 +210,24 @@ pub fn status_tree(md: &ModelDeployment, now: Timestamp) -> String {
         }
     }
     out
+}
+
+/// `status.load` as one line; generation models add TTFT, tokens/s and the KV cache.
+fn load_line(l: &modelfleet_crds::v1alpha1::LoadStatus) -> String {
+    let mut line = format!(
+        "load      {} req/s  p95 {}s",
+        l.requests_per_second, l.p95_latency_seconds
+    );
+    if let Some(ttft) = l.ttft_p95_seconds {
+        let _ = write!(line, "  TTFT p95 {ttft}s");
+    }
+    if let Some(tokens) = l.tokens_per_second {
+        let _ = write!(line, "  {tokens} tokens/s");
+    }
+    if let Some(kv) = l.kv_cache_utilization {
+        let _ = write!(line, "  KV cache {:.0}%", kv * 100.0);
+    }
+    line
 }
 
 /// `status.routing` as one line: what the routers saw of this model.
@@ -282,6 +303,30 @@ ModelDeployment search/minilm: Progressing, 5/5 ready (model all-MiniLM-L6-v2 ve
    └─ Available False RevisionRollingOut: revision a1b2c3d is rolling out
 ";
         assert_eq!(tree, expected, "\n{tree}");
+    }
+
+    #[test]
+    fn a_generation_model_shows_ttft_tokens_per_second_and_the_kv_cache() {
+        let md: ModelDeployment = serde_yaml::from_str(
+            r#"
+apiVersion: modelfleet.dev/v1alpha1
+kind: ModelDeployment
+metadata: {name: smollm, namespace: chat}
+spec:
+  model: {name: smollm2, version: "1", uri: "file:///m.gguf", task: generation}
+status:
+  phase: Available
+  replicas: 2
+  readyReplicas: 2
+  load: {requestsPerSecond: 3.2, p95LatencySeconds: 4.1, ttftP95Seconds: 0.42, tokensPerSecond: 231.0, kvCacheUtilization: 0.37}
+"#,
+        )
+        .expect("fixture");
+        let tree = status_tree(&md, "2026-12-01T10:42:00Z".parse().expect("time"));
+        assert!(
+            tree.contains("load      3.2 req/s  p95 4.1s  TTFT p95 0.42s  231 tokens/s  KV cache 37%"),
+            "{tree}"
+        );
     }
 
     #[test]

@@ -308,6 +308,9 @@ fn build_report(agent: &Agent, gpus: &[(GpuReading, Option<PodRef>)], servers: &
                     shadow_agree: l.shadow_agree as u64,
                     shadow_disagree: l.shadow_disagree as u64,
                     shadow_error: l.shadow_error as u64,
+                    ttft_p95_seconds: l.ttft_p95,
+                    generated_tokens_rate: l.generated_tokens_rate,
+                    kv_cache_utilization: l.kv_cache_usage,
                 }
             })
             .collect(),

@@ -173,6 +173,7 @@ fn assemble(
                 .or_else(|| recorded.and_then(|s| s.autoscaling.clone())),
         ),
         routing: recorded.and_then(|s| s.routing.clone()),
+        load: recorded.and_then(|s| s.load.clone()),
         conditions,
     }
 }

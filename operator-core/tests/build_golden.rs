@@ -55,6 +55,8 @@ fn every_example_matches_its_golden_file() {
         "shadow-then-canary.yaml",
         "gateway-canary.yaml",
         "external-hpa.yaml",
+        "generation.yaml",
+        "upstream-llama-cpp.yaml",
     ];
     for file in files {
         let yaml = serde_yaml::to_string(&desired(&example(file))).expect("serializes");
@@ -180,6 +182,78 @@ fn pods_are_hardened_probed_and_drained() {
         .and_then(|m| m.annotations)
         .expect("annotations");
     assert_eq!(annotations["prometheus.io/port"], "9090");
+}
+
+fn pod_spec(d: &Deployment) -> k8s_openapi::api::core::v1::PodSpec {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.clone())
+        .expect("a pod spec")
+}
+
+fn requests_gpu(c: &k8s_openapi::api::core::v1::Container) -> bool {
+    c.resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .is_some_and(|l| l.contains_key("nvidia.com/gpu"))
+}
+
+#[test]
+fn generation_pods_carry_the_generation_limits_and_a_startup_budget_from_the_model_size() {
+    let d = desired(&example("generation.yaml"));
+    let server = server(&d.deployments[0]);
+    let args = server.args.clone().unwrap_or_default();
+    for flag in [
+        "--task=generation",
+        "--context-length=2048",
+        "--max-running-sequences=8",
+        "--kv-budget-tokens=8192",
+        "--default-max-tokens=256",
+    ] {
+        assert!(args.iter().any(|a| a == flag), "{flag} missing from {args:?}");
+    }
+    let startup = server.startup_probe.expect("a startup probe");
+    // 98 MiB loads in seconds: the 5-minute floor, not the 15-minute default.
+    assert_eq!(
+        (startup.period_seconds, startup.failure_threshold),
+        (Some(10), Some(30))
+    );
+    let embeddings = desired(&example("minimal.yaml"));
+    let args = self::server(&embeddings.deployments[0]).args.unwrap_or_default();
+    assert!(!args.iter().any(|a| a.contains("max-tokens")), "{args:?}");
+}
+
+#[test]
+fn an_upstream_pod_runs_the_engine_beside_the_server_with_the_gpu() {
+    let d = desired(&example("upstream-llama-cpp.yaml"));
+    let pod = pod_spec(&d.deployments[0]);
+    let names: Vec<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["server", "engine"]);
+    let (server, engine) = (&pod.containers[0], &pod.containers[1]);
+    let args = server.args.clone().unwrap_or_default();
+    assert!(args.contains(&"--backend=upstream".to_string()), "{args:?}");
+    assert!(
+        args.contains(&"--upstream-url=http://127.0.0.1:8000".to_string()),
+        "{args:?}"
+    );
+    assert!(requests_gpu(engine) && !requests_gpu(server));
+    let port = engine
+        .ports
+        .as_ref()
+        .and_then(|p| p.first())
+        .map(|p| p.container_port);
+    assert_eq!(port, Some(8000));
+    assert_eq!(
+        engine.image.as_deref(),
+        Some("ghcr.io/ggml-org/llama.cpp:server-cuda")
+    );
+    let mounts: Vec<&str> = engine
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.as_str())
+        .collect();
+    assert!(mounts.contains(&"/var/lib/modelfleet/models"), "{mounts:?}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! `modelfleet.dev/v1alpha1`: the ModelDeployment resource.
 
 mod batching;
+mod generation;
 mod model;
 mod rollout;
 mod routing;
@@ -11,7 +12,9 @@ mod traffic;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-pub use self::{batching::*, model::*, rollout::*, routing::*, scaling::*, status::*, traffic::*};
+pub use self::{
+    batching::*, generation::*, model::*, rollout::*, routing::*, scaling::*, status::*, traffic::*,
+};
 use crate::rules;
 
 /// A model served by a fleet of modelfleet-server pods, with autoscaling and progressive rollouts.
@@ -36,7 +39,14 @@ use crate::rules;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp","description":"Time since creation"}"#
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = rules::CUDA_NEEDS_GPU)]
+#[x_kube(
+    validation = rules::CUDA_NEEDS_GPU,
+    validation = rules::GENERATION_NEEDS_TASK,
+    validation = rules::GENERATION_TARGETS_NEED_TASK,
+    validation = rules::UPSTREAM_NEEDS_ENGINE,
+    validation = rules::ENGINE_NEEDS_UPSTREAM,
+    validation = rules::UPSTREAM_NEEDS_GENERATION
+)]
 pub struct ModelDeploymentSpec {
     /// The model to serve.
     pub model: ModelSpec,
@@ -54,6 +64,10 @@ pub struct ModelDeploymentSpec {
     /// Dynamic batching and admission in each server.
     #[serde(default)]
     pub batching: BatchingSpec,
+    /// Text generation (`spec.model.task: generation`): context length, running batch, KV
+    /// budget, default `max_tokens`. Empty: the server's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<GenerationSpec>,
     /// Built-in autoscaling. Empty: `spec.replicas` decides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scaling: Option<ScalingSpec>,

@@ -39,6 +39,11 @@ pub struct ModelSpec {
     #[x_kube(validation = rules::MODEL_ALIASES)]
     #[schemars(length(max = 8), inner(length(min = 1, max = 128)))]
     pub aliases: Vec<String>,
+    /// Size of the weights (a quantity such as `98Mi` or `140Gi`): sizes the start-up probe, so a
+    /// large model gets the time it needs to download and load (docs/operator.md). Empty: up
+    /// to 15 minutes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Quantity>,
 }
 
 impl ModelSpec {
@@ -72,6 +77,12 @@ pub struct RuntimeSpec {
     /// Inference backend inside modelfleet-server.
     #[serde(default)]
     pub backend: Backend,
+    /// `backend: upstream`: the engine modelfleet-server fronts, a second container in the same
+    /// pod (vLLM, llama.cpp's server, TGI) that it reaches on localhost. It gets the GPUs and
+    /// the model volume; modelfleet-server keeps admission, tiers, deadlines, mirroring and
+    /// metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamSpec>,
     /// Compute device the backend runs on.
     #[serde(default)]
     pub device: Device,
@@ -89,6 +100,34 @@ pub struct RuntimeSpec {
     pub resources: Option<ResourceRequirements>,
 }
 
+/// The engine container of `backend: upstream`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamSpec {
+    /// Engine image (for example `ghcr.io/ggml-org/llama.cpp:server` or `vllm/vllm-openai`).
+    #[x_kube(validation = rules::UPSTREAM_IMAGE)]
+    #[schemars(length(max = 512))]
+    pub image: String,
+    /// The engine's command-line arguments. It must serve the OpenAI API and `/health` on
+    /// 127.0.0.1 at `port`; a `pvc://` model is mounted read-only at `/var/lib/modelfleet/models`
+    /// (an emptyDir cache there otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub args: Vec<String>,
+    /// The engine's HTTP port inside the pod.
+    #[serde(default = "default_upstream_port")]
+    #[x_kube(validation = rules::UPSTREAM_PORT)]
+    pub port: i32,
+    /// Environment variables of the engine container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub env: Vec<EnvVar>,
+}
+
+fn default_upstream_port() -> i32 {
+    8000
+}
+
 /// Inference backend.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[cfg_attr(feature = "value-enum", derive(clap::ValueEnum))]
@@ -99,7 +138,7 @@ pub enum Backend {
     Candle,
     /// A simulation: deterministic pseudo-outputs and a GPU latency model, for load tests.
     Synthetic,
-    /// Forward batches to an upstream inference server.
+    /// Generation only: forward requests to the engine of `spec.runtime.upstream` in the same pod.
     Upstream,
 }
 

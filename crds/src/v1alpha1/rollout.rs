@@ -114,6 +114,7 @@ pub struct AnalysisSpec {
     validation = rules::CHECK_ONE_SOURCE,
     validation = rules::CHECK_THRESHOLD,
     validation = rules::CHECK_RATIO_BUILTIN,
+    validation = rules::CHECK_MIN_RATIO_BUILTIN,
     validation = rules::CHECK_PROMETHEUS_NAME
 )]
 pub struct AnalysisCheck {
@@ -137,6 +138,11 @@ pub struct AnalysisCheck {
     /// revision's value times this ratio.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ratio_to_stable: Option<f64>,
+    /// Built-in checks only: the check fails when the candidate's value is below the stable
+    /// revision's value times this ratio (for values where more is better, such as
+    /// `tokensPerSecond`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_ratio_to_stable: Option<f64>,
 }
 
 /// Checks computed by the operator from node-agent telemetry.
@@ -147,8 +153,15 @@ pub enum BuiltinCheck {
     ErrorRate,
     /// The candidate's 95th percentile latency in seconds.
     P95Latency,
-    /// Shadow steps: share of mirrored requests whose outputs agree with the stable revision's (0 to 1).
+    /// Shadow steps: share of mirrored requests whose outputs agree with the stable revision's
+    /// (0 to 1). Embeddings agree by cosine similarity; generated text by exact match of greedy
+    /// or seeded requests, or the server's `--shadow-text-agreement` similarity.
     OutputAgreement,
+    /// Generation: the candidate's 95th percentile time to first token in seconds.
+    TtftP95,
+    /// Generation: the candidate's generated tokens per second per ready replica (bounded below
+    /// with `min` or `minRatioToStable`).
+    TokensPerSecond,
 }
 
 /// A PromQL check.

@@ -69,6 +69,27 @@ pub struct ScalingTargets {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = rules::TARGET_GPU_UTILIZATION)]
     pub gpu_utilization: Option<f64>,
+    /// Generation: 95th percentile time to first token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = rules::TARGET_TTFT_P95)]
+    pub ttft_p95: Option<Duration>,
+    /// Generation: share of the KV-cache budget in use, 0 to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = rules::TARGET_KV_CACHE)]
+    pub kv_cache_utilization: Option<f64>,
+    /// Generation: sequences waiting for a place in the running batch, per replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = rules::TARGET_WAITING_SEQUENCES)]
+    pub waiting_sequences_per_replica: Option<f64>,
+}
+
+impl ScalingTargets {
+    /// True when a target that only generation servers report is set.
+    pub fn has_generation_targets(&self) -> bool {
+        self.ttft_p95.is_some()
+            || self.kv_cache_utilization.is_some()
+            || self.waiting_sequences_per_replica.is_some()
+    }
 }
 
 fn default_min_replicas() -> i32 {

@@ -58,6 +58,10 @@ pub struct ModelDeploymentStatus {
     /// stream to the operator's telemetry hub; refreshed at most every 30 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routing: Option<RoutingStatus>,
+    /// The fleet's load as the node agents last reported it (refreshed at each reconcile,
+    /// rounded to three significant digits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<LoadStatus>,
     /// Available, Progressing, Degraded, ScalingLimited and MetricsAvailable, kstatus style.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -276,6 +280,25 @@ pub struct AutoscalingStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 5))]
     pub history: Vec<ScaleEvent>,
+}
+
+/// The fleet's load, summed or averaged over the pods with fresh telemetry.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadStatus {
+    /// Requests answered per second.
+    pub requests_per_second: f64,
+    /// 95th percentile request latency, seconds.
+    pub p95_latency_seconds: f64,
+    /// Generation: 95th percentile time to first token, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_p95_seconds: Option<f64>,
+    /// Generation: generated tokens per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_second: Option<f64>,
+    /// Generation: mean KV-cache utilisation, 0 to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_cache_utilization: Option<f64>,
 }
 
 /// An observed metric against its target.

@@ -7,8 +7,9 @@ pub mod parse;
 use std::collections::BTreeMap;
 
 use modelfleet_contract::metrics::{
-    BATCH_SIZE, BUSY_RATIO, QUEUE_DEPTH, REQUEST_DURATION, REQUESTS, REQUESTS_QUEUED, REQUESTS_RUNNING,
-    SHADOW_COMPARISONS, labels, shadow_result,
+    BATCH_SIZE, BUSY_RATIO, GENERATED_TOKENS, KV_CACHE_USAGE, QUEUE_DEPTH, REQUEST_DURATION, REQUESTS,
+    REQUESTS_QUEUED, REQUESTS_RUNNING, SHADOW_COMPARISONS, ServerMetric, TIME_TO_FIRST_TOKEN, labels,
+    shadow_result,
 };
 use parse::{Exposition, histogram_quantile};
 
@@ -29,6 +30,12 @@ pub struct ServerCounters {
     pub shadow_agree: f64,
     pub shadow_disagree: f64,
     pub shadow_error: f64,
+    /// Generation: cumulative time-to-first-token buckets summed over tiers.
+    pub ttft_buckets: Vec<(f64, f64)>,
+    /// Generation: cumulative generated tokens.
+    pub generated_tokens: f64,
+    /// Generation: KV-cache utilisation, 0 to 1.
+    pub kv_cache_usage: f64,
 }
 
 /// Why a scrape's content was rejected.
@@ -65,14 +72,6 @@ pub fn read_counters(e: &Exposition) -> Result<ServerCounters, ScrapeError> {
             errors += s.value;
         }
     }
-    let mut buckets: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
-    for s in e.matching(&REQUEST_DURATION.bucket(), &[]) {
-        let Some(le) = s.labels.get("le").and_then(|v| parse_bound(v)) else {
-            continue;
-        };
-        let entry = buckets.entry(le.to_bits()).or_insert((le, 0.0));
-        entry.1 += s.value;
-    }
     let shadow = |result: &str| e.sum(SHADOW_COMPARISONS.sample, &[(labels::RESULT, result)]);
     Ok(ServerCounters {
         queues,
@@ -80,14 +79,42 @@ pub fn read_counters(e: &Exposition) -> Result<ServerCounters, ScrapeError> {
         running: e.sum(REQUESTS_RUNNING.sample, &[]),
         requests,
         errors,
-        duration_buckets: buckets.into_values().collect(),
+        duration_buckets: buckets(e, REQUEST_DURATION),
         batch_sum: e.sum(&BATCH_SIZE.sum(), &[]),
         batch_count: e.sum(&BATCH_SIZE.count(), &[]),
         busy_ratio: e.sum(BUSY_RATIO.sample, &[]),
         shadow_agree: shadow(shadow_result::AGREE),
         shadow_disagree: shadow(shadow_result::DISAGREE),
         shadow_error: shadow(shadow_result::ERROR),
+        ttft_buckets: buckets(e, TIME_TO_FIRST_TOKEN),
+        generated_tokens: e.sum(GENERATED_TOKENS.sample, &[]),
+        kv_cache_usage: e.sum(KV_CACHE_USAGE.sample, &[]),
     })
+}
+
+/// A histogram's cumulative buckets summed over its other labels: upper bound → count.
+fn buckets(e: &Exposition, histogram: ServerMetric) -> Vec<(f64, f64)> {
+    let mut buckets: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
+    for s in e.matching(&histogram.bucket(), &[]) {
+        let Some(le) = s.labels.get("le").and_then(|v| parse_bound(v)) else {
+            continue;
+        };
+        let entry = buckets.entry(le.to_bits()).or_insert((le, 0.0));
+        entry.1 += s.value;
+    }
+    buckets.into_values().collect()
+}
+
+/// The counts each bucket gained since `before` (all of them without a previous scrape).
+fn bucket_delta(now: &[(f64, f64)], before: Option<&[(f64, f64)]>) -> Vec<(f64, f64)> {
+    now.iter()
+        .map(|&(le, count)| {
+            let earlier = before
+                .and_then(|p| p.iter().find(|(b, _)| *b == le))
+                .map_or(0.0, |(_, c)| *c);
+            (le, (count - earlier).max(0.0))
+        })
+        .collect()
 }
 
 fn parse_bound(v: &str) -> Option<f64> {
@@ -113,6 +140,9 @@ pub struct ServerLoad {
     pub shadow_agree: f64,
     pub shadow_disagree: f64,
     pub shadow_error: f64,
+    pub ttft_p95: f64,
+    pub generated_tokens_rate: f64,
+    pub kv_cache_usage: f64,
 }
 
 /// Rates over `seconds` between `previous` and `now` (gauges from `now`). A counter that went
@@ -122,17 +152,9 @@ pub fn load_between(previous: Option<&ServerCounters>, now: &ServerCounters, sec
     let base = if restarted { None } else { previous };
     let delta = |f: fn(&ServerCounters) -> f64| (f(now) - base.map_or(0.0, f)).max(0.0);
     let seconds = seconds.max(1e-3);
-    let buckets: Vec<(f64, f64)> = now
-        .duration_buckets
-        .iter()
-        .map(|&(le, count)| {
-            let before = base
-                .and_then(|p| p.duration_buckets.iter().find(|(b, _)| *b == le))
-                .map_or(0.0, |(_, c)| *c);
-            (le, (count - before).max(0.0))
-        })
-        .collect();
+    let buckets = bucket_delta(&now.duration_buckets, base.map(|p| p.duration_buckets.as_slice()));
     let q = |x: f64| histogram_quantile(x, &buckets).unwrap_or(0.0);
+    let ttft = bucket_delta(&now.ttft_buckets, base.map(|p| p.ttft_buckets.as_slice()));
     let batches = delta(|c| c.batch_count);
     ServerLoad {
         queues: now.queues.clone(),
@@ -152,6 +174,9 @@ pub fn load_between(previous: Option<&ServerCounters>, now: &ServerCounters, sec
         shadow_agree: now.shadow_agree,
         shadow_disagree: now.shadow_disagree,
         shadow_error: now.shadow_error,
+        ttft_p95: histogram_quantile(0.95, &ttft).unwrap_or(0.0),
+        generated_tokens_rate: delta(|c| c.generated_tokens) / seconds,
+        kv_cache_usage: now.kv_cache_usage,
     }
 }
 

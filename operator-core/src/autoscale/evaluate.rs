@@ -245,6 +245,8 @@ fn read_signals(view: &FleetView, holding: u32) -> (Option<Signals>, Desired) {
         in_flight: (t.queue_depth + t.running) * scale,
         p95_latency_seconds: t.latency_p95,
         gpu_utilization: t.gpu_utilization.unwrap_or(0.0),
+        ttft_p95_seconds: t.ttft_p95,
+        kv_cache_utilization: t.kv_cache_utilization,
     };
     let (reason, message) = if t.fresh_pods >= view.ready {
         (
@@ -281,6 +283,17 @@ fn current_metrics(p: &Params, s: &Signals, ready: u32) -> Vec<MetricValue> {
         ("inFlightPerReplica", p.in_flight_per_replica, s.in_flight / ready),
         ("p95Latency", p.p95_latency_seconds, s.p95_latency_seconds),
         ("gpuUtilization", p.gpu_utilization, s.gpu_utilization),
+        ("ttftP95", p.ttft_p95_seconds, s.ttft_p95_seconds),
+        (
+            "kvCacheUtilization",
+            p.kv_cache_utilization,
+            s.kv_cache_utilization,
+        ),
+        (
+            "waitingSequencesPerReplica",
+            p.waiting_sequences_per_replica,
+            s.queue_depth / ready,
+        ),
     ]
     .into_iter()
     .filter_map(|(name, target, value)| {

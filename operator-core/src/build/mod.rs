@@ -1,8 +1,10 @@
 //! The desired objects of a ModelDeployment: a pure function of the object and the revision plan.
 
+mod engine;
 mod pod;
 pub mod pool;
 pub mod route;
+mod startup;
 
 use std::collections::BTreeMap;
 

@@ -14,13 +14,13 @@ use k8s_openapi::{
     apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
 use kube_core::ResourceExt;
-use modelfleet_contract::{BatchingArgs, PortArgs, ServerArgs, TierArg, paths, ports};
+use modelfleet_contract::{BatchingArgs, GenerationArgs, PortArgs, ServerArgs, TierArg, paths, ports};
 use modelfleet_crds::{
     ModelDeployment,
     constants::{GPU_RESOURCE, labels},
 };
 
-use super::{GRPC_PORT, HTTP_PORT, METRICS_PORT};
+use super::{GRPC_PORT, HTTP_PORT, METRICS_PORT, engine, startup};
 
 /// Seconds a pod keeps serving after removal from endpoints, so in-flight requests finish.
 const DRAIN_SECONDS: i64 = 10;
@@ -100,6 +100,23 @@ pub fn server_args(md: &ModelDeployment) -> ServerArgs {
         },
         ports: PortArgs::default(),
         routing_file: Some(paths::ROUTING_FILE.into()),
+        upstream_url: engine::upstream(md).map(engine::upstream_url),
+        generation: generation_args(md),
+    }
+}
+
+/// `spec.generation` as server flags; the server's defaults where a field is empty.
+fn generation_args(md: &ModelDeployment) -> GenerationArgs {
+    let defaults = GenerationArgs::default();
+    let Some(g) = &md.spec.generation else {
+        return defaults;
+    };
+    let positive = |v: Option<i32>| v.and_then(|v| u32::try_from(v).ok()).filter(|v| *v > 0);
+    GenerationArgs {
+        max_running_sequences: positive(g.max_running_sequences).unwrap_or(defaults.max_running_sequences),
+        kv_budget_tokens: positive(g.kv_budget_tokens),
+        context_length: positive(g.context_length),
+        default_max_tokens: positive(g.default_max_tokens).unwrap_or(defaults.default_max_tokens),
     }
 }
 
@@ -230,7 +247,8 @@ fn cpu_threads_env() -> EnvVar {
     }
 }
 
-/// The pod's identity, the CPU thread count when `spec.resources.cpu` is set, then
+/// The pod's identity, the CPU thread count when `spec.resources.cpu` is set (and candle, not an
+/// upstream engine, computes), then
 /// `spec.runtime.env` (which may override any of them).
 fn env(md: &ModelDeployment, revision: &str) -> Vec<EnvVar> {
     let mut env = vec![
@@ -240,7 +258,8 @@ fn env(md: &ModelDeployment, revision: &str) -> Vec<EnvVar> {
         value_env("MODELFLEET_REVISION", revision),
     ];
     let user = &md.spec.runtime.env;
-    if md.spec.resources.cpu.is_some() && !user.iter().any(|e| e.name == CPU_THREADS_ENV) {
+    let runs_candle = engine::upstream(md).is_none();
+    if runs_candle && md.spec.resources.cpu.is_some() && !user.iter().any(|e| e.name == CPU_THREADS_ENV) {
         env.push(cpu_threads_env());
     }
     env.extend(user.iter().cloned());
@@ -315,7 +334,8 @@ fn pod_security() -> PodSecurityContext {
     }
 }
 
-/// The `server` container of one revision.
+/// The `server` container of one revision. With `backend: upstream` the engine container holds
+/// the GPUs, memory and CPU of `spec.resources`; the server in front of it takes what is left.
 fn server_container(
     md: &ModelDeployment,
     revision: &str,
@@ -332,12 +352,20 @@ fn server_container(
         args: Some(args),
         env: Some(env(md, revision)),
         ports: Some(container_ports()),
-        resources: Some(resources(md)),
+        resources: Some(if engine::upstream(md).is_some() {
+            ResourceRequirements::default()
+        } else {
+            resources(md)
+        }),
         readiness_probe: Some(probe(paths::READY, 5, 3)),
         liveness_probe: Some(probe(paths::LIVE, 10, 3)),
-        // Model loading (download, GPU upload) may take minutes: up to 15 minutes before the
-        // liveness probe starts counting.
-        startup_probe: Some(probe(paths::READY, 10, 90)),
+        // Model loading (download, GPU upload) may take minutes: a budget from the model's size
+        // before the liveness probe starts counting.
+        startup_probe: Some(probe(
+            paths::READY,
+            startup::PERIOD_SECONDS,
+            startup::failure_threshold(md.spec.model.size.as_ref()),
+        )),
         lifecycle: Some(drain_lifecycle()),
         security_context: Some(container_security()),
         volume_mounts: Some(volume_mounts(model_read_only)),
@@ -385,6 +413,28 @@ fn pod_metadata(md: &ModelDeployment, revision: &str) -> ObjectMeta {
     }
 }
 
+/// The server, and with `backend: upstream` the engine after it.
+fn containers(
+    md: &ModelDeployment,
+    revision: &str,
+    default_image: &str,
+    model_read_only: bool,
+) -> Vec<Container> {
+    let mut containers = vec![server_container(md, revision, default_image, model_read_only)];
+    if let Some(upstream) = engine::upstream(md) {
+        containers.push(engine::engine_container(
+            upstream,
+            resources(md),
+            container_security(),
+            volume_mounts(model_read_only)
+                .into_iter()
+                .filter(|m| m.name != ROUTING_VOLUME)
+                .collect(),
+        ));
+    }
+    containers
+}
+
 /// The pod template of one revision.
 pub fn pod_template(md: &ModelDeployment, revision: &str, default_image: &str) -> PodTemplateSpec {
     let model = model_volume(md);
@@ -392,7 +442,7 @@ pub fn pod_template(md: &ModelDeployment, revision: &str, default_image: &str) -
     PodTemplateSpec {
         metadata: Some(pod_metadata(md, revision)),
         spec: Some(PodSpec {
-            containers: vec![server_container(md, revision, default_image, model_read_only)],
+            containers: containers(md, revision, default_image, model_read_only),
             affinity: node_affinity(md),
             tolerations: gpu_tolerations(md),
             termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),

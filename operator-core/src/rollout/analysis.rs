@@ -12,11 +12,14 @@ pub fn check_name(check: &AnalysisCheck) -> String {
         Some(BuiltinCheck::ErrorRate) => "errorRate".into(),
         Some(BuiltinCheck::P95Latency) => "p95Latency".into(),
         Some(BuiltinCheck::OutputAgreement) => "outputAgreement".into(),
+        Some(BuiltinCheck::TtftP95) => "ttftP95".into(),
+        Some(BuiltinCheck::TokensPerSecond) => "tokensPerSecond".into(),
         None => "prometheus".into(),
     })
 }
 
-/// Compares `value` with the check's `min`, `max` and (with `stable_value`) `maxRatioToStable`.
+/// Compares `value` with the check's `min`, `max` and (with `stable_value`) `maxRatioToStable`
+/// and `minRatioToStable`.
 pub fn judge(check: &AnalysisCheck, value: f64, stable_value: Option<f64>) -> CheckOutcome {
     let name = check_name(check);
     let failed = |threshold: String| CheckOutcome::Failed {
@@ -34,16 +37,26 @@ pub fn judge(check: &AnalysisCheck, value: f64, stable_value: Option<f64>) -> Ch
     {
         return failed(format!("min {min}"));
     }
-    if let Some(ratio) = check.max_ratio_to_stable {
-        let Some(stable) = stable_value else {
+    let ratios = check.max_ratio_to_stable.is_some() || check.min_ratio_to_stable.is_some();
+    let stable = match stable_value {
+        Some(stable) => stable,
+        None if ratios => {
             return CheckOutcome::Inconclusive {
                 check: name,
                 reason: "no stable-revision data to compare with".into(),
             };
-        };
-        if value > stable * ratio {
-            return failed(format!("maxRatioToStable {ratio} (stable {stable})"));
         }
+        None => return CheckOutcome::Passed { check: name, value },
+    };
+    if let Some(ratio) = check.max_ratio_to_stable
+        && value > stable * ratio
+    {
+        return failed(format!("maxRatioToStable {ratio} (stable {stable})"));
+    }
+    if let Some(ratio) = check.min_ratio_to_stable
+        && value < stable * ratio
+    {
+        return failed(format!("minRatioToStable {ratio} (stable {stable})"));
     }
     CheckOutcome::Passed { check: name, value }
 }
@@ -65,9 +78,22 @@ pub fn evaluate_builtin(check: &AnalysisCheck, candidate: &Aggregate, stable: &A
             candidate.latency_p95,
             served(stable).then_some(stable.latency_p95),
         ),
-        Some(BuiltinCheck::ErrorRate | BuiltinCheck::P95Latency) => {
-            inconclusive("no fresh telemetry with requests from the candidate yet")
-        }
+        Some(BuiltinCheck::TtftP95) if served(candidate) => judge(
+            check,
+            candidate.ttft_p95,
+            served(stable).then_some(stable.ttft_p95),
+        ),
+        Some(BuiltinCheck::TokensPerSecond) if served(candidate) => judge(
+            check,
+            tokens_per_replica(candidate),
+            served(stable).then(|| tokens_per_replica(stable)),
+        ),
+        Some(
+            BuiltinCheck::ErrorRate
+            | BuiltinCheck::P95Latency
+            | BuiltinCheck::TtftP95
+            | BuiltinCheck::TokensPerSecond,
+        ) => inconclusive("no fresh telemetry with requests from the candidate yet"),
         Some(BuiltinCheck::OutputAgreement) => {
             let compared = stable.shadow_agree + stable.shadow_disagree + stable.shadow_error;
             if compared == 0 {
@@ -78,6 +104,12 @@ pub fn evaluate_builtin(check: &AnalysisCheck, candidate: &Aggregate, stable: &A
         }
         None => inconclusive("not a built-in check"),
     }
+}
+
+/// Generated tokens per second per fresh pod: comparable across revisions when the traffic split
+/// follows the replica split (a canary's weight matches its share of replicas).
+fn tokens_per_replica(a: &Aggregate) -> f64 {
+    a.generated_tokens_rate / f64::from(a.fresh_pods.max(1))
 }
 
 #[cfg(test)]
@@ -159,6 +191,62 @@ mod tests {
         ));
         assert!(matches!(
             evaluate_builtin(&c, &candidate, &stable(0, 0, 0)),
+            CheckOutcome::Inconclusive { .. }
+        ));
+    }
+
+    fn generating(pods: u32, tokens_per_second: f64, ttft: f64) -> Aggregate {
+        Aggregate {
+            fresh_pods: pods,
+            request_rate: 1.0,
+            generated_tokens_rate: tokens_per_second,
+            ttft_p95: ttft,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ttft_against_its_max_and_the_stable_revision() {
+        let c = check("{builtin: ttftP95, max: 0.5, maxRatioToStable: 1.5}");
+        let stable = generating(4, 400.0, 0.2);
+        assert!(matches!(
+            evaluate_builtin(&c, &generating(1, 100.0, 0.25), &stable),
+            CheckOutcome::Passed { .. }
+        ));
+        let CheckOutcome::Failed { check, threshold, .. } =
+            evaluate_builtin(&c, &generating(1, 100.0, 0.4), &stable)
+        else {
+            panic!("0.4 s is more than 1.5 x 0.2 s")
+        };
+        assert_eq!(check, "ttftP95");
+        assert!(threshold.contains("maxRatioToStable 1.5"), "{threshold}");
+        assert!(matches!(
+            evaluate_builtin(&c, &generating(1, 100.0, 0.6), &stable),
+            CheckOutcome::Failed { threshold, .. } if threshold == "max 0.5"
+        ));
+    }
+
+    #[test]
+    fn tokens_per_second_per_replica_has_a_lower_bound_against_stable() {
+        let c = check("{builtin: tokensPerSecond, minRatioToStable: 0.9}");
+        // Stable: 400 tokens/s over 4 pods = 100 per replica.
+        let stable = generating(4, 400.0, 0.2);
+        assert!(matches!(
+            evaluate_builtin(&c, &generating(1, 95.0, 0.2), &stable),
+            CheckOutcome::Passed { value, .. } if value == 95.0
+        ));
+        let CheckOutcome::Failed { value, threshold, .. } =
+            evaluate_builtin(&c, &generating(2, 120.0, 0.2), &stable)
+        else {
+            panic!("60 tokens/s per replica is under 0.9 x 100")
+        };
+        assert_eq!(value, 60.0);
+        assert!(
+            threshold.contains("minRatioToStable 0.9 (stable 100)"),
+            "{threshold}"
+        );
+        assert!(matches!(
+            evaluate_builtin(&c, &generating(1, 95.0, 0.2), &Aggregate::default()),
             CheckOutcome::Inconclusive { .. }
         ));
     }

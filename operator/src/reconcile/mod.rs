@@ -96,6 +96,10 @@ async fn run(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
     // turn every reconcile into a status write).
     let now = std::time::Instant::now();
     decision.status.routing = ctx.telemetry.routing(&key.namespace, &key.name, now);
+    decision.status.load = modelfleet_operator_core::telemetry::load_status(
+        md.spec.model.task,
+        &ctx.telemetry.aggregate(&key.namespace, &key.name, None, now),
+    );
     let routed = ctx.telemetry.routers_reporting(now);
     let desired = build::build(&md, &decision.plan, &observed, &ctx.config.default_image);
     ctx.metrics.decision.observe(own_time.elapsed().as_secs_f64());

@@ -55,6 +55,12 @@ pub struct PodSample {
     pub shadow_disagree: u64,
     /// Cumulative shadow comparison counts.
     pub shadow_error: u64,
+    /// Generation: seconds to the first token, 95th percentile.
+    pub ttft_p95: f64,
+    /// Generation: tokens per second.
+    pub generated_tokens_rate: f64,
+    /// Generation: KV-cache utilisation, 0 to 1.
+    pub kv_cache_utilization: f64,
 }
 
 #[derive(Debug)]
@@ -141,6 +147,9 @@ impl TelemetryStore {
                 shadow_agree: s.shadow_agree,
                 shadow_disagree: s.shadow_disagree,
                 shadow_error: s.shadow_error,
+                ttft_p95: s.ttft_p95_seconds,
+                generated_tokens_rate: s.generated_tokens_rate,
+                kv_cache_utilization: s.kv_cache_utilization,
             };
             let window = inner
                 .deployments
@@ -227,8 +236,9 @@ impl TelemetryStore {
             return Aggregate::default();
         };
         let mut a = Aggregate::default();
-        let mut latency_weighted = 0.0;
-        let mut latency_plain = 0.0;
+        // (p95 latency, TTFT p95) weighted by request rate, and plain sums.
+        let (mut weighted, mut plain) = ((0.0, 0.0), (0.0, 0.0));
+        let mut kv = 0.0;
         let mut gpu = (0.0, 0u32);
         let pods = inner
             .deployments
@@ -249,8 +259,12 @@ impl TelemetryStore {
             a.running += s.running;
             a.request_rate += s.request_rate;
             a.error_rate += s.error_rate;
-            latency_weighted += s.latency_p95 * s.request_rate;
-            latency_plain += s.latency_p95;
+            weighted.0 += s.latency_p95 * s.request_rate;
+            weighted.1 += s.ttft_p95 * s.request_rate;
+            plain.0 += s.latency_p95;
+            plain.1 += s.ttft_p95;
+            a.generated_tokens_rate += s.generated_tokens_rate;
+            kv += s.kv_cache_utilization;
             if let Some(u) = s.gpu_utilization {
                 gpu.0 += u;
                 gpu.1 += 1;
@@ -262,11 +276,13 @@ impl TelemetryStore {
             }
         }
         if a.fresh_pods > 0 {
-            a.latency_p95 = if a.request_rate > 0.0 {
-                latency_weighted / a.request_rate
+            let pods = f64::from(a.fresh_pods);
+            (a.latency_p95, a.ttft_p95) = if a.request_rate > 0.0 {
+                (weighted.0 / a.request_rate, weighted.1 / a.request_rate)
             } else {
-                latency_plain / f64::from(a.fresh_pods)
+                (plain.0 / pods, plain.1 / pods)
             };
+            a.kv_cache_utilization = kv / pods;
         }
         if gpu.1 > 0 {
             a.gpu_utilization = Some(gpu.0 / f64::from(gpu.1));

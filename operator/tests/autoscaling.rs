@@ -312,3 +312,101 @@ async fn stale_telemetry_holds_the_replicas(scene: &Scene, agents: &mut NodeAgen
         "scaled on missing data"
     );
 }
+
+/// A generation server's load: every request waits `ttft` for its first token and generates 100
+/// tokens.
+fn generating(ttft: f64) -> PodLoad {
+    PodLoad {
+        running: 4.0,
+        request_rate: 5.0,
+        latency_seconds: ttft + 2.0,
+        busy_ratio: 0.9,
+        batch_size: 4.0,
+        ttft_seconds: ttft,
+        tokens_per_request: 100.0,
+        kv_cache_usage: 0.4,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_generation_fleet_scales_on_time_to_first_token_and_reports_it() {
+    let (client, ns) = setup("autoscale-ttft").await;
+    let ns = ns.name().to_string();
+    let simulator = LoadSimulator::start(client.clone(), Some(ns.clone()))
+        .await
+        .expect("load simulator");
+    let _agents = NodeAgents::start(
+        shared_cluster(),
+        AgentsConfig {
+            interval: Duration::from_millis(500),
+            // The CPU node: the GPU nodes are the other scenario's, which counts their GPUs.
+            ..AgentsConfig::new(["cpu-node-0"], telemetry_url())
+        },
+    )
+    .await
+    .expect("node agents");
+    let md = model_deployment(
+        "chat",
+        &ns,
+        "model: {name: smollm2, version: '1', uri: 'file:///models/smollm2.gguf', task: generation}
+runtime: {backend: synthetic, device: cpu}
+resources: {gpus: 0}
+generation: {maxRunningSequences: 8}
+scaling:
+  minReplicas: 1
+  maxReplicas: 4
+  targets: {ttftP95: 1s}
+  stableWindow: 10s
+  panicWindow: 4s",
+    );
+    create(&client, &md).await;
+    // First tokens within 0.3 s: one replica is enough, and the status says so.
+    simulator.set_deployment_load(&ns, "chat", generating(0.3));
+    let calm = wait_condition(
+        &client,
+        &ns,
+        "chat",
+        "MetricsAvailable",
+        "True",
+        Some("TelemetryFresh"),
+        MINUTE,
+    )
+    .await;
+    assert_eq!(replicas(&client, &ns, "chat").await, 1);
+    let load = poll_until(MINUTE, "status.load with TTFT", || async {
+        let md = get(&client, &ns, "chat").await;
+        match md.status.and_then(|s| s.load) {
+            Some(l) if l.ttft_p95_seconds.is_some_and(|t| t > 0.0) => Ok(Some(l)),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        load.ttft_p95_seconds.is_some_and(|t| t < 1.0),
+        "{load:?} ({calm:?})"
+    );
+    assert!(load.tokens_per_second.is_some_and(|t| t > 0.0), "{load:?}");
+    assert_eq!(load.kv_cache_utilization, Some(0.4), "{load:?}");
+
+    // The first token now takes 3 s against a 1 s target: more replicas, and the reason says why.
+    simulator.set_deployment_load(&ns, "chat", generating(3.0));
+    let up = wait_replicas(&client, &ns, "chat", "a scale-up on TTFT", MINUTE, |n| n >= 3).await;
+    let autoscaling = get(&client, &ns, "chat")
+        .await
+        .status
+        .and_then(|s| s.autoscaling)
+        .expect("status.autoscaling");
+    let last = autoscaling.history.last().expect("a decision");
+    assert!(last.reason.contains("ttftP95"), "{autoscaling:?}");
+    assert!(
+        autoscaling
+            .current_metrics
+            .iter()
+            .any(|m| m.name == "ttftP95" && m.value > 1.0 && m.target == 1.0),
+        "{:?}",
+        autoscaling.current_metrics
+    );
+    eprintln!("TTFT 3 s against 1 s: {up} replicas");
+}

@@ -48,6 +48,14 @@ pub struct PodLoad {
     pub shadow_disagree_rate: f64,
     /// Shadow comparisons that failed, per second.
     pub shadow_error_rate: f64,
+    /// Generation servers: every request's first token comes after this many seconds
+    /// (`modelfleet_time_to_first_token_seconds`); zero: no first tokens (an embeddings server).
+    pub ttft_seconds: f64,
+    /// Generation servers: tokens generated per answered request
+    /// (`modelfleet_generated_tokens_total`).
+    pub tokens_per_request: f64,
+    /// Generation servers: `modelfleet_kv_cache_usage_ratio`, 0 to 1.
+    pub kv_cache_usage: f64,
 }
 
 impl PodLoad {
@@ -92,7 +100,34 @@ pub(crate) struct Counters {
     shadow_agree: f64,
     shadow_disagree: f64,
     shadow_error: f64,
+    /// First tokens per TTFT bucket (not cumulative), like `duration`.
+    ttft: [f64; DURATION_BUCKETS.len() + 1],
+    ttft_sum: f64,
+    generated_tokens: f64,
     at: Instant,
+}
+
+/// A seconds histogram of tier [`TIER`] over [`DURATION_BUCKETS`]: type, unit, sum, count and
+/// cumulative buckets from per-bucket `counts`.
+fn histogram(line: &mut impl FnMut(&str), m: metrics::ServerMetric, counts: &[f64], sum: f64) {
+    let name = m.sample;
+    line(&format!("# TYPE {name} histogram"));
+    line(&format!("# UNIT {name} seconds"));
+    let total: f64 = counts.iter().sum();
+    line(&format!("{}{{{}=\"{TIER}\"}} {sum}", m.sum(), labels::TIER));
+    line(&format!("{}{{{}=\"{TIER}\"}} {total}", m.count(), labels::TIER));
+    let mut cumulative = 0.0;
+    for (i, count) in counts.iter().enumerate() {
+        cumulative += count;
+        let le = DURATION_BUCKETS
+            .get(i)
+            .map_or_else(|| "+Inf".to_string(), f64::to_string);
+        line(&format!(
+            "{}{{le=\"{le}\",{}=\"{TIER}\"}} {cumulative}",
+            m.bucket(),
+            labels::TIER
+        ));
+    }
 }
 
 /// Index of the bucket holding `value` among `bounds` (`bounds.len()` for `+Inf`).
@@ -114,6 +149,9 @@ impl Counters {
             shadow_agree: 0.0,
             shadow_disagree: 0.0,
             shadow_error: 0.0,
+            ttft: [0.0; DURATION_BUCKETS.len() + 1],
+            ttft_sum: 0.0,
+            generated_tokens: 0.0,
             at,
         }
     }
@@ -142,6 +180,12 @@ impl Counters {
         self.shadow_agree += non_negative(load.shadow_agree_rate) * seconds;
         self.shadow_disagree += non_negative(load.shadow_disagree_rate) * seconds;
         self.shadow_error += non_negative(load.shadow_error_rate) * seconds;
+        let ttft = non_negative(load.ttft_seconds);
+        if ttft > 0.0 {
+            self.ttft[bucket(&DURATION_BUCKETS, ttft)] += requests;
+            self.ttft_sum += requests * ttft;
+        }
+        self.generated_tokens += requests * non_negative(load.tokens_per_request);
     }
 
     /// Requests answered so far (all codes).
@@ -168,32 +212,32 @@ impl Counters {
             ));
         }
         line("# HELP modelfleet_request_duration_seconds Time from arrival to answer, by tier.");
-        line("# TYPE modelfleet_request_duration_seconds histogram");
-        line("# UNIT modelfleet_request_duration_seconds seconds");
-        let total: f64 = self.duration.iter().sum();
+        histogram(
+            &mut line,
+            metrics::REQUEST_DURATION,
+            &self.duration,
+            self.duration_sum,
+        );
+        line(
+            "# HELP modelfleet_time_to_first_token_seconds Time from arrival to the first generated token, by tier.",
+        );
+        histogram(&mut line, metrics::TIME_TO_FIRST_TOKEN, &self.ttft, self.ttft_sum);
+        line("# HELP modelfleet_generated_tokens Tokens generated.");
+        line("# TYPE modelfleet_generated_tokens counter");
         line(&format!(
-            "{}{{{}=\"{TIER}\"}} {}",
-            metrics::REQUEST_DURATION.sum(),
-            labels::TIER,
-            self.duration_sum
+            "{} {}",
+            metrics::GENERATED_TOKENS.sample,
+            self.generated_tokens
         ));
+        line(
+            "# HELP modelfleet_kv_cache_usage_ratio Share of the KV-cache token budget reserved by running sequences, 0 to 1.",
+        );
+        line("# TYPE modelfleet_kv_cache_usage_ratio gauge");
         line(&format!(
-            "{}{{{}=\"{TIER}\"}} {total}",
-            metrics::REQUEST_DURATION.count(),
-            labels::TIER
+            "{} {}",
+            metrics::KV_CACHE_USAGE.sample,
+            non_negative(load.kv_cache_usage).min(1.0)
         ));
-        let mut cumulative = 0.0;
-        for (i, count) in self.duration.iter().enumerate() {
-            cumulative += count;
-            let le = DURATION_BUCKETS
-                .get(i)
-                .map_or_else(|| "+Inf".to_string(), f64::to_string);
-            line(&format!(
-                "{}{{le=\"{le}\",{}=\"{TIER}\"}} {cumulative}",
-                metrics::REQUEST_DURATION.bucket(),
-                labels::TIER
-            ));
-        }
         line("# HELP modelfleet_batch_size Inputs per batch.");
         line("# TYPE modelfleet_batch_size histogram");
         line(&format!("{} {:?}", metrics::BATCH_SIZE.sum(), self.batch_sum));

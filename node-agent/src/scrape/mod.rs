@@ -202,6 +202,25 @@ mod tests {
         assert!(load.mean_batch_size >= 1.0);
     }
 
+    /// Recorded from a real modelfleet-server serving SmolLM2 (`--task generation`) after three
+    /// chat completions of 8 tokens, trimmed to the families the agent reads.
+    const GENERATION: &str = include_str!("../../tests/fixtures/generation-server-metrics.txt");
+
+    #[test]
+    fn reads_a_real_generation_servers_first_token_times_and_tokens() {
+        let e = parse::parse(GENERATION);
+        assert_eq!(e.malformed, 0);
+        let c = read_counters(&e).unwrap();
+        assert_eq!((c.requests, c.generated_tokens), (3.0, 24.0));
+        assert!(!c.ttft_buckets.is_empty());
+        let load = load_between(None, &c, 2.0);
+        assert_eq!(load.generated_tokens_rate, 12.0);
+        assert!(load.ttft_p95 > 0.0 && load.ttft_p95 < 10.0, "{load:?}");
+        // The next interval without new first tokens has no TTFT, not the old one.
+        let later = load_between(Some(&c), &c, 2.0);
+        assert_eq!((later.ttft_p95, later.generated_tokens_rate), (0.0, 0.0));
+    }
+
     #[test]
     fn rates_are_deltas_and_a_restart_counts_from_zero() {
         let before = ServerCounters {

@@ -19,6 +19,7 @@ pub mod crds;
 mod error;
 pub mod http;
 pub mod live;
+pub mod llama;
 pub mod nodes;
 pub mod operator_process;
 mod pki;

@@ -49,9 +49,23 @@ pub struct ServerConfig {
     /// Cosine similarity at or above which a shadow output agrees with the primary one.
     #[arg(long, env = "MODELFLEET_SHADOW_AGREEMENT", default_value_t = 0.99)]
     pub shadow_agreement: f32,
+    /// Generation servers: text similarity (1 − edit distance ÷ the longer text's length) at or
+    /// above which a shadow's text agrees with the primary's; 1 (the default): only equal texts.
+    #[arg(long, env = "MODELFLEET_SHADOW_TEXT_AGREEMENT", default_value_t = 1.0,
+          value_parser = parse_share)]
+    pub shadow_text_agreement: f64,
     /// On SIGTERM, how long queued and running work may take before the server exits anyway.
     #[arg(long, env = "MODELFLEET_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+}
+
+/// A number from 0 to 1.
+fn parse_share(s: &str) -> Result<f64, String> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| (0.0..=1.0).contains(v))
+        .ok_or_else(|| format!("expected a number from 0 to 1, got `{s}`"))
 }
 
 /// Request limits (bad input is rejected with the field and the limit named).

@@ -14,6 +14,7 @@ pub mod generate;
 pub mod metrics;
 pub mod serve;
 pub mod shadow;
+pub mod upstream;
 
 pub use config::ServerConfig;
 pub use serve::{Listening, start};

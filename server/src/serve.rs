@@ -2,7 +2,7 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use modelfleet_contract::ModelTask;
+use modelfleet_contract::{Backend as BackendKind, ModelTask};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{
@@ -59,6 +59,9 @@ pub async fn start(
     let served = &config.contract;
     match served.task {
         ModelTask::Embedding => {}
+        ModelTask::Generation if served.backend == BackendKind::Upstream => {
+            return crate::upstream::start(config, shutdown).await;
+        }
         ModelTask::Generation => return crate::generate::start::start(config, shutdown).await,
         ModelTask::Classification => {
             return Err(StartError::Config(
@@ -91,19 +94,7 @@ pub async fn start(
         backend,
         metrics.clone(),
     );
-    let mirror = Mirror::start(
-        MirrorConfig {
-            model_name: served.model_name.clone(),
-            queue: config.shadow_queue,
-            agreement: config.shadow_agreement,
-            concurrency: 16,
-            timeout: Duration::from_secs(30),
-        },
-        metrics.clone(),
-    );
-    if let Some(path) = served.routing_file.clone() {
-        tokio::spawn(watch_routing_file(path, mirror.clone(), ROUTING_POLL));
-    }
+    let mirror = start_mirror(&config, &metrics);
     let engine = Arc::new(Engine::new(EngineParts {
         model_name: served.model_name.clone(),
         model_version: served.model_version.clone(),
@@ -154,6 +145,25 @@ pub async fn start(
         engine: Some(engine),
         stopped,
     })
+}
+
+/// The shadow mirror of a server, and the watcher of its routing file (`--routing-file`).
+pub(crate) fn start_mirror(config: &ServerConfig, metrics: &Metrics) -> Mirror {
+    let mirror = Mirror::start(
+        MirrorConfig {
+            model_name: config.contract.model_name.clone(),
+            queue: config.shadow_queue,
+            agreement: config.shadow_agreement,
+            text_agreement: config.shadow_text_agreement,
+            concurrency: 16,
+            timeout: Duration::from_secs(30),
+        },
+        metrics.clone(),
+    );
+    if let Some(path) = config.contract.routing_file.clone() {
+        tokio::spawn(watch_routing_file(path, mirror.clone(), ROUTING_POLL));
+    }
+    mirror
 }
 
 /// The three listeners of a server, bound, and their addresses (http, grpc, metrics).

@@ -88,7 +88,10 @@ pub fn load(config: &ServerConfig) -> Result<(Arc<dyn Backend>, TextEncoder), Ba
             Ok((Arc::new(backend), encoder))
         }
         BackendKind::Upstream => Err(BackendError::Unsupported(
-            "--backend=upstream is not available in this release; use candle or synthetic".into(),
+            "--backend=upstream serves generation models (--task=generation --upstream-url \
+             http://127.0.0.1:PORT, in front of vLLM, TGI or llama.cpp's server); embeddings run on \
+             --backend=candle or synthetic"
+                .into(),
         )),
     }
 }

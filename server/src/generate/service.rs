@@ -18,6 +18,7 @@ use crate::{
     engine::{Lifecycle, timeout_header},
     error::InferError,
     metrics::{Metrics, TierLabel},
+    shadow::Mirror,
 };
 
 /// What the service is built from.
@@ -34,6 +35,8 @@ pub struct ServiceParts {
     pub limits: GenerationLimits,
     /// Metrics.
     pub metrics: Metrics,
+    /// Shadow mirroring (off until the routing file names a target).
+    pub mirror: Mirror,
 }
 
 impl std::fmt::Debug for ServiceParts {
@@ -58,6 +61,7 @@ pub struct GenerationService {
     pub limits: GenerationLimits,
     scheduler: Scheduler,
     tokenizer: Arc<GgufTokenizer>,
+    mirror: Mirror,
     /// Held while copying the scheduler's totals into the counters, so two scrapes at once do
     /// not both add the same difference.
     syncing: std::sync::Mutex<()>,
@@ -91,6 +95,8 @@ pub struct RequestHeaders<'a> {
     pub tier: Option<&'a str>,
     /// `x-modelfleet-timeout`.
     pub timeout: Option<&'a str>,
+    /// `x-modelfleet-shadow`: the request is a mirrored copy, never mirrored again.
+    pub shadow_copy: bool,
 }
 
 impl GenerationService {
@@ -104,6 +110,7 @@ impl GenerationService {
             limits: p.limits,
             scheduler: p.scheduler,
             tokenizer: p.tokenizer,
+            mirror: p.mirror,
             syncing: std::sync::Mutex::new(()),
         }
     }
@@ -151,6 +158,11 @@ impl GenerationService {
                 counter.inc_by(total - now);
             }
         }
+    }
+
+    /// Shadow mirroring of deterministic requests.
+    pub fn mirror(&self) -> &Mirror {
+        &self.mirror
     }
 
     /// The scheduler (its statistics feed the metrics).

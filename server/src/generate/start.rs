@@ -20,7 +20,7 @@ use crate::{
     ServerConfig,
     api::{self, generation::parse::GenerationLimits},
     metrics::{Metrics, ModelLabels},
-    serve::{Listening, StartError, Stop, bind_all, drain_then_stop, serve_http},
+    serve::{Listening, StartError, Stop, bind_all, drain_then_stop, serve_http, start_mirror},
 };
 
 /// The `.gguf` file a `--model-uri` names: `file:///path/model.gguf`, or a directory holding
@@ -126,6 +126,7 @@ pub async fn start(
             simulated: "false",
         })
         .set(1);
+    let mirror = start_mirror(&config, &metrics);
     let service = Arc::new(GenerationService::new(ServiceParts {
         model_name: served.model_name.clone(),
         model_version: served.model_version.clone(),
@@ -137,6 +138,7 @@ pub async fn start(
             max_prompt_bytes: config.generation.max_prompt_bytes,
         },
         metrics: metrics.clone(),
+        mirror,
     }));
     serve(config, service, shutdown).await
 }

@@ -2,7 +2,7 @@
 //! `/v1/completions` (whole answers or SSE streams), `/v1/models`, health, and `/metrics`.
 
 pub mod parse;
-mod respond;
+pub(crate) mod respond;
 
 use std::sync::Arc;
 
@@ -116,10 +116,25 @@ async fn completions(
     generate(&service, Api::Completions, &headers, body).await
 }
 
-fn api_label(api: Api) -> &'static str {
+/// The `api` label of request metrics.
+pub(crate) fn api_label(api: Api) -> &'static str {
     match api {
         Api::Chat => "openai_chat",
         Api::Completions => "openai_completions",
+    }
+}
+
+/// The request body as JSON, with body-limit and syntax errors in the error envelope (for the
+/// upstream backend's routes, which read bodies as these do).
+pub(crate) fn read_json(body: Result<Bytes, BytesRejection>) -> Result<serde_json::Value, InferError> {
+    json_body(body)
+}
+
+/// The route of an API (where a mirrored copy goes on the shadow).
+pub(crate) fn api_path(api: Api) -> &'static str {
+    match api {
+        Api::Chat => "/v1/chat/completions",
+        Api::Completions => "/v1/completions",
     }
 }
 
@@ -134,16 +149,25 @@ async fn generate(
     let request_headers = RequestHeaders {
         tier: text(headers::TIER),
         timeout: text(headers::TIMEOUT),
+        shadow_copy: headers.contains_key(headers::SHADOW),
     };
     let tier_label = service.tier_name(service.tier_index(request_headers.tier).ok());
-    let parsed = json_body(body).and_then(|v| match api {
-        Api::Chat => parse::parse_chat(&v, &service.limits),
-        Api::Completions => parse::parse_completion(&v, &service.limits),
+    let parsed = json_body(body).and_then(|v| {
+        let (prompt, options) = match api {
+            Api::Chat => parse::parse_chat(&v, &service.limits)?,
+            Api::Completions => parse::parse_completion(&v, &service.limits)?,
+        };
+        Ok((prompt, options, v))
     });
-    let (prompt, options) = match parsed {
+    let (prompt, options, value) = match parsed {
         Ok(p) => p,
         Err(e) => return refuse(service, api, tier_label, started, e),
     };
+    // Only requests that would give the same text again are compared with a shadow's.
+    let copy = (!request_headers.shadow_copy && options.deterministic())
+        .then(|| service.mirror().prepare_generation(api_path(api), &value))
+        .flatten();
+    drop(value);
     let admitted = match service.admit(prompt, &options, request_headers).await {
         Ok(a) => a,
         Err(e) => return refuse(service, api, tier_label, started, e),
@@ -154,10 +178,10 @@ async fn generate(
     if options.stream {
         // Counted as answered when the stream starts: its status is 200 whatever follows.
         service.count(api_label(api), tier, 200, started);
-        let chunks = respond::stream(admitted, envelope, timing, options.include_usage);
+        let chunks = respond::stream(admitted, envelope, timing, options.include_usage, copy);
         return Sse::new(chunks).into_response();
     }
-    match respond::whole(admitted, &envelope, &mut timing).await {
+    match respond::whole(admitted, &envelope, &mut timing, copy).await {
         Ok(body) => {
             service.count(api_label(api), tier, 200, started);
             Json(body).into_response()

@@ -40,6 +40,14 @@ pub struct Options {
     pub include_usage: bool,
 }
 
+impl Options {
+    /// Whether the same request gives the same text again (greedy, or a fixed seed): only such
+    /// requests are mirrored to a shadow, whose text is compared with the primary's.
+    pub fn deterministic(&self) -> bool {
+        self.params.temperature <= 0.0 || self.params.seed.is_some()
+    }
+}
+
 /// The prompt of a request.
 #[derive(Debug, Clone)]
 pub enum Prompt {

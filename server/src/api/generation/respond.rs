@@ -18,6 +18,7 @@ use crate::{
         service::Admitted,
     },
     metrics::{Metrics, TierLabel},
+    shadow::PendingCopy,
 };
 
 /// Which API answers.
@@ -95,15 +96,21 @@ pub struct Timing {
 impl Timing {
     /// Timing of `admitted`.
     pub fn new(metrics: &Metrics, admitted: &Admitted) -> Self {
+        Self::starting(metrics, admitted.tier.clone(), admitted.started)
+    }
+
+    /// Timing of a request in `tier` that arrived at `started`.
+    pub fn starting(metrics: &Metrics, tier: String, started: Instant) -> Self {
         Self {
             metrics: metrics.clone(),
-            tier: admitted.tier.clone(),
-            started: admitted.started,
+            tier,
+            started,
             last: None,
         }
     }
 
-    fn token(&mut self) {
+    /// A token arrived now: the first one's time since arrival, or the time since the last.
+    pub fn token(&mut self) {
         let now = Instant::now();
         let label = TierLabel {
             tier: self.tier.clone(),
@@ -145,11 +152,13 @@ fn logprobs_value(api: Api, tokens: &[(String, f32)]) -> Value {
     }
 }
 
-/// Waits for every event of `admitted` and answers with one JSON object (or the failure).
+/// Waits for every event of `admitted` and answers with one JSON object (or the failure); a
+/// request picked for mirroring is copied to the shadow with its text.
 pub async fn whole(
     mut admitted: Admitted,
     envelope: &Envelope,
     timing: &mut Timing,
+    copy: Option<PendingCopy>,
 ) -> Result<Value, InferError> {
     let mut text = String::new();
     let mut logprobs = Vec::new();
@@ -169,6 +178,9 @@ pub async fn whole(
                 prompt_tokens,
                 completion_tokens,
             } => {
+                if let Some(copy) = copy {
+                    copy.complete(text.clone());
+                }
                 let lp = (!logprobs.is_empty()).then(|| logprobs_value(envelope.api, &logprobs));
                 let choice = match envelope.api {
                     Api::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text},
@@ -195,6 +207,9 @@ struct Streaming {
     timing: Timing,
     include_usage: bool,
     role_sent: bool,
+    /// The text so far, kept only for a request picked for mirroring.
+    text: String,
+    copy: Option<PendingCopy>,
     /// Chunks ready to go out, in order.
     pending: std::collections::VecDeque<SseEvent>,
     finished: bool,
@@ -223,6 +238,9 @@ impl Streaming {
         match event {
             Event::Token { text, logprob, .. } => {
                 self.timing.token();
+                if self.copy.is_some() {
+                    self.text.push_str(&text);
+                }
                 if !self.role_sent && self.envelope.api == Api::Chat {
                     self.role_sent = true;
                     let first = self.chunk(json!({"role": "assistant", "content": ""}), None, None);
@@ -239,6 +257,9 @@ impl Streaming {
                 prompt_tokens,
                 completion_tokens,
             } => {
+                if let Some(copy) = self.copy.take() {
+                    copy.complete(std::mem::take(&mut self.text));
+                }
                 let last = self.chunk(json!({}), Some(finish), None);
                 self.pending.push_back(last);
                 if self.include_usage {
@@ -263,12 +284,14 @@ impl Streaming {
 }
 
 /// The events of `admitted` as SSE chunks. Dropping the stream (the client went away) drops
-/// the receiver, which the scheduler sees at its next step and frees the sequence.
+/// the receiver, which the scheduler sees at its next step and frees the sequence. A request
+/// picked for mirroring is copied to the shadow with its whole text once it is done.
 pub fn stream(
     admitted: Admitted,
     envelope: Envelope,
     timing: Timing,
     include_usage: bool,
+    copy: Option<PendingCopy>,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send {
     let state = Streaming {
         admitted,
@@ -276,6 +299,8 @@ pub fn stream(
         timing,
         include_usage,
         role_sent: false,
+        text: String::new(),
+        copy,
         pending: Default::default(),
         finished: false,
     };

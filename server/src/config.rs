@@ -136,18 +136,11 @@ pub enum OverlongInput {
     Truncate,
 }
 
-/// Generation (`--task generation`): the continuous-batching scheduler's limits.
+/// Generation (`--task generation`): the continuous-batching scheduler's tuning. The limits the
+/// operator sets (running sequences, KV budget, context length, default max_tokens) are
+/// [`modelfleet_contract::GenerationArgs`] in `contract.generation`.
 #[derive(Args, Debug, Clone)]
 pub struct GenerationConfig {
-    /// Sequences in the running batch at most.
-    #[arg(long, env = "MODELFLEET_MAX_RUNNING_SEQUENCES", default_value_t = 16,
-          value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub max_running_sequences: u32,
-    /// KV-cache budget in tokens across running sequences: a request reserves its prompt plus
-    /// max_tokens. Unset: the model's context length times 4 (or fewer sequences' worth when
-    /// that exceeds --max-running-sequences full contexts).
-    #[arg(long, env = "MODELFLEET_KV_BUDGET_TOKENS")]
-    pub kv_budget_tokens: Option<u32>,
     /// Prompt tokens one sequence prefills per step, so a long prompt does not stall running
     /// streams.
     #[arg(long, env = "MODELFLEET_PREFILL_CHUNK", default_value_t = 64,
@@ -157,10 +150,6 @@ pub struct GenerationConfig {
     #[arg(long, env = "MODELFLEET_STEP_TOKEN_BUDGET", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub step_token_budget: u32,
-    /// `max_tokens` of a request that names none.
-    #[arg(long, env = "MODELFLEET_DEFAULT_MAX_TOKENS", default_value_t = 256,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub default_max_tokens: u32,
     /// Bytes of prompt text (all messages) at most, checked before tokenisation.
     #[arg(long, env = "MODELFLEET_MAX_PROMPT_BYTES", default_value_t = 256 * 1024)]
     pub max_prompt_bytes: usize,
@@ -169,11 +158,8 @@ pub struct GenerationConfig {
 impl Default for GenerationConfig {
     fn default() -> Self {
         Self {
-            max_running_sequences: 16,
-            kv_budget_tokens: None,
             prefill_chunk: 64,
             step_token_budget: 256,
-            default_max_tokens: 256,
             max_prompt_bytes: 256 * 1024,
         }
     }

@@ -331,6 +331,10 @@ mod tests {
         m.shadow_comparisons
             .get_or_create(&ResultLabel { result: "agree" })
             .inc();
+        m.generation
+            .time_to_first_token
+            .get_or_create(&TierLabel { tier: "t".into() })
+            .observe(0.1);
         m.model_info
             .get_or_create(&ModelLabels {
                 model: "m".into(),

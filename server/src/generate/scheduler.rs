@@ -53,6 +53,9 @@ pub struct SchedulerConfig {
     pub max_waiting: usize,
     /// Tokens that end a sequence (finish reason `stop`); never streamed as text.
     pub eos_ids: Vec<u32>,
+    /// Longest sequence served (prompt plus completion), never above the model's own context
+    /// length; None: the model's.
+    pub context_length: Option<usize>,
 }
 
 impl Default for SchedulerConfig {
@@ -66,6 +69,7 @@ impl Default for SchedulerConfig {
             tiers: Vec::new(),
             max_waiting: 256,
             eos_ids: Vec::new(),
+            context_length: None,
         }
     }
 }
@@ -293,7 +297,9 @@ impl Scheduler {
         let stats = Arc::new(SchedulerStats::new(config.tiers.len(), config.kv_budget_tokens));
         let shared = Arc::new(Shared {
             waiting_limits: WaitingLimits::new(&config.tiers, config.max_waiting),
-            context_length: model.context_length(),
+            context_length: config
+                .context_length
+                .map_or(model.context_length(), |c| c.min(model.context_length())),
             config,
             next_seq: AtomicU64::new(1),
         });
@@ -315,7 +321,7 @@ impl Scheduler {
         &self.shared.config.tiers
     }
 
-    /// The model's context length (prompt plus completion).
+    /// The context length served (prompt plus completion).
     pub fn context_length(&self) -> usize {
         self.shared.context_length
     }
@@ -422,7 +428,7 @@ fn check_lengths(
     // 400, as OpenAI answers a request over the context length (413 is for bodies over a byte
     // limit, checked before tokenising).
     for (limit, what) in [
-        (context_length, "the model's context length"),
+        (context_length, "the context length"),
         (kv_budget, "the server's KV budget"),
     ] {
         if prompt >= limit {

@@ -57,7 +57,7 @@ pub fn default_model_name(path: &Path) -> String {
 
 /// The scheduler's limits from the flags and the model.
 fn scheduler_config(config: &ServerConfig, context_length: usize, eos_ids: Vec<u32>) -> SchedulerConfig {
-    let g = &config.generation;
+    let (g, tuning) = (&config.contract.generation, &config.generation);
     let max_running = g.max_running_sequences as usize;
     let kv_budget_tokens = g
         .kv_budget_tokens
@@ -65,8 +65,8 @@ fn scheduler_config(config: &ServerConfig, context_length: usize, eos_ids: Vec<u
     SchedulerConfig {
         max_running,
         kv_budget_tokens,
-        prefill_chunk: g.prefill_chunk as usize,
-        step_token_budget: g.step_token_budget as usize,
+        prefill_chunk: tuning.prefill_chunk as usize,
+        step_token_budget: tuning.step_token_budget as usize,
         tiers: config
             .contract
             .batching
@@ -76,6 +76,7 @@ fn scheduler_config(config: &ServerConfig, context_length: usize, eos_ids: Vec<u
             .collect(),
         max_waiting: config.contract.batching.max_queue_size as usize,
         eos_ids,
+        context_length: Some(context_length),
     }
 }
 
@@ -105,7 +106,8 @@ pub async fn start(
         "generation model loaded"
     );
     let tokenizer = Arc::new(tokenizer);
-    let scheduler_config = scheduler_config(&config, info.context_length, tokenizer.eos_ids());
+    let context_length = served.generation.context_limit(info.context_length);
+    let scheduler_config = scheduler_config(&config, context_length, tokenizer.eos_ids());
     let model: Box<dyn LanguageModel> = Box::new(model);
     let decode: Arc<dyn Decode> = tokenizer.clone();
     let scheduler = Scheduler::start(model, decode, scheduler_config);
@@ -133,8 +135,8 @@ pub async fn start(
         scheduler,
         tokenizer,
         limits: GenerationLimits {
-            context_length: info.context_length,
-            default_max_tokens: config.generation.default_max_tokens as usize,
+            context_length,
+            default_max_tokens: served.generation.default_max_tokens as usize,
             max_prompt_bytes: config.generation.max_prompt_bytes,
         },
         metrics: metrics.clone(),

@@ -12,6 +12,8 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
+use modelfleet_contract::metrics;
+
 use super::{FloatGauge, TierLabel};
 
 /// Generation metrics (registered on every server; zero on an embeddings server).
@@ -61,7 +63,7 @@ impl GenerationMetrics {
     /// Registers every metric under `r` (the `modelfleet_` registry).
     pub fn register(&self, r: &mut Registry) {
         r.register_with_unit(
-            "time_to_first_token",
+            metrics::TIME_TO_FIRST_TOKEN.name,
             "Time from arrival to the first generated token, by tier",
             Unit::Seconds,
             self.time_to_first_token.clone(),
@@ -78,12 +80,12 @@ impl GenerationMetrics {
             self.prompt_tokens.clone(),
         );
         r.register(
-            "generated_tokens",
+            metrics::GENERATED_TOKENS.name,
             "Tokens generated",
             self.generated_tokens.clone(),
         );
         r.register(
-            "kv_cache_usage_ratio",
+            metrics::KV_CACHE_USAGE.name,
             "Share of the KV-cache token budget reserved by running sequences, 0 to 1",
             self.kv_cache_usage.clone(),
         );

@@ -366,6 +366,32 @@ fn requests_that_cannot_fit_are_refused_at_once() {
 }
 
 #[test]
+fn a_configured_context_length_caps_the_models_and_never_raises_it() {
+    let (model, _probe) = FakeModel::new();
+    let capped = start(
+        model,
+        SchedulerConfig {
+            context_length: Some(40),
+            ..config()
+        },
+    );
+    assert_eq!(capped.context_length(), 40);
+    let Err(e) = capped.submit(request(&[1; 30], 20)) else {
+        panic!("30 + 20 tokens is over a context of 40");
+    };
+    assert!(e.to_string().contains("max_tokens may be at most 10"), "{e}");
+    let (model, _probe) = FakeModel::new();
+    let above = start(
+        model,
+        SchedulerConfig {
+            context_length: Some(CONTEXT * 4),
+            ..config()
+        },
+    );
+    assert_eq!(above.context_length(), CONTEXT, "never above the model's");
+}
+
+#[test]
 fn a_model_error_or_panic_fails_its_step_and_the_next_request_succeeds() {
     let (model, probe) = FakeModel::new();
     let scheduler = start(model, config());

@@ -214,6 +214,7 @@ pub fn config() -> SchedulerConfig {
         tiers: vec![tier("paid", 1.0), tier("free", 1.0)],
         max_waiting: 64,
         eos_ids: vec![EOS],
+        context_length: None,
     }
 }
 

@@ -2,7 +2,10 @@
 //! requests to the candidate through the routing file. The stable server's `/metrics` then goes
 //! through the same code the product uses: the node agent's parser, a NodeReport into the
 //! operator's telemetry store, and the operator's `outputAgreement` check. An identical model
-//! passes; a variant of MiniLM with 3 of its 6 layers fails.
+//! passes; a variant of MiniLM with 3 of its 6 layers fails. The same for generation: two real
+//! SmolLM2 servers, deterministic chats mirrored and their texts compared; the same
+//! `spec.generation` passes, a changed `defaultMaxTokens` (what a rollout of that field changes in
+//! the pod) fails.
 
 mod common;
 
@@ -83,12 +86,6 @@ async fn shadow_against(candidate_args: &[&str]) -> (u64, CheckOutcome) {
     let candidate = ServerProcess::start(candidate_args);
 
     let store = TelemetryStore::default();
-    let report = |sample: ServerSample| NodeReport {
-        node: "gpu-node-0".into(),
-        interval_ms: 1000,
-        servers: vec![sample],
-        ..Default::default()
-    };
     let (baseline, counters) = stable_sample(&stable, None).await;
     store.ingest(&report(baseline), std::time::Instant::now());
 
@@ -116,8 +113,41 @@ async fn shadow_against(candidate_args: &[&str]) -> (u64, CheckOutcome) {
         assert_eq!(a.status, 200, "{:?}", a.body);
     }
     // Mirrored copies are sent in the background: wait until they settle.
+    let last = settled_comparisons(&stable).await;
+    let mirrored = (last - before).max(0.0) as u64;
+    (mirrored, judge(&stable, &store, &counters).await)
+}
+
+/// One NodeReport of the stable server, as its node agent would send it.
+fn report(sample: ServerSample) -> NodeReport {
+    NodeReport {
+        node: "gpu-node-0".into(),
+        interval_ms: 1000,
+        servers: vec![sample],
+        ..Default::default()
+    }
+}
+
+/// The stable server's counters since `counters` through the store and the operator's
+/// `outputAgreement` check (min 0.98).
+async fn judge(
+    stable: &ServerProcess,
+    store: &TelemetryStore,
+    counters: &modelfleet_node_agent::scrape::ServerCounters,
+) -> CheckOutcome {
+    let (sample, _) = stable_sample(stable, Some(counters)).await;
+    store.ingest(&report(sample), std::time::Instant::now());
+    let now = std::time::Instant::now();
+    let stable_agg = store.aggregate("search", "minilm", Some("stable"), now);
+    let candidate_agg = store.aggregate("search", "minilm", Some("candidate"), now);
+    let check: AnalysisCheck = serde_yaml::from_str("{builtin: outputAgreement, min: 0.98}").expect("check");
+    evaluate_builtin(&check, &candidate_agg, &stable_agg)
+}
+
+/// Waits until the stable server's shadow comparisons stop changing; returns their count.
+async fn settled_comparisons(stable: &ServerProcess) -> f64 {
     let mut last = -1.0;
-    let _ = eventually(Duration::from_secs(30), async || {
+    let _ = eventually(Duration::from_secs(60), async || {
         let now = stable.metric(AGREED).await + stable.metric(DISAGREED).await;
         let settled = now == last;
         last = now;
@@ -125,15 +155,7 @@ async fn shadow_against(candidate_args: &[&str]) -> (u64, CheckOutcome) {
         settled
     })
     .await;
-    let mirrored = (last - before).max(0.0) as u64;
-
-    let (sample, _) = stable_sample(&stable, Some(&counters)).await;
-    store.ingest(&report(sample), std::time::Instant::now());
-    let now = std::time::Instant::now();
-    let stable_agg = store.aggregate("search", "minilm", Some("stable"), now);
-    let candidate_agg = store.aggregate("search", "minilm", Some("candidate"), now);
-    let check: AnalysisCheck = serde_yaml::from_str("{builtin: outputAgreement, min: 0.98}").expect("check");
-    (mirrored, evaluate_builtin(&check, &candidate_agg, &stable_agg))
+    last
 }
 
 fn assert_share(mirrored: u64) {
@@ -166,6 +188,65 @@ async fn output_agreement_passes_for_an_identical_minilm_and_fails_for_a_truncat
     assert_share(mirrored);
     let CheckOutcome::Failed { value, threshold, .. } = outcome else {
         panic!("a truncated model must disagree: {outcome:?}")
+    };
+    assert!(value < 0.98 && threshold == "min 0.98", "{value} {threshold}");
+}
+
+/// Generation: the stable SmolLM2 server (`--default-max-tokens=12`) mirrors every
+/// deterministic chat to a candidate started with `candidate_max_tokens`; returns (chats
+/// compared, the outputAgreement outcome).
+async fn generation_shadow_against(candidate_max_tokens: u32) -> (u64, CheckOutcome) {
+    const CHATS: usize = 6;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let routing = dir.path().join("routing.json");
+    let uri = format!("--model-uri=file://{}", llm_file().display());
+    let routing_arg = format!("--routing-file={}", routing.display());
+    let candidate_arg = format!("--default-max-tokens={candidate_max_tokens}");
+    let generation = |extra: &[&str]| {
+        let mut args = vec!["--task=generation", uri.as_str(), "--model-name=smollm"];
+        args.extend_from_slice(extra);
+        ServerProcess::start(&args)
+    };
+    let candidate = generation(&[candidate_arg.as_str()]);
+    let mirror = json!({"mirror": {"url": format!("http://{}", candidate.http), "percent": 100}});
+    std::fs::write(&routing, mirror.to_string()).expect("routing file");
+    let stable = generation(&["--default-max-tokens=12", routing_arg.as_str()]);
+    let store = TelemetryStore::default();
+    let (baseline, counters) = stable_sample(&stable, None).await;
+    store.ingest(&report(baseline), std::time::Instant::now());
+    for i in 0..CHATS {
+        // No max_tokens: each server generates its own default, as a rollout of
+        // spec.generation.defaultMaxTokens would make it.
+        let chat = json!({
+            "messages": [{"role": "user", "content": format!("Name an animal, number {i}.")}],
+            "temperature": 0,
+        });
+        let a = post(&stable.url("/v1/chat/completions"), &chat, &[]).await;
+        assert_eq!(a.status, 200, "{:?}", a.body);
+    }
+    // Mirrored chats generate on the candidate in the background: wait for all of them.
+    let all = CHATS as f64;
+    let _ = eventually(Duration::from_secs(90), async || {
+        stable.metric(AGREED).await + stable.metric(DISAGREED).await >= all
+    })
+    .await;
+    let compared = stable.metric(AGREED).await + stable.metric(DISAGREED).await;
+    (compared as u64, judge(&stable, &store, &counters).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_text_agreement_passes_for_the_same_config_and_fails_for_a_changed_default_max_tokens() {
+    let (compared, outcome) = generation_shadow_against(12).await;
+    eprintln!("same config: {compared} compared, {outcome:?}");
+    assert_eq!(compared, 6, "every deterministic chat is compared");
+    assert!(
+        matches!(outcome, CheckOutcome::Passed { value, .. } if value == 1.0),
+        "the same model and config must agree: {outcome:?}"
+    );
+    let (compared, outcome) = generation_shadow_against(6).await;
+    eprintln!("defaultMaxTokens 12 -> 6: {compared} compared, {outcome:?}");
+    let CheckOutcome::Failed { value, threshold, .. } = outcome else {
+        panic!("texts cut at 6 tokens instead of 12 must disagree: {outcome:?}")
     };
     assert!(value < 0.98 && threshold == "min 0.98", "{value} {threshold}");
 }

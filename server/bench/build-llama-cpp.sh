@@ -56,6 +56,11 @@ done
 
 built() { local t; for t in "${TARGETS[@]}"; do [[ -x "$BIN/$t" ]] || return 1; done; }
 
+# Tests running in parallel ask at once: one builds, the others wait for it.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.llama-cpp.lock"
+flock 9
+
 if built; then
   log "llama.cpp of $PACKAGE $VERSION already built in $BIN"
 else

@@ -19,6 +19,8 @@ use crate::error::InferError;
 /// How long connecting to the engine may take: it is on localhost, so a slow connect means it
 /// is not listening.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an idle connection to the engine is kept for reuse.
+const POOL_IDLE: Duration = Duration::from_secs(2);
 
 /// The engine's base URL and the client that reaches it; cheap to clone.
 #[derive(Clone)]
@@ -50,8 +52,10 @@ impl EngineClient {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
+        // Engines close idle keep-alive connections after a few seconds (llama.cpp's server
+        // after 5): drop ours before they do, so a request is rarely sent on a closed one.
         let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(POOL_IDLE)
             .build(connector);
         Ok(Self {
             http,
@@ -72,18 +76,27 @@ impl EngineClient {
         body: Bytes,
         request_id: Option<&HeaderValue>,
     ) -> Result<Response<Incoming>, InferError> {
-        let mut request =
-            Request::post(format!("{}{path}", self.base)).header(header::CONTENT_TYPE, "application/json");
-        if let Some(id) = request_id {
-            request = request.header(headers::REQUEST_ID, id);
+        let build = |body: Bytes| {
+            let mut request = Request::post(format!("{}{path}", self.base))
+                .header(header::CONTENT_TYPE, "application/json");
+            if let Some(id) = request_id {
+                request = request.header(headers::REQUEST_ID, id);
+            }
+            request
+                .body(Full::new(body))
+                .map_err(|e| InferError::Backend(format!("building the engine request: {e}")))
+        };
+        match self.http.request(build(body.clone())?).await {
+            Ok(response) => Ok(response),
+            // A pooled connection the engine closed as it was reused: the engine never read
+            // the request, so sending it once more on a fresh connection is safe.
+            Err(e) if !e.is_connect() => self
+                .http
+                .request(build(body)?)
+                .await
+                .map_err(|e| self.unreachable(&e.to_string())),
+            Err(e) => Err(self.unreachable(&e.to_string())),
         }
-        let request = request
-            .body(Full::new(body))
-            .map_err(|e| InferError::Backend(format!("building the engine request: {e}")))?;
-        self.http
-            .request(request)
-            .await
-            .map_err(|e| self.unreachable(&e.to_string()))
     }
 
     /// GETs `path` within `limit`: its status and body, None when the engine does not answer.

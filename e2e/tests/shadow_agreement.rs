@@ -85,9 +85,7 @@ async fn shadow_against(candidate_args: &[&str]) -> (u64, CheckOutcome) {
     let stable = ServerProcess::start(&stable_args);
     let candidate = ServerProcess::start(candidate_args);
 
-    let store = TelemetryStore::default();
-    let (baseline, counters) = stable_sample(&stable, None).await;
-    store.ingest(&report(baseline), std::time::Instant::now());
+    let baseline = stable_sample(&stable, None).await;
 
     let mirror = json!({"mirror": {"url": format!("http://{}", candidate.http), "percent": PERCENT}});
     let tmp = routing.with_extension("tmp");
@@ -115,7 +113,7 @@ async fn shadow_against(candidate_args: &[&str]) -> (u64, CheckOutcome) {
     // Mirrored copies are sent in the background: wait until they settle.
     let last = settled_comparisons(&stable).await;
     let mirrored = (last - before).max(0.0) as u64;
-    (mirrored, judge(&stable, &store, &counters).await)
+    (mirrored, judge(&stable, baseline).await)
 }
 
 /// One NodeReport of the stable server, as its node agent would send it.
@@ -128,16 +126,19 @@ fn report(sample: ServerSample) -> NodeReport {
     }
 }
 
-/// The stable server's counters since `counters` through the store and the operator's
-/// `outputAgreement` check (min 0.98).
+/// The stable server's scrape at the start (`baseline`) and now, as two consecutive node
+/// reports one second apart (however long the requests took: the store judges a 30 s window),
+/// through the operator's telemetry store and its `outputAgreement` check (min 0.98).
 async fn judge(
     stable: &ServerProcess,
-    store: &TelemetryStore,
-    counters: &modelfleet_node_agent::scrape::ServerCounters,
+    baseline: (ServerSample, modelfleet_node_agent::scrape::ServerCounters),
 ) -> CheckOutcome {
-    let (sample, _) = stable_sample(stable, Some(counters)).await;
-    store.ingest(&report(sample), std::time::Instant::now());
+    let (first, counters) = baseline;
+    let (sample, _) = stable_sample(stable, Some(&counters)).await;
+    let store = TelemetryStore::default();
     let now = std::time::Instant::now();
+    store.ingest(&report(first), now - Duration::from_secs(1));
+    store.ingest(&report(sample), now);
     let stable_agg = store.aggregate("search", "minilm", Some("stable"), now);
     let candidate_agg = store.aggregate("search", "minilm", Some("candidate"), now);
     let check: AnalysisCheck = serde_yaml::from_str("{builtin: outputAgreement, min: 0.98}").expect("check");
@@ -211,9 +212,7 @@ async fn generation_shadow_against(candidate_max_tokens: u32) -> (u64, CheckOutc
     let mirror = json!({"mirror": {"url": format!("http://{}", candidate.http), "percent": 100}});
     std::fs::write(&routing, mirror.to_string()).expect("routing file");
     let stable = generation(&["--default-max-tokens=12", routing_arg.as_str()]);
-    let store = TelemetryStore::default();
-    let (baseline, counters) = stable_sample(&stable, None).await;
-    store.ingest(&report(baseline), std::time::Instant::now());
+    let baseline = stable_sample(&stable, None).await;
     for i in 0..CHATS {
         // No max_tokens: each server generates its own default, as a rollout of
         // spec.generation.defaultMaxTokens would make it.
@@ -231,7 +230,7 @@ async fn generation_shadow_against(candidate_max_tokens: u32) -> (u64, CheckOutc
     })
     .await;
     let compared = stable.metric(AGREED).await + stable.metric(DISAGREED).await;
-    (compared as u64, judge(&stable, &store, &counters).await)
+    (compared as u64, judge(&stable, baseline).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

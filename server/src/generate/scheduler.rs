@@ -30,7 +30,8 @@ use tokio::sync::mpsc;
 
 use super::{Decode, LanguageModel, SeqId, sampling::SamplingParams};
 use crate::error::InferError;
-use queue::{WaitingLimits, drain_time};
+use queue::WaitingLimits;
+pub(crate) use queue::{DrainRate, drain_time};
 use sequence::Sequence;
 
 /// How the scheduler batches.
@@ -328,17 +329,7 @@ impl Scheduler {
 
     /// Index of the tier named by the `x-modelfleet-tier` header; the last tier without one.
     pub fn tier_index(&self, name: Option<&str>) -> Result<usize, InferError> {
-        let tiers = self.tiers();
-        match name {
-            None => Ok(tiers.len() - 1),
-            Some(name) => tiers.iter().position(|t| t.name == name).ok_or_else(|| {
-                let known: Vec<_> = tiers.iter().map(|t| t.name.as_str()).collect();
-                InferError::invalid(
-                    headers::TIER,
-                    format!("unknown tier `{name}`; this server has: {}", known.join(", ")),
-                )
-            }),
-        }
+        tier_index(self.tiers(), name)
     }
 
     /// The scheduler's counters.
@@ -408,6 +399,21 @@ impl Scheduler {
             return Err(refused(refusal));
         }
         Ok(())
+    }
+}
+
+/// Index of the tier `name` (the `x-modelfleet-tier` header) among `tiers`, highest first; the
+/// last tier without a name; 400 naming the header and the known tiers for an unknown one.
+pub fn tier_index(tiers: &[TierConfig], name: Option<&str>) -> Result<usize, InferError> {
+    match name {
+        None => Ok(tiers.len().saturating_sub(1)),
+        Some(name) => tiers.iter().position(|t| t.name == name).ok_or_else(|| {
+            let known: Vec<_> = tiers.iter().map(|t| t.name.as_str()).collect();
+            InferError::invalid(
+                headers::TIER,
+                format!("unknown tier `{name}`; this server has: {}", known.join(", ")),
+            )
+        }),
     }
 }
 

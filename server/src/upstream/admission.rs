@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::{
     error::InferError,
-    generate::scheduler::TierConfig,
+    generate::scheduler::{self, DrainRate, TierConfig, drain_time},
     metrics::{Metrics, TierLabel},
 };
 
@@ -45,7 +45,7 @@ struct State {
     running: usize,
     waiting: Vec<VecDeque<Waiter>>,
     next_id: u64,
-    rate: FinishRate,
+    rate: DrainRate,
 }
 
 #[derive(Debug)]
@@ -103,17 +103,7 @@ impl Admission {
 
     /// Index of the tier `x-modelfleet-tier` names; the lowest without one.
     pub fn tier_index(&self, name: Option<&str>) -> Result<usize, InferError> {
-        let tiers = self.tiers();
-        match name {
-            None => Ok(tiers.len() - 1),
-            Some(name) => tiers.iter().position(|t| t.name == name).ok_or_else(|| {
-                let known: Vec<_> = tiers.iter().map(|t| t.name.as_str()).collect();
-                InferError::invalid(
-                    headers::TIER,
-                    format!("unknown tier `{name}`; this server has: {}", known.join(", ")),
-                )
-            }),
-        }
+        scheduler::tier_index(self.tiers(), name)
     }
 
     /// The metric label of tier `index` (`none` for an unknown tier).
@@ -225,7 +215,7 @@ impl Admission {
             None
         };
         if let Some((reason, message)) = refusal {
-            let retry_after = state.rate.drain_time(waiting);
+            let retry_after = drain_time(waiting, state.rate.per_second());
             drop(state);
             self.metrics.reject(name, reason);
             return Err(InferError::Overloaded { message, retry_after });
@@ -246,7 +236,7 @@ impl Admission {
         {
             let mut state = self.lock();
             state.running = state.running.saturating_sub(1);
-            state.rate.record(Instant::now());
+            state.rate.record(1, Instant::now());
             while state.running < self.limits.max_running {
                 let Some(waiter) = state.waiting.iter_mut().find_map(VecDeque::pop_front) else {
                     break;
@@ -267,9 +257,10 @@ impl Admission {
     /// `Retry-After` for a refusal now.
     pub fn retry_after(&self) -> Duration {
         let state = self.lock();
-        state
-            .rate
-            .drain_time(state.waiting.iter().map(VecDeque::len).sum())
+        drain_time(
+            state.waiting.iter().map(VecDeque::len).sum(),
+            state.rate.per_second(),
+        )
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -325,40 +316,6 @@ impl Drop for Waiting<'_> {
         } else {
             a.metrics.cancelled.get_or_create(&TierLabel { tier }).inc();
         }
-    }
-}
-
-/// Requests finished per second, smoothed over windows of a second.
-#[derive(Debug, Default)]
-struct FinishRate {
-    per_second: f64,
-    window_start: Option<Instant>,
-    finished: u64,
-}
-
-impl FinishRate {
-    fn record(&mut self, now: Instant) {
-        let start = *self.window_start.get_or_insert(now);
-        self.finished += 1;
-        let elapsed = now.duration_since(start).as_secs_f64();
-        if elapsed >= 1.0 {
-            let rate = self.finished as f64 / elapsed;
-            self.per_second = if self.per_second == 0.0 {
-                rate
-            } else {
-                0.7 * self.per_second + 0.3 * rate
-            };
-            self.window_start = Some(now);
-            self.finished = 0;
-        }
-    }
-
-    /// Time for `waiting` requests to drain, 1 s to 60 s (1 s before a rate is known).
-    fn drain_time(&self, waiting: usize) -> Duration {
-        if self.per_second <= 0.0 || !self.per_second.is_finite() {
-            return Duration::from_secs(1);
-        }
-        Duration::from_secs_f64((waiting as f64 / self.per_second).clamp(1.0, 60.0))
     }
 }
 

@@ -3,7 +3,7 @@
 
 pub mod generation;
 mod grpc;
-mod health;
+pub(crate) mod health;
 mod oip;
 mod openai;
 

@@ -34,9 +34,9 @@ pub fn router(service: Arc<UpstreamService>, max_request_bytes: usize) -> Router
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
-        .route(paths::LIVE, get(live))
+        .route(paths::LIVE, get(crate::api::health::live))
         .route(paths::READY, get(ready))
-        .route("/v2/health/live", get(live))
+        .route("/v2/health/live", get(crate::api::health::live))
         .route("/v2/health/ready", get(ready))
         .layer(DefaultBodyLimit::max(max_request_bytes))
         .layer(middleware::from_fn_with_state(
@@ -62,10 +62,6 @@ async fn metrics(State(service): State<Arc<UpstreamService>>) -> impl IntoRespon
         )],
         service.metrics.render(),
     )
-}
-
-async fn live() -> impl IntoResponse {
-    Json(json!({"live": true}))
 }
 
 /// Ready only while the engine's `/health` answers 200 (and until SIGTERM).
